@@ -1,0 +1,215 @@
+//! The wire format between lostwrite's eBPF programs and its agent.
+//!
+//! Everything that crosses the kernel/userspace boundary is defined here, once, as `#[repr(C)]`
+//! structs without implicit padding, so both sides compile the same layout:
+//! - [`SockState`]: the per-socket value in the `SOCKS` LRU map;
+//! - [`TeardownEvent`]: the only record the programs put on the `EVENTS` ring buffer, always
+//!   behind an [`EventHeader`];
+//! - [`Config`]: kernel offsets and options the agent writes into the programs before attach;
+//! - the `STATS` per-CPU counter indices ([`stat`]).
+//!
+//! The one piece of policy shared by both sides is [`SockState::owes_answer`]: the kernel uses it
+//! to decide whether a teardown is worth a ring-buffer record at all, and the agent's correlation
+//! applies the same function, so the kernel-side pre-filter can never disagree with userspace.
+#![no_std]
+
+/// Map and global names, shared so the agent never spells them differently from the programs.
+pub mod names {
+    pub const SOCKS: &str = "SOCKS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const STATS: &str = "STATS";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Indices into the `STATS` per-CPU array.
+pub mod stat {
+    /// Ring-buffer reservations that failed (the record was lost).
+    pub const EVENTS_DROPPED: u32 = 0;
+    /// Records successfully submitted to the ring buffer.
+    pub const EVENTS_SENT: u32 = 1;
+    /// Sockets that got a state entry (new connections and adopted pre-existing ones).
+    pub const SOCKETS_TRACKED: u32 = 2;
+    /// State entries removed at socket destruction.
+    pub const SOCKETS_RELEASED: u32 = 3;
+    /// Number of slots in the array.
+    pub const COUNT: u32 = 8;
+}
+
+/// `EventHeader::kind` values.
+pub mod kind {
+    pub const TEARDOWN: u32 = 1;
+}
+
+/// Socket roles (`SockState::role`).
+pub mod role {
+    /// The socket existed before the agent started; its open was not observed.
+    pub const UNKNOWN: u8 = 0;
+    /// Passive open: the socket came from accept().
+    pub const SERVER: u8 = 1;
+    /// Active open: the socket called connect().
+    pub const CLIENT: u8 = 2;
+}
+
+/// `SockState::flags` bits.
+pub mod flag {
+    /// The peer sent FIN (we saw ESTABLISHED -> CLOSE_WAIT).
+    pub const PEER_FIN: u8 = 1 << 0;
+    /// The peer sent RST (`tcp:tcp_receive_reset`).
+    pub const PEER_RESET: u8 = 1 << 1;
+    /// The local side started its close (FIN or abortive close) and it was examined.
+    pub const LOCAL_CLOSE: u8 = 1 << 2;
+}
+
+/// TCP states, from include/net/tcp_states.h.
+pub mod tcp_state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+pub const MSG_PEEK: i32 = 2;
+pub const COMM_LEN: usize = 16;
+
+/// Per-socket state, the value of the `SOCKS` LRU map (keyed by the `struct sock` address).
+///
+/// Timestamps are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC); 0 means "never".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockState {
+    pub cgroup_id: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub first_in_ns: u64,
+    pub first_out_ns: u64,
+    pub last_in_ns: u64,
+    pub last_out_ns: u64,
+    /// `bytes_in` when the last output happened: `bytes_in - bytes_in_at_last_out` is the input
+    /// that is still unanswered.
+    pub bytes_in_at_last_out: u64,
+    /// Process that first read or wrote the socket (in its own context).
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// Network byte order, IPv4 in the first 4 bytes for AF_INET.
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// Host byte order.
+    pub lport: u16,
+    pub rport: u16,
+    pub family: u16,
+    pub role: u8,
+    pub flags: u8,
+}
+
+impl SockState {
+    /// The peer's bytes came first on this connection: the local side is the one being asked.
+    pub const fn peer_spoke_first(&self) -> bool {
+        self.first_in_ns != 0 && (self.first_out_ns == 0 || self.first_in_ns < self.first_out_ns)
+    }
+
+    /// Input arrived after the last output (or there was no output at all).
+    pub const fn input_after_last_output(&self) -> bool {
+        self.last_in_ns != 0 && self.last_in_ns > self.last_out_ns
+    }
+
+    /// The local side is the responder on this connection and has input it never answered.
+    ///
+    /// A passive open is a responder by definition (HTTP/2 servers may write SETTINGS before
+    /// reading anything, so "who spoke first" alone would miss them). An active or unknown open
+    /// is a responder only when the peer spoke first (server-speaks-first protocols); a client
+    /// that reads a response and closes owes nothing.
+    pub const fn owes_answer(&self) -> bool {
+        let responder = self.role == role::SERVER || self.peer_spoke_first();
+        responder && self.input_after_last_output()
+    }
+}
+
+/// Header in front of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Size of the whole record, header included.
+    pub len: u32,
+    /// `bpf_ktime_get_ns()` when the record was written.
+    pub ts_ns: u64,
+}
+
+/// The local side started closing a connection whose state is worth reporting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TeardownEvent {
+    pub header: EventHeader,
+    pub sock: SockState,
+    /// The `struct sock` address (for correlating with later records of the same socket).
+    pub sk: u64,
+    /// Task that was current when the state changed.
+    pub closer_tgid: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub _pad: u32,
+}
+
+/// Byte offsets of the kernel struct fields the programs read, resolved from BTF at start.
+///
+/// Rust eBPF has no CO-RE relocations, so the agent reads these from `/sys/kernel/btf/vmlinux`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_state: u32,
+    pub sk_protocol: u32,
+    pub tcp_write_seq: u32,
+    pub tcp_snd_una: u32,
+    pub _pad: u32,
+}
+
+/// Where a classic (tracefs) tracepoint keeps the fields the programs read, from its `format`.
+/// Unused slots are 0. Only used when the BTF variant of a tracepoint cannot be attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointFields {
+    /// `sock:sock_{send,recv}_length`: sk, ret, flags.
+    pub len_sk: u32,
+    pub len_ret: u32,
+    pub len_flags: u32,
+    /// `sock:inet_sock_set_state`: skaddr, oldstate, newstate.
+    pub state_sk: u32,
+    pub state_old: u32,
+    pub state_new: u32,
+    /// `tcp:tcp_destroy_sock`, `tcp:tcp_receive_reset`: skaddr.
+    pub destroy_sk: u32,
+    pub receive_reset_sk: u32,
+}
+
+/// Read-only configuration the agent hands to the programs (the `CONFIG` global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub sock: SockOffsets,
+    pub tp: TracepointFields,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, `#[repr(C)]`, every field an integer, no implicit padding.
+unsafe impl aya::Pod for Config {}
+
+/// Upper bound for any offset the programs add to a kernel pointer; the agent rejects bigger ones.
+pub const MAX_FIELD_OFFSET: u32 = 8192;

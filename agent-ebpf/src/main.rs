@@ -1,0 +1,155 @@
+//! lostwrite's kernel side: per-socket bookkeeping and teardown records.
+//!
+//! The programs decide nothing about loss. They keep byte counts and timestamps per socket in an
+//! LRU map and emit a record only when the local side closes a connection that still owes its
+//! peer an answer (the pre-filter shared with userspace, `SockState::owes_answer`). Healthy
+//! traffic therefore costs one map lookup per send/recv and never touches the ring buffer.
+//!
+//! Every tracepoint has two entry points, a BTF one (`tp_btf`, typed arguments, ~7x cheaper here)
+//! and a classic one that reads its fields at the offsets the agent parsed from tracefs. Both call
+//! the same handler in [`state`]; the agent attaches one of the two.
+#![no_std]
+#![no_main]
+
+/// Reads one field of [`CONFIG`]. The volatile read stops the compiler from constant-folding the
+/// zeroed initialiser; reading single fields keeps the whole struct off the 512-byte stack.
+macro_rules! config {
+    ($($field:ident).+) => {
+        // SAFETY: CONFIG is a plain static that nothing writes after load.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(crate::CONFIG.$($field).+)) }
+    };
+}
+
+mod kernel;
+mod state;
+
+use agent_common::{Config, SockState, stat};
+use aya_ebpf::{
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+/// Written by the agent before load (`EbpfLoader::set_global`); read with `read_volatile` so the
+/// compiler cannot constant-fold the zeroed initialiser.
+#[unsafe(no_mangle)]
+static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+/// Per-socket state keyed by `struct sock *`. The agent resizes it from `--max-sockets`.
+#[map(name = "SOCKS")]
+static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Teardown records for userspace.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Counters, see `agent_common::stat`.
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+// --- sock:sock_recv_length (struct sock *sk, int ret, int flags) ---
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn btf_sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    state::on_recv(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[tracepoint]
+pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
+    if let Some((sk, ret, flags)) = kernel::len_args(&ctx) {
+        state::on_recv(sk, ret, flags);
+    }
+    0
+}
+
+// --- sock:sock_send_length (struct sock *sk, int ret, int flags) ---
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    state::on_send(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[tracepoint]
+pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
+    if let Some((sk, ret, _flags)) = kernel::len_args(&ctx) {
+        state::on_send(sk, ret);
+    }
+    0
+}
+
+// --- sock:inet_sock_set_state (const struct sock *sk, const int oldstate, const int newstate) ---
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    state::on_state(ctx.arg(0), old as u32, new as u32);
+    0
+}
+
+#[tracepoint]
+pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let (sk, old, new) = (config!(tp.state_sk), config!(tp.state_old), config!(tp.state_new));
+    // SAFETY: offsets come from this tracepoint's tracefs format and are bounds-checked by the
+    // agent; `read_at` itself goes through bpf_probe_read.
+    let args = unsafe {
+        (
+            ctx.read_at::<u64>(sk as usize),
+            ctx.read_at::<i32>(old as usize),
+            ctx.read_at::<i32>(new as usize),
+        )
+    };
+    if let (Ok(sk), Ok(old), Ok(new)) = args {
+        state::on_state(sk, old as u32, new as u32);
+    }
+    0
+}
+
+// --- tcp:tcp_destroy_sock (struct sock *sk) ---
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn btf_tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
+    state::on_destroy(ctx.arg(0));
+    0
+}
+
+#[tracepoint]
+pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let off = config!(tp.destroy_sk) as usize;
+    // SAFETY: see tp_inet_sock_set_state.
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(off) } {
+        state::on_destroy(sk);
+    }
+    0
+}
+
+// --- tcp:tcp_receive_reset (struct sock *sk) ---
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn btf_tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
+    state::on_receive_reset(ctx.arg(0));
+    0
+}
+
+#[tracepoint]
+pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let off = config!(tp.receive_reset_sk) as usize;
+    // SAFETY: see tp_inet_sock_set_state.
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(off) } {
+        state::on_receive_reset(sk);
+    }
+    0
+}
+
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

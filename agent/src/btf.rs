@@ -1,0 +1,203 @@
+//! Kernel struct field offsets, read from BTF at start.
+//!
+//! Rust eBPF has no CO-RE relocations, so the programs read `struct sock`/`struct tcp_sock`
+//! fields at offsets resolved here and handed over in `agent_common::Config` before attach.
+
+use std::path::{Path, PathBuf};
+
+use agent_common::{MAX_FIELD_OFFSET, SockOffsets};
+use btf_rs::{Btf, Type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "kernel BTF not found at {path}: this kernel was built without CONFIG_DEBUG_INFO_BTF \
+         (or pass --btf with a BTF file for it)"
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot read kernel BTF at {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {ty} has no field {field}")]
+    NoField { ty: String, field: String },
+    #[error("kernel BTF: {ty}.{field} is a bitfield, which the programs cannot read")]
+    Bitfield { ty: String, field: String },
+    #[error("kernel BTF: {ty}.{field} is at byte {offset}, beyond what the programs accept")]
+    TooFar { ty: String, field: String, offset: u32 },
+}
+
+/// Opens the kernel's BTF.
+pub fn open(path: &Path) -> Result<Btf, BtfError> {
+    if !path.exists() {
+        return Err(BtfError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    Btf::from_file(path).map_err(|e| BtfError::Unreadable {
+        path: path.to_owned(),
+        source: e.into(),
+    })
+}
+
+/// Resolves every offset the programs use.
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
+    let sk = |field: &str| field_offset(btf, "sock", field);
+    let tcp = |field: &str| field_offset(btf, "tcp_sock", field);
+    Ok(SockOffsets {
+        skc_family: sk("skc_family")?,
+        skc_num: sk("skc_num")?,
+        skc_dport: sk("skc_dport")?,
+        skc_daddr: sk("skc_daddr")?,
+        skc_rcv_saddr: sk("skc_rcv_saddr")?,
+        skc_v6_daddr: sk("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
+        skc_state: sk("skc_state")?,
+        sk_protocol: sk("sk_protocol")?,
+        tcp_write_seq: tcp("write_seq")?,
+        tcp_snd_una: tcp("snd_una")?,
+        _pad: 0,
+    })
+}
+
+/// Byte offset of `field` in `struct ty`, searching embedded structs and anonymous
+/// structs/unions depth-first (so `sock.skc_family` finds `sock.__sk_common.skc_family`, and
+/// `tcp_sock.write_seq` sits directly in `tcp_sock`).
+pub fn field_offset(btf: &Btf, ty: &str, field: &str) -> Result<u32, BtfError> {
+    let root = btf
+        .resolve_types_by_name(ty)
+        .map_err(|_| BtfError::NoStruct(ty.to_owned()))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+    let bits = find_member(btf, &root, field, 0, 0).ok_or_else(|| BtfError::NoField {
+        ty: ty.to_owned(),
+        field: field.to_owned(),
+    })??;
+    let offset = bits / 8;
+    if offset > MAX_FIELD_OFFSET {
+        return Err(BtfError::TooFar {
+            ty: ty.to_owned(),
+            field: field.to_owned(),
+            offset,
+        });
+    }
+    Ok(offset)
+}
+
+/// Depth limit for nested structs (`tcp_sock` → `inet_connection_sock` → `inet_sock` → `sock` →
+/// `sock_common` → anonymous union → anonymous struct is 7).
+const MAX_DEPTH: u32 = 10;
+
+/// Bit offset of `field` under `st` (itself at `base` bits), or `None` if absent.
+fn find_member(
+    btf: &Btf,
+    st: &btf_rs::Struct,
+    field: &str,
+    base: u32,
+    depth: u32,
+) -> Option<Result<u32, BtfError>> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    // Direct members first: a field named at this level wins over one nested deeper.
+    for m in &st.members {
+        if btf.resolve_name(m).ok().as_deref() == Some(field) {
+            if m.bitfield_size().is_some_and(|s| s != 0) {
+                return Some(Err(BtfError::Bitfield {
+                    ty: btf.resolve_name(st).unwrap_or_default(),
+                    field: field.to_owned(),
+                }));
+            }
+            return Some(Ok(base + m.bit_offset()));
+        }
+    }
+    for m in &st.members {
+        let Some(inner) = struct_of(btf, m) else {
+            continue;
+        };
+        if let Some(found) = find_member(btf, &inner, field, base + m.bit_offset(), depth + 1) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// The struct/union a member holds by value (through typedefs and qualifiers), if any.
+fn struct_of(btf: &Btf, member: &btf_rs::Member) -> Option<btf_rs::Struct> {
+    let mut t = btf.resolve_chained_type(member).ok()?;
+    for _ in 0..8 {
+        t = match t {
+            Type::Struct(s) | Type::Union(s) => return Some(s),
+            Type::Typedef(ref x) => btf.resolve_chained_type(x).ok()?,
+            Type::Const(ref x) => btf.resolve_chained_type(x).ok()?,
+            Type::Volatile(ref x) => btf.resolve_chained_type(x).ok()?,
+            _ => return None,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+    fn kernel_btf() -> Btf {
+        open(Path::new(VMLINUX)).expect("these tests read the running kernel's BTF")
+    }
+
+    #[test]
+    fn resolves_sock_common_fields_through_embedding() {
+        let btf = kernel_btf();
+        // struct sock embeds struct sock_common as its first member, so both agree.
+        for f in ["skc_family", "skc_num", "skc_dport", "skc_state"] {
+            assert_eq!(
+                field_offset(&btf, "sock", f).unwrap(),
+                field_offset(&btf, "sock_common", f).unwrap(),
+                "{f}"
+            );
+        }
+        // skc_daddr lives in an anonymous struct inside an anonymous union at the very start.
+        assert_eq!(field_offset(&btf, "sock_common", "skc_daddr").unwrap(), 0);
+        assert_eq!(field_offset(&btf, "sock_common", "skc_rcv_saddr").unwrap(), 4);
+        // KERNEL.md: bpf_probe_read of the u16 at sock+16 gave AF_INET on this kernel family.
+        assert_eq!(field_offset(&btf, "sock", "skc_family").unwrap(), 16);
+    }
+
+    #[test]
+    fn resolves_every_program_offset() {
+        let off = sock_offsets(&kernel_btf()).unwrap();
+        // tcp_sock embeds sock (via inet_connection_sock and inet_sock), so its own fields come
+        // after struct sock's.
+        assert!(off.tcp_write_seq > off.sk_protocol);
+        assert!(off.tcp_snd_una > off.sk_protocol);
+        assert_ne!(off.tcp_write_seq, off.tcp_snd_una);
+        assert!(off.skc_dport + 2 == off.skc_num, "skc_dport and skc_num share skc_portpair");
+    }
+
+    #[test]
+    fn reports_missing_things() {
+        let btf = kernel_btf();
+        assert!(matches!(
+            field_offset(&btf, "no_such_struct_xyz", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
+        assert!(matches!(
+            field_offset(&btf, "sock", "no_such_field"),
+            Err(BtfError::NoField { .. })
+        ));
+        assert!(matches!(
+            open(Path::new("/nonexistent/vmlinux")),
+            Err(BtfError::Missing { .. })
+        ));
+    }
+}

@@ -1,0 +1,127 @@
+//! Command line (SPEC §5).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// lostwrite finds the bytes applications think they sent but that never reached the peer.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the probes, export /metrics and log incidents until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Report what this kernel supports (BTF, tracefs, capabilities, probe modes) and exit.
+    Check(KernelArgs),
+}
+
+/// Where the agent finds kernel type information and tracefs.
+#[derive(Debug, Clone, Args)]
+pub struct KernelArgs {
+    /// Kernel BTF used to resolve struct offsets and BTF tracepoints.
+    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
+    pub btf: PathBuf,
+
+    /// tracefs mount point; mounted there if nothing is mounted yet.
+    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/tracing")]
+    pub tracefs: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address of the /metrics and /healthz HTTP endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9437")]
+    pub listen: SocketAddr,
+
+    /// Which kernel hooks to use. `auto` takes the best one that loads and attaches.
+    #[arg(long, value_enum, default_value_t = ProbeModeArg::Auto)]
+    pub probe_mode: ProbeModeArg,
+
+    /// Format of the incident log (stdout) and of diagnostics (stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Only report connections whose local or remote port is one of these (repeatable).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Vec<u16>,
+
+    /// Only report connections of processes with this command name (repeatable).
+    #[arg(long, value_name = "COMM", value_parser = parse_comm)]
+    pub comm: Vec<String>,
+
+    /// Upper bound on sockets tracked in kernel memory (LRU: the oldest entries are evicted).
+    #[arg(long, value_name = "N", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_sockets: u32,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeModeArg {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A task's comm is at most 15 bytes (TASK_COMM_LEN - 1); a longer filter could never match.
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(format!(
+            "a command name has 1 to 15 bytes (the kernel truncates longer ones), got {}",
+            s.len()
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["agent", "run"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.listen, "127.0.0.1:9437".parse().unwrap());
+        assert_eq!(run.probe_mode, ProbeModeArg::Auto);
+        assert_eq!(run.max_sockets, 65536);
+        assert!(run.port.is_empty() && run.comm.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for args in [
+            &["agent", "run", "--listen", "localhost"][..],
+            &["agent", "run", "--listen", "1.2.3.4:99999"],
+            &["agent", "run", "--port", "0"],
+            &["agent", "run", "--comm", "a-very-long-command-name"],
+            &["agent", "run", "--max-sockets", "10"],
+            &["agent", "run", "--log-format", "xml"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
+    }
+}

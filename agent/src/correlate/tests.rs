@@ -1,0 +1,303 @@
+//! Synthetic event sequences for every detector rule and every not-a-loss case of SPEC §2.
+
+use super::*;
+use agent_common::{AF_INET, EventHeader, kind};
+
+const SEC: u64 = 1_000_000_000;
+const OWNER: u32 = 4242;
+
+/// A model of one socket as the kernel programs see it (agent-ebpf/src/state.rs): the same
+/// updates per recv/send/state change, and the same emit rule at the local close.
+struct Conn {
+    st: SockState,
+}
+
+impl Conn {
+    fn new(role: u8, lport: u16, rport: u16) -> Self {
+        let mut st = SockState {
+            role,
+            family: AF_INET,
+            lport,
+            rport,
+            ..SockState::default()
+        };
+        st.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        st.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        Self { st }
+    }
+
+    fn server() -> Self {
+        Self::new(role::SERVER, 8800, 60154)
+    }
+
+    fn client() -> Self {
+        Self::new(role::CLIENT, 60154, 8800)
+    }
+
+    fn claim(&mut self) {
+        if self.st.tgid == 0 {
+            self.st.tgid = OWNER;
+            self.st.pid = OWNER;
+            self.st.comm[..7].copy_from_slice(b"seedsrv");
+        }
+    }
+
+    /// sock_recv_length: `ret` bytes (or 0 = EOF, <0 = error).
+    fn recv(mut self, t: u64, ret: i64) -> Self {
+        if ret > 0 {
+            self.claim();
+            self.st.bytes_in += ret as u64;
+            if self.st.first_in_ns == 0 {
+                self.st.first_in_ns = t;
+            }
+            self.st.last_in_ns = t;
+        }
+        self
+    }
+
+    fn send(mut self, t: u64, ret: i64) -> Self {
+        if ret > 0 {
+            self.claim();
+            self.st.bytes_out += ret as u64;
+            self.st.bytes_in_at_last_out = self.st.bytes_in;
+            if self.st.first_out_ns == 0 {
+                self.st.first_out_ns = t;
+            }
+            self.st.last_out_ns = t;
+        }
+        self
+    }
+
+    fn peer_fin(mut self) -> Self {
+        self.st.flags |= flag::PEER_FIN;
+        self
+    }
+
+    fn peer_reset(mut self) -> Self {
+        self.st.flags |= flag::PEER_RESET;
+        self
+    }
+
+    /// The local close transition at time `t`, run by task `closer`. Returns the record the
+    /// kernel would emit (None when its pre-filter drops it).
+    fn close_by(self, t: u64, newstate: u32, closer: u32) -> Option<TeardownEvent> {
+        let old = if self.st.flags & flag::PEER_FIN != 0 {
+            tcp_state::CLOSE_WAIT
+        } else {
+            tcp_state::ESTABLISHED
+        };
+        let mut st = self.st;
+        st.flags |= flag::LOCAL_CLOSE;
+        st.owes_answer().then(|| TeardownEvent {
+            header: EventHeader {
+                kind: kind::TEARDOWN,
+                len: size_of::<TeardownEvent>() as u32,
+                ts_ns: t,
+            },
+            sock: st,
+            sk: 0xffff_8880_0000_1000,
+            closer_tgid: closer,
+            oldstate: old,
+            newstate,
+            _pad: 0,
+        })
+    }
+
+    fn close(self, t: u64) -> Option<TeardownEvent> {
+        let new = if self.st.flags & flag::PEER_FIN != 0 {
+            tcp_state::LAST_ACK
+        } else {
+            tcp_state::FIN_WAIT1
+        };
+        self.close_by(t, new, OWNER)
+    }
+}
+
+fn incidents(ev: Option<TeardownEvent>) -> Vec<Incident> {
+    ev.iter()
+        .filter_map(|e| Correlator::default().teardown(e))
+        .collect()
+}
+
+#[test]
+fn seed_go_write_timeout_counts_one() {
+    // Go net/http, WriteTimeout 1 s, handler sleeps 2 s: 78 bytes in, nothing out, FIN 2 s later.
+    let got = incidents(Conn::server().recv(SEC, 78).recv(SEC + 5, -11).close(3 * SEC));
+    assert_eq!(got.len(), 1);
+    let i = &got[0];
+    assert_eq!(i.kind, Kind::UnansweredClose);
+    assert_eq!((i.role, i.port, i.how), (Role::Server, 8800, CloseHow::Fin));
+    assert_eq!((i.pid, i.comm.as_str()), (OWNER, "seedsrv"));
+    assert_eq!((i.bytes_in, i.bytes_out, i.unanswered_bytes), (78, 0, 78));
+    assert_eq!(i.delay, Duration::from_secs(2));
+    assert!(!i.peer_closed);
+    assert_eq!(
+        i.sentence(),
+        "pid 4242 (seedsrv) read 78 bytes on 127.0.0.1:8800 from 127.0.0.1:60154 and closed the \
+         connection 2.0 s later without writing a response"
+    );
+}
+
+#[test]
+fn keep_alive_traffic_counts_zero() {
+    let mut c = Conn::server();
+    for n in 0..5 {
+        c = c.recv(n * SEC, 78).send(n * SEC + 1000, 120);
+    }
+    // The client closes the idle connection: the server reads EOF (not input) and closes.
+    let c = c.peer_fin().recv(6 * SEC, 0);
+    assert_eq!(c.close(6 * SEC + 10), None, "the kernel must not even emit");
+}
+
+#[test]
+fn idle_keep_alive_closed_by_server_counts_zero() {
+    let c = Conn::server().recv(SEC, 78).send(SEC + 10, 120);
+    assert_eq!(c.close(70 * SEC), None);
+}
+
+#[test]
+fn client_closing_after_reading_full_response_counts_zero() {
+    // The client wrote first, so it owes nothing even though its last operation was a read.
+    let c = Conn::client().send(SEC, 78).recv(SEC + 10, 4096).recv(SEC + 20, 2000);
+    assert_eq!(c.close(SEC + 30), None);
+}
+
+#[test]
+fn half_close_with_delivered_response_counts_zero() {
+    // Client: request, shutdown(SHUT_WR) (FIN_WAIT1 from the client), response read.
+    let client = Conn::client().send(SEC, 78).recv(SEC + 20, 120);
+    assert_eq!(client.close(SEC + 5), None);
+    // Server: request, the client's FIN, the response, then close.
+    let server = Conn::server()
+        .recv(SEC, 78)
+        .peer_fin()
+        .recv(SEC + 1, 0)
+        .send(SEC + 10, 120);
+    assert_eq!(server.close(SEC + 11), None);
+}
+
+#[test]
+fn reads_returning_eof_or_eagain_are_not_input() {
+    let c = Conn::server().recv(SEC, 0).recv(SEC, -11).recv(SEC, -104);
+    assert_eq!(c.close(2 * SEC), None);
+}
+
+#[test]
+fn pipelined_requests_answered_count_zero() {
+    let c = Conn::server()
+        .recv(SEC, 234)
+        .send(SEC + 10, 120)
+        .send(SEC + 20, 120)
+        .send(SEC + 30, 120);
+    assert_eq!(c.close(2 * SEC), None);
+}
+
+#[test]
+fn connection_reset_by_peer_counts_zero() {
+    // The request is in, then the peer resets: the RST closed it, not the process.
+    let ev = Conn::server()
+        .recv(SEC, 78)
+        .peer_reset()
+        .close_by(2 * SEC, tcp_state::CLOSE, OWNER);
+    assert!(ev.is_some(), "the kernel reports it; the correlation drops it");
+    assert!(incidents(ev).is_empty());
+}
+
+#[test]
+fn close_outside_the_process_context_counts_zero() {
+    // A keepalive or retransmission timer fired in softirq on some other task.
+    let ev = Conn::server()
+        .recv(SEC, 78)
+        .close_by(600 * SEC, tcp_state::CLOSE, 0);
+    assert!(incidents(ev).is_empty());
+}
+
+#[test]
+fn abortive_close_with_unanswered_request_counts_as_reset() {
+    // close() with unread input goes straight to CLOSE with an RST.
+    let got = incidents(
+        Conn::server()
+            .recv(SEC, 3)
+            .close_by(SEC + SEC / 2, tcp_state::CLOSE, OWNER),
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].how, CloseHow::Reset);
+    assert!(got[0].sentence().contains("and reset the connection 0.5 s later"));
+}
+
+#[test]
+fn peer_that_gave_up_is_reported_as_such() {
+    let got = incidents(Conn::server().recv(SEC, 78).peer_fin().close(5 * SEC));
+    assert_eq!(got.len(), 1);
+    assert!(got[0].peer_closed);
+    assert!(got[0].sentence().ends_with("(the peer had already closed its side: it gave up waiting)"));
+}
+
+#[test]
+fn second_request_on_keep_alive_unanswered_counts_one() {
+    let got = incidents(
+        Conn::server()
+            .recv(SEC, 78)
+            .send(SEC + 10, 120)
+            .recv(2 * SEC, 80)
+            .close(3 * SEC),
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].bytes_in, got[0].unanswered_bytes), (158, 80));
+    assert!(got[0].sentence().contains("read 80 bytes"));
+    assert!(got[0].sentence().ends_with("without writing anything after that read"));
+}
+
+#[test]
+fn server_that_writes_first_still_owes_the_answer() {
+    // HTTP/2 servers send SETTINGS before reading the client's request.
+    let got = incidents(
+        Conn::server()
+            .send(SEC, 27)
+            .recv(SEC + 10, 90)
+            .close(2 * SEC),
+    );
+    assert_eq!(got.len(), 1);
+}
+
+#[test]
+fn client_of_a_server_speaks_first_protocol_owes_an_answer() {
+    // The server greets first (SMTP-like); the client reads the greeting and hangs up.
+    let got = incidents(Conn::client().recv(SEC, 40).close(2 * SEC));
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].role, got[0].port), (Role::Client, 8800));
+}
+
+#[test]
+fn unknown_role_uses_the_non_ephemeral_port() {
+    let c = Correlator::default();
+    assert_eq!(c.port_label(Role::Unknown, 8800, 60154), 8800);
+    assert_eq!(c.port_label(Role::Unknown, 60154, 5432), 5432);
+    assert_eq!(c.port_label(Role::Client, 60154, 5432), 5432);
+    assert_eq!(c.port_label(Role::Server, 443, 50000), 443);
+    // A pre-existing server socket whose first observed bytes were the request counts.
+    let got = incidents(
+        Conn::new(role::UNKNOWN, 8800, 40000)
+            .recv(SEC, 78)
+            .close(2 * SEC),
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].role, got[0].port), (Role::Unknown, 8800));
+}
+
+#[test]
+fn ipv6_and_mapped_ipv4_addresses() {
+    let mut c = Conn::server();
+    c.st.family = AF_INET6;
+    c.st.laddr = Ipv6Addr::LOCALHOST.octets();
+    c.st.raddr = Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped().octets();
+    let got = incidents(c.recv(SEC, 10).close(2 * SEC));
+    assert_eq!(got[0].local.to_string(), "[::1]:8800");
+    assert_eq!(got[0].remote.to_string(), "10.0.0.7:60154");
+}
+
+#[test]
+fn comm_stops_at_nul() {
+    assert_eq!(comm(b"nginx\0\0\0garbage\0"), "nginx");
+    assert_eq!(comm(b"exactly15bytes!\0"), "exactly15bytes!");
+}

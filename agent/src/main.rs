@@ -1,0 +1,55 @@
+//! lostwrite's agent: `agent run` and `agent check`.
+
+mod btf;
+mod check;
+mod cli;
+mod correlate;
+mod events;
+mod http;
+mod metrics;
+mod privileges;
+mod probes;
+mod report;
+mod run;
+mod tracefs;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser as _;
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run(a) => a.log_format,
+        Command::Check(_) => LogFormat::Text,
+    };
+    init_logging(format);
+    match cli.command {
+        Command::Run(args) => match run::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // One line, every cause, no backtrace.
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => check::check(&args),
+    }
+}
+
+/// Diagnostics go to stderr (stdout carries the incident log). `RUST_LOG` overrides the level;
+/// the eBPF programs' aya-log records arrive through the `log` bridge.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,236 @@
+//! Prometheus series (names fixed by SPEC §5).
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::correlate::{Incident, Kind};
+
+/// Delay from the last read to the close: sub-millisecond panics up to proxy/LB idle timeouts.
+const DELAY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Totals read from the programs' per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub events_dropped: u64,
+    pub events_sent: u64,
+    pub sockets_tracked: u64,
+    pub sockets_released: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    unanswered: IntCounterVec,
+    unanswered_delay: HistogramVec,
+    events_dropped: IntCounter,
+    kernel_events: IntCounter,
+    sockets_observed: IntCounter,
+    tracked_sockets: IntGauge,
+    decode_errors: IntCounter,
+    detector_enabled: IntGaugeVec,
+    probe_mode: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Self {
+            unanswered: IntCounterVec::new(
+                Opts::new(
+                    "lostwrite_unanswered_closes_total",
+                    "Connections closed by the local process after reading input it never answered.",
+                ),
+                &["comm", "port", "role"],
+            )
+            .expect("valid metric"),
+            unanswered_delay: HistogramVec::new(
+                HistogramOpts::new(
+                    "lostwrite_unanswered_close_delay_seconds",
+                    "Time from the last unanswered read to the close.",
+                )
+                .buckets(DELAY_BUCKETS.to_vec()),
+                &["comm", "port"],
+            )
+            .expect("valid metric"),
+            events_dropped: IntCounter::new(
+                "lostwrite_events_dropped_total",
+                "Kernel records lost because the ring buffer was full.",
+            )
+            .expect("valid metric"),
+            kernel_events: IntCounter::new(
+                "lostwrite_kernel_events_total",
+                "Records the kernel programs sent to the agent.",
+            )
+            .expect("valid metric"),
+            sockets_observed: IntCounter::new(
+                "lostwrite_sockets_observed_total",
+                "TCP sockets the kernel programs started tracking.",
+            )
+            .expect("valid metric"),
+            tracked_sockets: IntGauge::new(
+                "lostwrite_tracked_sockets",
+                "TCP sockets currently tracked in kernel memory.",
+            )
+            .expect("valid metric"),
+            decode_errors: IntCounter::new(
+                "lostwrite_decode_errors_total",
+                "Kernel records the agent could not decode.",
+            )
+            .expect("valid metric"),
+            detector_enabled: IntGaugeVec::new(
+                Opts::new(
+                    "lostwrite_detector_enabled",
+                    "1 if the detector runs on this kernel and probe mode, 0 if it cannot.",
+                ),
+                &["detector"],
+            )
+            .expect("valid metric"),
+            probe_mode: IntGaugeVec::new(
+                Opts::new("lostwrite_probe_mode_info", "The probe mode in use."),
+                &["mode"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let build = IntGaugeVec::new(
+            Opts::new("lostwrite_build_info", "The agent's version."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(m.unanswered.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.unanswered_delay.clone()),
+            Box::new(m.events_dropped.clone()),
+            Box::new(m.kernel_events.clone()),
+            Box::new(m.sockets_observed.clone()),
+            Box::new(m.tracked_sockets.clone()),
+            Box::new(m.decode_errors.clone()),
+            Box::new(m.detector_enabled.clone()),
+            Box::new(m.probe_mode.clone()),
+            Box::new(build),
+        ] {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    pub fn set_probe_mode(&self, mode: &str, detectors: &[(&str, bool)]) {
+        self.probe_mode.with_label_values(&[mode]).set(1);
+        for (d, on) in detectors {
+            self.detector_enabled.with_label_values(&[d]).set(i64::from(*on));
+        }
+    }
+
+    pub fn record(&self, i: &Incident) {
+        let port = i.port.to_string();
+        match i.kind {
+            Kind::UnansweredClose => {
+                self.unanswered
+                    .with_label_values(&[i.comm.as_str(), &port, i.role.as_str()])
+                    .inc();
+                self.unanswered_delay
+                    .with_label_values(&[i.comm.as_str(), &port])
+                    .observe(i.delay.as_secs_f64());
+            }
+        }
+    }
+
+    pub fn decode_error(&self) {
+        self.decode_errors.inc();
+    }
+
+    /// Brings the kernel-side counters up to date (they are monotonic totals).
+    pub fn set_kernel(&self, k: KernelStats) {
+        catch_up(&self.events_dropped, k.events_dropped);
+        catch_up(&self.kernel_events, k.events_sent);
+        catch_up(&self.sockets_observed, k.sockets_tracked);
+        let live = k.sockets_tracked.saturating_sub(k.sockets_released);
+        self.tracked_sockets.set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+fn catch_up(c: &IntCounter, total: u64) {
+    let cur = c.get();
+    if total > cur {
+        c.inc_by(total - cur);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::correlate::{CloseHow, Role};
+
+    fn incident() -> Incident {
+        Incident {
+            kind: Kind::UnansweredClose,
+            how: CloseHow::Fin,
+            pid: 1,
+            comm: "seedsrv".into(),
+            role: Role::Server,
+            port: 8800,
+            local: "127.0.0.1:8800".parse().unwrap(),
+            remote: "127.0.0.1:60000".parse().unwrap(),
+            bytes_in: 78,
+            bytes_out: 0,
+            unanswered_bytes: 78,
+            undelivered_bytes: 0,
+            delay: Duration::from_millis(2000),
+            cgroup_id: 0,
+            peer_closed: false,
+        }
+    }
+
+    #[test]
+    fn exposition_has_the_spec_series() {
+        let m = Metrics::new();
+        m.set_probe_mode("tracepoint", &[("unanswered_close", true), ("write_after_close", false)]);
+        m.record(&incident());
+        m.set_kernel(KernelStats {
+            events_dropped: 3,
+            events_sent: 5,
+            sockets_tracked: 10,
+            sockets_released: 4,
+        });
+        let text = m.render();
+        for line in [
+            r#"lostwrite_unanswered_closes_total{comm="seedsrv",port="8800",role="server"} 1"#,
+            r#"lostwrite_unanswered_close_delay_seconds_bucket{comm="seedsrv",port="8800",le="2.5"} 1"#,
+            r#"lostwrite_unanswered_close_delay_seconds_bucket{comm="seedsrv",port="8800",le="1"} 0"#,
+            "lostwrite_events_dropped_total 3",
+            "lostwrite_tracked_sockets 6",
+            r#"lostwrite_probe_mode_info{mode="tracepoint"} 1"#,
+            r#"lostwrite_detector_enabled{detector="write_after_close"} 0"#,
+            concat!(r#"lostwrite_build_info{version=""#, env!("CARGO_PKG_VERSION"), r#""} 1"#),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn kernel_counters_only_move_forward() {
+        let m = Metrics::new();
+        let k = KernelStats {
+            events_dropped: 7,
+            ..KernelStats::default()
+        };
+        m.set_kernel(k);
+        m.set_kernel(k);
+        assert_eq!(m.events_dropped.get(), 7);
+    }
+}

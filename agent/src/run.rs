@@ -1,0 +1,178 @@
+//! `agent run`: attach, serve metrics, report incidents until SIGINT/SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex, atomic::Ordering},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    cli::{LogFormat, ProbeModeArg, RunArgs},
+    correlate::{Correlator, Filter},
+    events::{self, Event},
+    http::{self, AppState},
+    metrics::Metrics,
+    privileges,
+    probes::{LoadOptions, ProbeError, ProbeMode, Probes},
+    report,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    privileges::require()?;
+    // Bind before touching the kernel: a busy port fails fast and leaves nothing behind.
+    let listener = std::net::TcpListener::bind(args.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| ListenError {
+            addr: args.listen,
+            source,
+        })?;
+    privileges::raise_memlock();
+    let mode = match args.probe_mode {
+        ProbeModeArg::Auto | ProbeModeArg::Tracepoint => ProbeMode::Tracepoint,
+        ProbeModeArg::Fentry => return Err(ProbeError::NotBuilt("fentry").into()),
+        ProbeModeArg::Kprobe => return Err(ProbeError::NotBuilt("kprobe").into()),
+    };
+    let mut probes = Probes::load(
+        mode,
+        &LoadOptions {
+            btf: &args.kernel.btf,
+            tracefs: &args.kernel.tracefs,
+            max_sockets: args.max_sockets,
+        },
+    )
+    .with_context(|| format!("probe mode {} failed", mode.as_str()))?;
+    let hooks: Vec<String> = probes
+        .attached
+        .iter()
+        .map(|a| format!("{}({:?})", a.name, a.via).to_lowercase())
+        .collect();
+    info!(
+        mode = mode.as_str(),
+        hooks = hooks.join(" "),
+        listen = %args.listen,
+        "probes attached"
+    );
+
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(args, listener, probes.take_events()?, &mut probes))
+}
+
+async fn serve(
+    args: RunArgs,
+    listener: std::net::TcpListener,
+    events: RingBuf<MapData>,
+    probes: &mut Probes,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_probe_mode(probes.mode.as_str(), &probes.mode.detectors());
+    let stats = Mutex::new(probes.take_stats()?);
+    let state = Arc::new(AppState {
+        metrics: metrics.clone(),
+        kernel_stats: Box::new(move || stats.lock().expect("stats lock").read()),
+        ready: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = http::router(state.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    if let Some(logger) = probes.take_logger() {
+        let mut logger = readable(logger)?;
+        tokio::spawn(async move {
+            while let Ok(mut guard) = logger.readable_mut().await {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+    }
+
+    let correlator = Correlator {
+        ephemeral: ephemeral_ports(),
+    };
+    let filter = Filter {
+        ports: args.port.clone(),
+        comms: args.comm.clone(),
+    };
+    let reader = tokio::spawn(read_events(
+        readable(events)?,
+        correlator,
+        filter,
+        metrics,
+        args.log_format,
+    ));
+    state.ready.store(true, Ordering::Relaxed);
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, detaching"),
+        _ = term.recv() => info!("SIGTERM received, detaching"),
+        r = server => warn!("metrics server stopped: {r:?}"),
+        r = reader => warn!("event reader stopped: {r:?}"),
+    }
+    Ok(())
+}
+
+async fn read_events(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    correlator: Correlator,
+    filter: Filter,
+    metrics: Arc<Metrics>,
+    format: LogFormat,
+) -> anyhow::Result<()> {
+    loop {
+        let mut guard = ring.readable_mut().await?;
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            let incident = match events::decode(&item) {
+                Ok(Event::Teardown(ev)) => correlator.teardown(&ev),
+                Err(e) => {
+                    metrics.decode_error();
+                    warn!("dropping a malformed kernel record: {e}");
+                    None
+                }
+            };
+            if let Some(i) = incident.filter(|i| filter.allows(i)) {
+                metrics.record(&i);
+                report::emit(format, &i);
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Registers a BPF ring buffer (or anything holding one) with the runtime for readability.
+fn readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: aya's map types own their fd and keep it open until they are dropped, which only
+    // happens when the AsyncFd itself is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
+/// `net.ipv4.ip_local_port_range` (it also governs IPv6), for the unknown-role port label.
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    let parsed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        });
+    match parsed {
+        Some((lo, hi)) => lo..=hi,
+        None => Correlator::default().ephemeral,
+    }
+}

@@ -1,0 +1,3 @@
+module lostwrite.dev/seedsrv
+
+go 1.19
