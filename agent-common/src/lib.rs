@@ -8,7 +8,7 @@
 //! - [`Config`]: kernel offsets and options the agent writes into the programs before attach;
 //! - the `STATS` per-CPU counter indices ([`stat`]).
 //!
-//! The one piece of policy shared by both sides is [`SockState::owes_answer`]: the kernel uses it
+//! The one piece of policy shared by both sides is [`SockState::may_owe_answer`]: the kernel uses it
 //! to decide whether a teardown is worth a ring-buffer record at all, and the agent's correlation
 //! applies the same function, so the kernel-side pre-filter can never disagree with userspace.
 #![no_std]
@@ -120,14 +120,17 @@ impl SockState {
         self.last_in_ns != 0 && self.last_in_ns > self.last_out_ns
     }
 
-    /// The local side is the responder on this connection and has input it never answered.
+    /// The kernel-side pre-filter for a teardown record: the local side may be the responder on
+    /// this connection and has input it never answered.
     ///
     /// A passive open is a responder by definition (HTTP/2 servers may write SETTINGS before
-    /// reading anything, so "who spoke first" alone would miss them). An active or unknown open
-    /// is a responder only when the peer spoke first (server-speaks-first protocols); a client
-    /// that reads a response and closes owes nothing.
-    pub const fn owes_answer(&self) -> bool {
-        let responder = self.role == role::SERVER || self.peer_spoke_first();
+    /// reading anything, so "who spoke first" alone would miss them). An active open is a
+    /// responder only when the peer spoke first (server-speaks-first protocols); a client that
+    /// reads a response and closes owes nothing. A socket opened before the agent started passes
+    /// the filter: which side it is cannot be told from the bytes seen since (the agent may have
+    /// started between a request and its response), so the agent resolves it in userspace.
+    pub const fn may_owe_answer(&self) -> bool {
+        let responder = self.role != role::CLIENT || self.peer_spoke_first();
         responder && self.input_after_last_output()
     }
 }

@@ -49,7 +49,11 @@ pub fn fill_identity(sk: u64, st: &mut SockState) {
 /// `sock:sock_{send,recv}_length` fields of a classic tracepoint record: (sk, ret, flags).
 #[inline(always)]
 pub fn len_args(ctx: &TracePointContext) -> Option<(u64, i32, i32)> {
-    let (sk, ret, flags) = (config!(tp.len_sk), config!(tp.len_ret), config!(tp.len_flags));
+    let (sk, ret, flags) = (
+        config!(tp.len_sk),
+        config!(tp.len_ret),
+        config!(tp.len_flags),
+    );
     // SAFETY: offsets come from the tracepoint's tracefs format, bounds-checked by the agent;
     // read_at goes through bpf_probe_read.
     unsafe {

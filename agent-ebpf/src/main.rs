@@ -2,7 +2,7 @@
 //!
 //! The programs decide nothing about loss. They keep byte counts and timestamps per socket in an
 //! LRU map and emit a record only when the local side closes a connection that still owes its
-//! peer an answer (the pre-filter shared with userspace, `SockState::owes_answer`). Healthy
+//! peer an answer (the pre-filter shared with userspace, `SockState::may_owe_answer`). Healthy
 //! traffic therefore costs one map lookup per send/recv and never touches the ring buffer.
 //!
 //! Every tracepoint has two entry points, a BTF one (`tp_btf`, typed arguments, ~7x cheaper here)
@@ -51,14 +51,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn btf_sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    state::on_recv(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    state::on_recv(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[tracepoint]
 pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
     if let Some((sk, ret, flags)) = kernel::len_args(&ctx) {
-        state::on_recv(sk, ret, flags);
+        state::on_recv(&ctx, sk, ret, flags);
     }
     0
 }
@@ -67,14 +67,14 @@ pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    state::on_send(ctx.arg(0), ctx.arg(1));
+    state::on_send(&ctx, ctx.arg(0), ctx.arg(1));
     0
 }
 
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     if let Some((sk, ret, _flags)) = kernel::len_args(&ctx) {
-        state::on_send(sk, ret);
+        state::on_send(&ctx, sk, ret);
     }
     0
 }
@@ -91,7 +91,11 @@ pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let (sk, old, new) = (config!(tp.state_sk), config!(tp.state_old), config!(tp.state_new));
+    let (sk, old, new) = (
+        config!(tp.state_sk),
+        config!(tp.state_old),
+        config!(tp.state_new),
+    );
     // SAFETY: offsets come from this tracepoint's tracefs format and are bounds-checked by the
     // agent; `read_at` itself goes through bpf_probe_read.
     let args = unsafe {
@@ -142,7 +146,6 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     }
     0
 }
-
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -3,9 +3,13 @@
 use agent_common::{
     EventHeader, MSG_PEEK, SockState, TeardownEvent, flag, kind, role, stat, tcp_state,
 };
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
 };
+use aya_log_ebpf::debug;
 
 use crate::{EVENTS, SOCKS, STATS, kernel};
 
@@ -40,7 +44,7 @@ fn claim(st: &mut SockState) {
 
 /// The socket's state, adopting a live TCP socket the agent has not seen open (role unknown).
 #[inline(always)]
-fn lookup_or_adopt(sk: u64) -> Option<*mut SockState> {
+fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         return Some(st);
     }
@@ -59,16 +63,25 @@ fn lookup_or_adopt(sk: u64) -> Option<*mut SockState> {
     // BPF_NOEXIST: a concurrent adopter on another CPU wins, we then use its entry.
     if SOCKS.insert(sk, st, 1).is_ok() {
         bump(stat::SOCKETS_TRACKED);
+        // Once per socket that predates the agent: rare, and useful when a role looks wrong.
+        debug!(
+            ctx,
+            "adopted a TCP socket opened before the agent: {}:{} -> :{}, state {}",
+            st.family,
+            st.lport,
+            st.rport,
+            state
+        );
     }
     SOCKS.get_ptr_mut(sk)
 }
 
-pub fn on_recv(sk: u64, ret: i32, flags: i32) {
+pub fn on_recv<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, flags: i32) {
     // 0 (EOF) and errors (EAGAIN, ...) are not input; a peek consumes nothing.
     if ret <= 0 || flags & MSG_PEEK != 0 {
         return;
     }
-    let Some(st) = lookup_or_adopt(sk) else {
+    let Some(st) = lookup_or_adopt(ctx, sk) else {
         return;
     };
     // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
@@ -82,11 +95,11 @@ pub fn on_recv(sk: u64, ret: i32, flags: i32) {
     st.last_in_ns = t;
 }
 
-pub fn on_send(sk: u64, ret: i32) {
+pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32) {
     if ret <= 0 {
         return;
     }
-    let Some(st) = lookup_or_adopt(sk) else {
+    let Some(st) = lookup_or_adopt(ctx, sk) else {
         return;
     };
     // SAFETY: see on_recv.
@@ -140,7 +153,7 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
         return;
     }
     st.flags |= flag::LOCAL_CLOSE;
-    if st.owes_answer() {
+    if st.may_owe_answer() {
         emit_teardown(sk, st, old, new);
     }
 }

@@ -28,7 +28,11 @@ pub enum BtfError {
     #[error("kernel BTF: {ty}.{field} is a bitfield, which the programs cannot read")]
     Bitfield { ty: String, field: String },
     #[error("kernel BTF: {ty}.{field} is at byte {offset}, beyond what the programs accept")]
-    TooFar { ty: String, field: String, offset: u32 },
+    TooFar {
+        ty: String,
+        field: String,
+        offset: u32,
+    },
 }
 
 /// Opens the kernel's BTF.
@@ -168,7 +172,10 @@ mod tests {
         }
         // skc_daddr lives in an anonymous struct inside an anonymous union at the very start.
         assert_eq!(field_offset(&btf, "sock_common", "skc_daddr").unwrap(), 0);
-        assert_eq!(field_offset(&btf, "sock_common", "skc_rcv_saddr").unwrap(), 4);
+        assert_eq!(
+            field_offset(&btf, "sock_common", "skc_rcv_saddr").unwrap(),
+            4
+        );
         // KERNEL.md: bpf_probe_read of the u16 at sock+16 gave AF_INET on this kernel family.
         assert_eq!(field_offset(&btf, "sock", "skc_family").unwrap(), 16);
     }
@@ -181,7 +188,10 @@ mod tests {
         assert!(off.tcp_write_seq > off.sk_protocol);
         assert!(off.tcp_snd_una > off.sk_protocol);
         assert_ne!(off.tcp_write_seq, off.tcp_snd_una);
-        assert!(off.skc_dport + 2 == off.skc_num, "skc_dport and skc_num share skc_portpair");
+        assert!(
+            off.skc_dport + 2 == off.skc_num,
+            "skc_dport and skc_num share skc_portpair"
+        );
     }
 
     #[test]

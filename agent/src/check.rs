@@ -66,7 +66,10 @@ pub fn check(args: &KernelArgs) -> ExitCode {
                         format!("{}={via}", a.name)
                     })
                     .collect();
-                row("probe mode tracepoint", format!("loads and attaches ({})", hooks.join(" ")));
+                row(
+                    "probe mode tracepoint",
+                    format!("loads and attaches ({})", hooks.join(" ")),
+                );
                 for (d, on) in ProbeMode::Tracepoint.detectors() {
                     let state = if on { "available" } else { "not built yet" };
                     row(&format!("detector {d}"), format!("{state} (tracepoint)"));

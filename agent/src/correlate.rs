@@ -136,14 +136,26 @@ impl Default for Correlator {
     }
 }
 
+/// Answers "does process `pid` have a TCP socket listening on local port `port`?" for sockets
+/// opened before the agent started (their role was never observed).
+pub trait Listeners {
+    fn listening(&self, pid: u32, port: u16) -> bool;
+}
+
+impl<F: Fn(u32, u16) -> bool> Listeners for F {
+    fn listening(&self, pid: u32, port: u16) -> bool {
+        self(pid, port)
+    }
+}
+
 impl Correlator {
     /// SPEC §2 "unanswered close": the local process read ≥1 byte, wrote nothing after that last
     /// read, and then closed the connection itself (FIN or RST, in its own context).
-    pub fn teardown(&self, ev: &TeardownEvent) -> Option<Incident> {
+    pub fn teardown(&self, ev: &TeardownEvent, listeners: &impl Listeners) -> Option<Incident> {
         let s = &ev.sock;
         // The kernel pre-filter applies the same rule; repeating it keeps this function the
         // single, complete statement of the detector.
-        if !s.owes_answer() || s.tgid == 0 {
+        if !s.may_owe_answer() || s.tgid == 0 {
             return None;
         }
         // The RST came from the peer: the connection was torn down, not closed by the process.
@@ -154,8 +166,13 @@ impl Correlator {
         if ev.closer_tgid != s.tgid {
             return None;
         }
-        let (local, remote) = addrs(s);
         let role = Role::from_wire(s.role);
+        // A socket older than the agent is a server's only if its process listens on its local
+        // port; otherwise it may be a client that read a response, which owes nothing.
+        if role == Role::Unknown && !listeners.listening(s.tgid, s.lport) {
+            return None;
+        }
+        let (local, remote) = addrs(s);
         Some(Incident {
             kind: Kind::UnansweredClose,
             how: if ev.newstate == tcp_state::CLOSE {
@@ -183,7 +200,11 @@ impl Correlator {
         match role {
             Role::Server => lport,
             Role::Client => rport,
-            Role::Unknown if self.ephemeral.contains(&lport) && !self.ephemeral.contains(&rport) => {
+            // Only unknown sockets on a listening port are reported, so the local port is the
+            // service's; prefer the non-ephemeral one anyway if the two disagree.
+            Role::Unknown
+                if self.ephemeral.contains(&lport) && !self.ephemeral.contains(&rport) =>
+            {
                 rport
             }
             Role::Unknown => lport,
@@ -228,7 +249,7 @@ impl Filter {
         let port_ok = self.ports.is_empty()
             || self.ports.contains(&i.local.port())
             || self.ports.contains(&i.remote.port());
-        let comm_ok = self.comms.is_empty() || self.comms.iter().any(|c| *c == i.comm);
+        let comm_ok = self.comms.is_empty() || self.comms.contains(&i.comm);
         port_ok && comm_ok
     }
 }

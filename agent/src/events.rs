@@ -89,10 +89,16 @@ mod tests {
         let ev = teardown();
         let bytes = bytemuck::bytes_of(&ev);
         assert_eq!(decode(&bytes[..3]), Err(DecodeError::Short(3)));
-        assert!(matches!(decode(&bytes[..40]), Err(DecodeError::BadLength { .. })));
+        assert!(matches!(
+            decode(&bytes[..40]),
+            Err(DecodeError::BadLength { .. })
+        ));
         let mut bad = ev;
         bad.header.kind = 99;
-        assert_eq!(decode(bytemuck::bytes_of(&bad)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(bytemuck::bytes_of(&bad)),
+            Err(DecodeError::UnknownKind(99))
+        );
         bad = ev;
         bad.header.len = 8;
         assert!(matches!(

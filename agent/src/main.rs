@@ -6,6 +6,7 @@ mod cli;
 mod correlate;
 mod events;
 mod http;
+mod listeners;
 mod metrics;
 mod privileges;
 mod probes;

@@ -121,7 +121,9 @@ impl Metrics {
     pub fn set_probe_mode(&self, mode: &str, detectors: &[(&str, bool)]) {
         self.probe_mode.with_label_values(&[mode]).set(1);
         for (d, on) in detectors {
-            self.detector_enabled.with_label_values(&[d]).set(i64::from(*on));
+            self.detector_enabled
+                .with_label_values(&[d])
+                .set(i64::from(*on));
         }
     }
 
@@ -149,7 +151,8 @@ impl Metrics {
         catch_up(&self.kernel_events, k.events_sent);
         catch_up(&self.sockets_observed, k.sockets_tracked);
         let live = k.sockets_tracked.saturating_sub(k.sockets_released);
-        self.tracked_sockets.set(i64::try_from(live).unwrap_or(i64::MAX));
+        self.tracked_sockets
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 
     /// The text exposition.
@@ -199,7 +202,10 @@ mod tests {
     #[test]
     fn exposition_has_the_spec_series() {
         let m = Metrics::new();
-        m.set_probe_mode("tracepoint", &[("unanswered_close", true), ("write_after_close", false)]);
+        m.set_probe_mode(
+            "tracepoint",
+            &[("unanswered_close", true), ("write_after_close", false)],
+        );
         m.record(&incident());
         m.set_kernel(KernelStats {
             events_dropped: 3,
@@ -216,9 +222,16 @@ mod tests {
             "lostwrite_tracked_sockets 6",
             r#"lostwrite_probe_mode_info{mode="tracepoint"} 1"#,
             r#"lostwrite_detector_enabled{detector="write_after_close"} 0"#,
-            concat!(r#"lostwrite_build_info{version=""#, env!("CARGO_PKG_VERSION"), r#""} 1"#),
+            concat!(
+                r#"lostwrite_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
+            ),
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 

@@ -161,11 +161,12 @@ impl Probes {
             sock: offsets,
             tp: classic.as_ref().copied().unwrap_or_default(),
         };
-        let aya_btf =
-            Btf::parse_file(opts.btf, Endianness::default()).map_err(|source| ProbeError::AyaBtf {
+        let aya_btf = Btf::parse_file(opts.btf, Endianness::default()).map_err(|source| {
+            ProbeError::AyaBtf {
                 path: opts.btf.display().to_string(),
                 source,
-            })?;
+            }
+        })?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global(names::CONFIG, &config, true)
@@ -258,11 +259,13 @@ fn attach(
             attach_classic(ebpf, hook)
         }
     };
-    classic.map(|()| Via::Classic).map_err(|classic| ProbeError::Hook {
-        hook: hook.name,
-        btf: btf_err,
-        classic,
-    })
+    classic
+        .map(|()| Via::Classic)
+        .map_err(|classic| ProbeError::Hook {
+            hook: hook.name,
+            btf: btf_err,
+            classic,
+        })
 }
 
 fn attach_btf(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> Result<(), String> {
@@ -297,7 +300,11 @@ fn classic_fields(tracefs_path: &Path) -> Result<TracepointFields, tracefs::Trac
     // sock_send_length and sock_recv_length share one event class (sock_msg_length in
     // include/trace/events/sock.h), so one layout serves both.
     let len = f("sock", "sock_recv_length", &["sk", "ret", "flags"])?;
-    let state = f("sock", "inet_sock_set_state", &["skaddr", "oldstate", "newstate"])?;
+    let state = f(
+        "sock",
+        "inet_sock_set_state",
+        &["skaddr", "oldstate", "newstate"],
+    )?;
     let destroy = f("tcp", "tcp_destroy_sock", &["skaddr"])?;
     let reset = f("tcp", "tcp_receive_reset", &["skaddr"])?;
     Ok(TracepointFields {

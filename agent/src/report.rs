@@ -133,6 +133,11 @@ mod tests {
         assert_eq!(v["role"], "server");
         assert_eq!(v["remote"], "127.0.0.1:60154");
         assert_eq!(v["bytes_read"], 78);
-        assert!(v["message"].as_str().unwrap().starts_with("pid 4242 (seedsrv) read 78 bytes"));
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("pid 4242 (seedsrv) read 78 bytes")
+        );
     }
 }

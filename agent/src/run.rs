@@ -16,6 +16,7 @@ use crate::{
     correlate::{Correlator, Filter},
     events::{self, Event},
     http::{self, AppState},
+    listeners::ProcListeners,
     metrics::Metrics,
     privileges,
     probes::{LoadOptions, ProbeError, ProbeMode, Probes},
@@ -139,7 +140,7 @@ async fn read_events(
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
             let incident = match events::decode(&item) {
-                Ok(Event::Teardown(ev)) => correlator.teardown(&ev),
+                Ok(Event::Teardown(ev)) => correlator.teardown(&ev, &ProcListeners),
                 Err(e) => {
                     metrics.decode_error();
                     warn!("dropping a malformed kernel record: {e}");

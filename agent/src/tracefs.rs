@@ -59,7 +59,11 @@ pub fn field_offsets(
     name: &str,
     fields: &[&str],
 ) -> Result<Vec<u32>, TracefsError> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     let text = fs::read_to_string(&path).map_err(|source| TracefsError::Format {
         path: path.clone(),
         source,

@@ -1,7 +1,8 @@
 //! Synthetic event sequences for every detector rule and every not-a-loss case of SPEC §2.
 
-use super::*;
 use agent_common::{AF_INET, EventHeader, kind};
+
+use super::*;
 
 const SEC: u64 = 1_000_000_000;
 const OWNER: u32 = 4242;
@@ -88,7 +89,7 @@ impl Conn {
         };
         let mut st = self.st;
         st.flags |= flag::LOCAL_CLOSE;
-        st.owes_answer().then(|| TeardownEvent {
+        st.may_owe_answer().then_some(TeardownEvent {
             header: EventHeader {
                 kind: kind::TEARDOWN,
                 len: size_of::<TeardownEvent>() as u32,
@@ -113,16 +114,26 @@ impl Conn {
     }
 }
 
+/// Correlates with nothing listening anywhere.
 fn incidents(ev: Option<TeardownEvent>) -> Vec<Incident> {
+    incidents_with(ev, |_, _| false)
+}
+
+fn incidents_with(ev: Option<TeardownEvent>, listeners: impl Listeners) -> Vec<Incident> {
     ev.iter()
-        .filter_map(|e| Correlator::default().teardown(e))
+        .filter_map(|e| Correlator::default().teardown(e, &listeners))
         .collect()
 }
 
 #[test]
 fn seed_go_write_timeout_counts_one() {
     // Go net/http, WriteTimeout 1 s, handler sleeps 2 s: 78 bytes in, nothing out, FIN 2 s later.
-    let got = incidents(Conn::server().recv(SEC, 78).recv(SEC + 5, -11).close(3 * SEC));
+    let got = incidents(
+        Conn::server()
+            .recv(SEC, 78)
+            .recv(SEC + 5, -11)
+            .close(3 * SEC),
+    );
     assert_eq!(got.len(), 1);
     let i = &got[0];
     assert_eq!(i.kind, Kind::UnansweredClose);
@@ -158,7 +169,10 @@ fn idle_keep_alive_closed_by_server_counts_zero() {
 #[test]
 fn client_closing_after_reading_full_response_counts_zero() {
     // The client wrote first, so it owes nothing even though its last operation was a read.
-    let c = Conn::client().send(SEC, 78).recv(SEC + 10, 4096).recv(SEC + 20, 2000);
+    let c = Conn::client()
+        .send(SEC, 78)
+        .recv(SEC + 10, 4096)
+        .recv(SEC + 20, 2000);
     assert_eq!(c.close(SEC + 30), None);
 }
 
@@ -199,7 +213,10 @@ fn connection_reset_by_peer_counts_zero() {
         .recv(SEC, 78)
         .peer_reset()
         .close_by(2 * SEC, tcp_state::CLOSE, OWNER);
-    assert!(ev.is_some(), "the kernel reports it; the correlation drops it");
+    assert!(
+        ev.is_some(),
+        "the kernel reports it; the correlation drops it"
+    );
     assert!(incidents(ev).is_empty());
 }
 
@@ -215,14 +232,18 @@ fn close_outside_the_process_context_counts_zero() {
 #[test]
 fn abortive_close_with_unanswered_request_counts_as_reset() {
     // close() with unread input goes straight to CLOSE with an RST.
-    let got = incidents(
-        Conn::server()
-            .recv(SEC, 3)
-            .close_by(SEC + SEC / 2, tcp_state::CLOSE, OWNER),
-    );
+    let got = incidents(Conn::server().recv(SEC, 3).close_by(
+        SEC + SEC / 2,
+        tcp_state::CLOSE,
+        OWNER,
+    ));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].how, CloseHow::Reset);
-    assert!(got[0].sentence().contains("and reset the connection 0.5 s later"));
+    assert!(
+        got[0]
+            .sentence()
+            .contains("and reset the connection 0.5 s later")
+    );
 }
 
 #[test]
@@ -230,7 +251,11 @@ fn peer_that_gave_up_is_reported_as_such() {
     let got = incidents(Conn::server().recv(SEC, 78).peer_fin().close(5 * SEC));
     assert_eq!(got.len(), 1);
     assert!(got[0].peer_closed);
-    assert!(got[0].sentence().ends_with("(the peer had already closed its side: it gave up waiting)"));
+    assert!(
+        got[0]
+            .sentence()
+            .ends_with("(the peer had already closed its side: it gave up waiting)")
+    );
 }
 
 #[test]
@@ -245,7 +270,11 @@ fn second_request_on_keep_alive_unanswered_counts_one() {
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].bytes_in, got[0].unanswered_bytes), (158, 80));
     assert!(got[0].sentence().contains("read 80 bytes"));
-    assert!(got[0].sentence().ends_with("without writing anything after that read"));
+    assert!(
+        got[0]
+            .sentence()
+            .ends_with("without writing anything after that read")
+    );
 }
 
 #[test]
@@ -275,14 +304,33 @@ fn unknown_role_uses_the_non_ephemeral_port() {
     assert_eq!(c.port_label(Role::Unknown, 60154, 5432), 5432);
     assert_eq!(c.port_label(Role::Client, 60154, 5432), 5432);
     assert_eq!(c.port_label(Role::Server, 443, 50000), 443);
-    // A pre-existing server socket whose first observed bytes were the request counts.
-    let got = incidents(
-        Conn::new(role::UNKNOWN, 8800, 40000)
-            .recv(SEC, 78)
-            .close(2 * SEC),
-    );
+}
+
+#[test]
+fn pre_existing_socket_counts_only_on_a_listening_port() {
+    let listening_8800 = |pid: u32, port: u16| pid == OWNER && port == 8800;
+    // A server socket older than the agent: request in, closed without an answer.
+    let server = || Conn::new(role::UNKNOWN, 8800, 40000).recv(SEC, 78);
+    let got = incidents_with(server().close(2 * SEC), listening_8800);
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].role, got[0].port), (Role::Unknown, 8800));
+    // Even if the first bytes the agent saw were the server's own (a response in flight).
+    let mid_exchange = Conn::new(role::UNKNOWN, 8800, 40000)
+        .send(SEC, 120)
+        .recv(2 * SEC, 78)
+        .close(3 * SEC);
+    assert_eq!(incidents_with(mid_exchange, listening_8800).len(), 1);
+    // A client older than the agent that reads a response and closes: its local port is
+    // ephemeral and nobody listens there, so it owes nothing.
+    let client = Conn::new(role::UNKNOWN, 56320, 9437)
+        .send(SEC, 78)
+        .recv(2 * SEC, 300)
+        .close(3 * SEC);
+    assert!(
+        client.is_some(),
+        "the kernel cannot tell it apart and reports it"
+    );
+    assert!(incidents_with(client, listening_8800).is_empty());
 }
 
 #[test]
@@ -300,4 +348,19 @@ fn ipv6_and_mapped_ipv4_addresses() {
 fn comm_stops_at_nul() {
     assert_eq!(comm(b"nginx\0\0\0garbage\0"), "nginx");
     assert_eq!(comm(b"exactly15bytes!\0"), "exactly15bytes!");
+}
+
+#[test]
+fn filter_by_port_and_comm() {
+    let i = &incidents(Conn::server().recv(SEC, 78).close(2 * SEC))[0];
+    assert!(Filter::default().allows(i));
+    let f = |ports: &[u16], comms: &[&str]| Filter {
+        ports: ports.to_vec(),
+        comms: comms.iter().map(|c| c.to_string()).collect(),
+    };
+    assert!(f(&[8800], &[]).allows(i));
+    assert!(f(&[60154], &[]).allows(i), "either end's port matches");
+    assert!(!f(&[9000], &[]).allows(i));
+    assert!(f(&[], &["nginx", "seedsrv"]).allows(i));
+    assert!(!f(&[8800], &["nginx"]).allows(i));
 }

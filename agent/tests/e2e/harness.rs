@@ -1,0 +1,264 @@
+//! Running the real agent against the real kernel, and reading what it reports.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use prometheus_parse::{Scrape, Value};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+
+/// Whether this process may run root e2e tests. Under `LOSTWRITE_E2E=1` (CI, `cargo xtask test`)
+/// not being root is a failure, never a skip.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("LOSTWRITE_E2E").is_none(),
+        "{test}: LOSTWRITE_E2E is set but the tests do not run as root; they need root to load \
+         eBPF programs"
+    );
+    eprintln!(
+        "SKIPPED {test}: needs root to load eBPF programs (cargo xtask test runs it as root)"
+    );
+    false
+}
+
+/// An unused loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    wait_for(
+        &format!("a listener on {addr}"),
+        Duration::from_secs(20),
+        || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok(),
+    );
+}
+
+/// One GET on a fresh connection (no pooling: a connection opened before the probes attached
+/// would be a pre-existing socket to the agent, and each test wants to know exactly what it saw).
+pub fn http_get(url: &str) -> Result<(u16, String), String> {
+    let mut resp = ureq::get(url)
+        .header("Connection", "close")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// A running `agent run`, stopped with SIGTERM on drop.
+pub struct Agent {
+    child: Child,
+    pub listen: SocketAddr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts the agent (JSON incident log) and waits until /healthz says the probes are
+    /// attached and /metrics shows the tracepoint mode in use.
+    pub fn start(extra: &[&str]) -> Self {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(AGENT)
+            .args([
+                "run",
+                "--listen",
+                &listen.to_string(),
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the agent");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut agent = Self {
+            child,
+            listen,
+            stdout,
+            stderr,
+        };
+        wait_for("the agent's /healthz", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("the agent exited ({status}): {}", agent.stderr_text());
+            }
+            match http_get(&agent.url("/healthz")) {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        });
+        agent.assert_attached();
+        agent
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// Asserts the probes are attached: a silent agent must fail every e2e test.
+    pub fn assert_attached(&mut self) {
+        let s = self.scrape();
+        assert_eq!(
+            s.value("lostwrite_probe_mode_info", &[("mode", "tracepoint")]),
+            Some(1.0),
+            "probe mode not reported: {}",
+            self.stderr_text()
+        );
+        let stderr = self.stderr_text();
+        assert!(
+            stderr.contains("probes attached"),
+            "no attach log line: {stderr}"
+        );
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let (status, body) = http_get(&self.url("/metrics")).expect("scrape /metrics");
+        assert_eq!(status, 200, "/metrics answered {status}: {body}");
+        body
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        let text = self.metrics_text();
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse /metrics");
+        Metrics { scrape }
+    }
+
+    /// Incident lines (JSON) printed so far.
+    pub fn incidents(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad incident {l:?}: {e}")))
+            .collect()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for the agent")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// One parsed scrape.
+pub struct Metrics {
+    scrape: Scrape,
+}
+
+impl Metrics {
+    /// The value of the sample `name` whose labels include all of `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                Value::Histogram(_) | Value::Summary(_) => f64::NAN,
+            })
+    }
+
+    /// Sum over every sample of `name` (0 when there is none).
+    pub fn total(&self, name: &str) -> f64 {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    /// Every label set of `name`, rendered, for failure messages.
+    pub fn series(&self, name: &str) -> Vec<String> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| format!("{}{{{}}}", s.metric, s.labels))
+            .collect()
+    }
+}
+
+/// A child process killed on drop.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,43 @@
+//! Healthy traffic must count zero and must not even reach userspace.
+
+use std::{thread, time::Duration};
+
+use crate::{
+    harness::{Agent, root_or_skip},
+    servers::{SEED_PORT, curl, start_seedsrv},
+};
+
+#[test]
+fn healthy_traffic_on_the_seed_server_counts_zero() {
+    if !root_or_skip("healthy_traffic_on_the_seed_server_counts_zero") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (_server, _) = start_seedsrv();
+    let before = agent.scrape();
+
+    // Five requests on one keep-alive connection.
+    let fast = format!("http://127.0.0.1:{SEED_PORT}/fast");
+    let (code, body, err) = curl(&vec![fast.clone(); 5]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(body.lines().filter(|l| *l == "fast hello").count(), 5);
+    // Five clients that close right after reading the full response.
+    for _ in 0..5 {
+        let (code, body, err) = curl(std::slice::from_ref(&fast));
+        assert_eq!((code, body.as_str()), (Some(0), "fast hello\n"), "{err}");
+    }
+    thread::sleep(Duration::from_millis(500));
+
+    let after = agent.scrape();
+    let seen = after.total("lostwrite_sockets_observed_total")
+        - before.total("lostwrite_sockets_observed_total");
+    // Six connections, each seen from both ends.
+    assert!(seen >= 12.0, "the agent saw only {seen} new sockets");
+    assert_eq!(after.total("lostwrite_unanswered_closes_total"), 0.0);
+    assert_eq!(
+        after.total("lostwrite_kernel_events_total"),
+        before.total("lostwrite_kernel_events_total"),
+        "healthy traffic sent records to userspace"
+    );
+    assert!(agent.incidents().is_empty(), "{:?}", agent.incidents());
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real agent, the real kernel, real servers on loopback.
+//!
+//! They need root (eBPF) and share kernel state, so run them serially:
+//! `cargo test -p agent --test e2e -- --test-threads=1` (what `cargo xtask test` does). Every test
+//! first asserts that the probes attached and that the agent saw the test's own connections, so
+//! an agent that silently observes nothing fails.
+
+mod errors;
+mod harness;
+mod healthy;
+mod prometheus;
+mod servers;
+mod unanswered;

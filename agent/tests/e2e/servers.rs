@@ -1,0 +1,99 @@
+//! The servers the scenarios run: the Go seed server and small Rust servers.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    thread,
+    time::Duration,
+};
+
+use crate::harness::{Process, wait_listening};
+
+pub const SEED_PORT: u16 = 8800;
+
+/// Builds tests/servers/seedsrv once per test run; the binary name is the comm the agent reports.
+pub fn seedsrv_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-bin");
+        std::fs::create_dir_all(&out).unwrap();
+        let bin = out.join("seedsrv");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/servers/seedsrv"
+            ))
+            .env("GOCACHE", out.join("cache"))
+            .env("GOFLAGS", "-buildvcs=false")
+            .status()
+            .expect("run `go build` (golang-go is installed by `cargo xtask setup`)");
+        assert!(status.success(), "go build of seedsrv failed: {status}");
+        bin
+    })
+}
+
+/// Starts the seed server on 127.0.0.1:8800 and waits until it accepts connections.
+pub fn start_seedsrv() -> (Process, u32) {
+    let child = Command::new(seedsrv_binary())
+        .args(["-addr", &format!("127.0.0.1:{SEED_PORT}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start seedsrv");
+    let pid = child.id();
+    let proc = Process(child);
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], SEED_PORT)));
+    (proc, pid)
+}
+
+/// `curl -sS <url>...`: (exit code, stdout, stderr).
+pub fn curl(urls: &[String]) -> (Option<i32>, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "15"])
+        .args(urls)
+        .output()
+        .expect("run curl (installed by `cargo xtask setup`)");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub const REQUEST: &[u8] = b"GET /order/42 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n";
+
+/// A Rust server thread (comm `rustsrv`) that accepts one connection, reads the request, and
+/// closes without answering. A client sends [`REQUEST`] and waits for a reply that never comes.
+/// Returns the server's port and what the client read (nothing, then EOF).
+pub fn rust_server_reads_and_closes() -> (u16, usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::Builder::new()
+        .name("rustsrv".into())
+        .spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "the server got no request");
+            thread::sleep(Duration::from_millis(100));
+            drop(conn); // closed without a response
+        })
+        .unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(REQUEST).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reply = Vec::new();
+    client
+        .read_to_end(&mut reply)
+        .expect("read until the server closes");
+    server.join().unwrap();
+    (port, reply.len())
+}

@@ -1,0 +1,72 @@
+//! Running commands: echo them, and fail with the command line in the error.
+
+use std::{ffi::OsStr, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The command as a shell-like line, with its environment overrides (PATH aside) in front.
+pub fn display(cmd: &Command) -> String {
+    let mut words = Vec::new();
+    for (key, value) in cmd.get_envs() {
+        if key == "PATH" {
+            continue;
+        }
+        if let Some(value) = value {
+            words.push(format!("{}={}", key.to_string_lossy(), quote(value)));
+        }
+    }
+    words.push(quote(cmd.get_program()));
+    words.extend(cmd.get_args().map(quote));
+    words.join(" ")
+}
+
+fn quote(word: &OsStr) -> String {
+    let word = word.to_string_lossy();
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=+,^@%".contains(c));
+    if plain {
+        word.into_owned()
+    } else {
+        format!("{:?}", word)
+    }
+}
+
+pub fn echo(cmd: &Command) {
+    eprintln!("+ {}", display(cmd));
+}
+
+/// Run `cmd` with inherited stdio; an error unless it exits successfully.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    echo(cmd);
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start `{}`", display(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
+/// Run `cmd` quietly and return its stdout; an error (with its stderr) unless it exits
+/// successfully.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start `{}`", display(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            display(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
+}
+
+/// Whether `cmd` runs and exits successfully, with its output discarded.
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|out| out.status.success())
+}

@@ -1,0 +1,270 @@
+//! `cargo xtask setup`: idempotent installation of what builds and tests need.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs, io,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::{cmd, is_root};
+
+/// The environment commands that build the agent need.
+pub struct Env {
+    /// Directory holding `bpf-linker`, which aya-build needs on PATH to link the eBPF programs.
+    linker_bin: PathBuf,
+}
+
+impl Env {
+    /// Put bpf-linker's directory in front of the command's PATH.
+    pub fn apply(&self, cmd: &mut Command) {
+        let mut dirs = vec![self.linker_bin.clone()];
+        dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+        let path = env::join_paths(dirs).unwrap_or_else(|_| OsString::from(&self.linker_bin));
+        cmd.env("PATH", path);
+    }
+}
+
+pub fn all() -> Result<Env> {
+    nightly_components()?;
+    let linker_bin = bpf_linker()?;
+    apt_packages()?;
+    Ok(Env { linker_bin })
+}
+
+/// rust-src (for `-Z build-std=core`) and rustfmt (the rustfmt.toml uses nightly-only options).
+fn nightly_components() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    // Lines look like `rust-src` or `rustfmt-x86_64-unknown-linux-gnu`.
+    let has = |name: &str| {
+        installed.lines().map(str::trim).any(|line| {
+            line == name
+                || line
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+    };
+    for component in ["rust-src", "rustfmt"] {
+        if !has(component) {
+            cmd::run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+        println!("setup: {component} ok");
+    }
+    Ok(())
+}
+
+/// Where bpf-linker and its libLLVM links live. Durable: the binary's RUNPATH points at `lib/`.
+fn linker_prefix() -> Result<PathBuf> {
+    let data_home = match env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        _ => {
+            let home = env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?;
+            PathBuf::from(home).join(".local/share")
+        }
+    };
+    Ok(data_home.join("lostwrite/bpf-linker"))
+}
+
+/// bpf-linker 0.13 built against the nightly toolchain's own libLLVM. Returns its bin directory.
+fn bpf_linker() -> Result<PathBuf> {
+    let prefix = linker_prefix()?;
+    let bin_dir = prefix.join("bin");
+    let linker = bin_dir.join("bpf-linker");
+    if cmd::succeeds(Command::new(&linker).arg("--version")) {
+        println!("setup: bpf-linker ok ({})", linker.display());
+        return Ok(bin_dir);
+    }
+
+    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = find_libllvm(&sysroot_lib)?;
+    let major = llvm_major()?;
+
+    // bpf-linker's build looks for `lib/libLLVM.so` under LLVM_PREFIX; the binary then loads the
+    // versioned soname through its RUNPATH.
+    let lib_dir = prefix.join("lib");
+    fs::create_dir_all(&lib_dir).with_context(|| format!("creating {}", lib_dir.display()))?;
+    let target = sysroot_lib.join(&libllvm);
+    ensure_symlink(&lib_dir.join("libLLVM.so"), &target)?;
+    ensure_symlink(&lib_dir.join(&libllvm), &target)?;
+
+    let mut install = Command::new("cargo");
+    install
+        .env("LLVM_PREFIX", &prefix)
+        .arg("install")
+        .arg("--root")
+        .arg(&prefix)
+        .args(["bpf-linker", "--version", "^0.13", "--no-default-features"])
+        .args(["--features", &format!("llvm-{major}")])
+        // --force: we only get here when an installed binary does not run (e.g. the nightly's
+        // libLLVM changed), and cargo would otherwise refuse to reinstall the same version.
+        .args(["--locked", "--force"])
+        // Outside the workspace, so that its configuration does not apply.
+        .current_dir(&prefix);
+    cmd::run(&mut install)?;
+
+    if !cmd::succeeds(Command::new(&linker).arg("--version")) {
+        bail!("{} was installed but `--version` fails", linker.display());
+    }
+    println!("setup: bpf-linker ok ({})", linker.display());
+    Ok(bin_dir)
+}
+
+/// The versioned `libLLVM.so.<version>` file in the nightly sysroot's `lib/`.
+fn find_libllvm(sysroot_lib: &Path) -> Result<OsString> {
+    let entries =
+        fs::read_dir(sysroot_lib).with_context(|| format!("listing {}", sysroot_lib.display()))?;
+    for entry in entries {
+        let name = entry?.file_name();
+        if name.to_string_lossy().starts_with("libLLVM.so.") {
+            return Ok(name);
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}; bpf-linker needs the nightly toolchain's libLLVM",
+        sysroot_lib.display()
+    )
+}
+
+/// The major version of the nightly's LLVM, from `rustc +nightly -vV` ("LLVM version: 22.1.4").
+fn llvm_major() -> Result<String> {
+    let version = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version:"))
+        .and_then(|v| v.trim().split('.').next())
+        .filter(|major| !major.is_empty() && major.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no `LLVM version: N.x` line in `rustc +nightly -vV`:\n{version}"))
+}
+
+fn ensure_symlink(link: &Path, target: &Path) -> Result<()> {
+    match fs::read_link(link) {
+        Ok(existing) if existing == target => return Ok(()),
+        Ok(_) => fs::remove_file(link)?,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(_) => fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?,
+    }
+    symlink(target, link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+}
+
+/// Debian packages the end-to-end tests use. Each entry lists acceptable packages; the first one
+/// is installed when none is present.
+const APT_PACKAGES: &[&[&str]] = &[
+    &["golang-go"],
+    &["curl"],
+    &["prometheus"], // the server and promtool
+    &["bpftool"],
+    &["iproute2"],
+    &["util-linux"], // setpriv
+    // `nginx` exists in every Debian release; the others provide the same binary.
+    &[
+        "nginx",
+        "nginx-light",
+        "nginx-core",
+        "nginx-full",
+        "nginx-extras",
+    ],
+    &["wrk"],
+    &["python3"],
+];
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|choices| !choices.iter().any(|pkg| dpkg_installed(pkg)))
+        .map(|choices| choices[0])
+        .collect();
+    if missing.is_empty() {
+        println!("setup: apt packages ok");
+        return Ok(());
+    }
+
+    println!("setup: installing {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut cmd = if is_root() {
+            Command::new("apt-get")
+        } else {
+            let mut cmd = Command::new("sudo");
+            cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+            cmd
+        };
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        cmd
+    };
+    let _no_services = NoServiceStarts::new();
+    cmd::run(&mut apt(&["update"]))?;
+    cmd::run(apt(&["install", "-y", "--no-install-recommends"]).args(&missing))?;
+
+    let still_missing: Vec<&str> = missing
+        .into_iter()
+        .filter(|pkg| !dpkg_installed(pkg))
+        .collect();
+    if !still_missing.is_empty() {
+        bail!(
+            "still not installed after apt-get install: {}",
+            still_missing.join(" ")
+        );
+    }
+    println!("setup: apt packages ok");
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|out| out.status.success() && out.stdout == b"install ok installed")
+}
+
+/// While alive, a policy-rc.d that stops package scripts from starting services: installing
+/// nginx and prometheus should not leave daemons on :80 and :9090 that tests could collide with,
+/// nor try to start them on machines without an init system. Only made when running as root and
+/// none exists; removed on drop.
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    fn new() -> Self {
+        let path = Path::new("/usr/sbin/policy-rc.d");
+        if !is_root() || fs::symlink_metadata(path).is_ok() {
+            return Self(None);
+        }
+        let written = fs::write(path, "#!/bin/sh\nexit 101\n").and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        });
+        match written {
+            Ok(()) => Self(Some(path)),
+            Err(err) => {
+                eprintln!("setup: could not write {}: {err}", path.display());
+                let _ = fs::remove_file(path);
+                Self(None)
+            }
+        }
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
