@@ -38,6 +38,27 @@ pub mod stat {
 /// `EventHeader::kind` values.
 pub mod kind {
     pub const TEARDOWN: u32 = 1;
+    pub const ABORT: u32 = 2;
+    pub const WRITE_ERROR: u32 = 3;
+}
+
+/// What ended a connection abortively (`AbortEvent::trigger`).
+pub mod trigger {
+    /// `tcp:tcp_send_reset` on the socket: the local stack sent an RST.
+    pub const SEND_RESET: u32 = 1;
+    /// `tcp:tcp_receive_reset`: the peer sent an RST.
+    pub const RECEIVE_RESET: u32 = 2;
+    /// The socket went to CLOSE with `sk_err` set and no RST (retransmission timeout, ...).
+    pub const ERROR: u32 = 3;
+}
+
+/// Positive errno values the programs compare against (include/uapi/asm-generic/errno*.h).
+pub mod errno {
+    pub const EBADF: u32 = 9;
+    pub const EPIPE: u32 = 32;
+    pub const ECONNRESET: u32 = 104;
+    pub const ENOTCONN: u32 = 107;
+    pub const ETIMEDOUT: u32 = 110;
 }
 
 /// Socket roles (`SockState::role`).
@@ -58,6 +79,12 @@ pub mod flag {
     pub const PEER_RESET: u8 = 1 << 1;
     /// The local side started its close (FIN or abortive close) and it was examined.
     pub const LOCAL_CLOSE: u8 = 1 << 2;
+    /// An abort record was already sent for this socket.
+    pub const ABORTED: u8 = 1 << 3;
+    /// The connection reached ESTABLISHED (before that, the SYN is the only "unacked" byte).
+    pub const ESTABLISHED: u8 = 1 << 4;
+    /// The local side sent its FIN, which takes one sequence number but carries no data.
+    pub const FIN_SENT: u8 = 1 << 5;
 }
 
 /// TCP states, from include/net/tcp_states.h.
@@ -164,6 +191,62 @@ pub struct TeardownEvent {
     pub _pad: u32,
 }
 
+/// A tracked connection ended abortively with data at stake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AbortEvent {
+    pub header: EventHeader,
+    pub sock: SockState,
+    pub sk: u64,
+    /// `write_seq - snd_una`: bytes write() accepted that the peer never acknowledged.
+    pub unacked: u64,
+    /// `write_seq - snd_nxt`: of those, bytes never even transmitted.
+    pub unsent: u64,
+    /// `rcv_nxt - copied_seq`: bytes received that the process never read.
+    pub unread: u64,
+    /// Task current when it happened (the closing process for local aborts).
+    pub current_tgid: u32,
+    /// One of [`trigger`].
+    pub trigger: u32,
+    /// `enum sk_rst_reason` from `tcp:tcp_send_reset`, or [`NO_REASON`].
+    pub rst_reason: u32,
+    /// `sk->sk_err` (positive errno) at that moment.
+    pub sk_err: u32,
+    /// SO_LINGER was on with a zero timeout.
+    pub linger_zero: u32,
+    /// TCP state at that moment.
+    pub state: u32,
+}
+
+/// `AbortEvent::rst_reason` when the kernel's tracepoint has no reason field.
+pub const NO_REASON: u32 = u32::MAX;
+
+/// A write-family call on a TCP socket failed because the connection was gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct WriteErrorEvent {
+    pub header: EventHeader,
+    /// The socket's state if it was tracked, else identity only (role unknown, no owner).
+    pub sock: SockState,
+    pub sk: u64,
+    /// Bytes the call tried to write, when the probe mode can see them (else 0, see
+    /// `size_known`).
+    pub attempted: u64,
+    /// Positive errno.
+    pub errno: u32,
+    /// 1 if the socket was in the SOCKS map (its connection was observed).
+    pub tracked: u32,
+    /// The writing task.
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// 1 if `attempted` is meaningful in this probe mode.
+    pub size_known: u32,
+    pub _pad: u32,
+}
+
 /// Byte offsets of the kernel struct fields the programs read, resolved from BTF at start.
 ///
 /// Rust eBPF has no CO-RE relocations, so the agent reads these from `/sys/kernel/btf/vmlinux`.
@@ -181,6 +264,16 @@ pub struct SockOffsets {
     pub sk_protocol: u32,
     pub tcp_write_seq: u32,
     pub tcp_snd_una: u32,
+    pub tcp_snd_nxt: u32,
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
+    pub sk_err: u32,
+    /// `unsigned long sk_flags`.
+    pub sk_flags: u32,
+    /// `unsigned long sk_lingertime`.
+    pub sk_lingertime: u32,
+    /// Bit number of SOCK_LINGER in `sk_flags` (`enum sock_flags`).
+    pub sock_linger_bit: u32,
     pub _pad: u32,
 }
 
@@ -200,6 +293,9 @@ pub struct TracepointFields {
     /// `tcp:tcp_destroy_sock`, `tcp:tcp_receive_reset`: skaddr.
     pub destroy_sk: u32,
     pub receive_reset_sk: u32,
+    /// `tcp:tcp_send_reset`: skaddr, and reason (0 when the kernel has no reason field).
+    pub send_reset_sk: u32,
+    pub send_reset_reason: u32,
 }
 
 /// Read-only configuration the agent hands to the programs (the `CONFIG` global).

@@ -64,3 +64,38 @@ pub fn len_args(ctx: &TracePointContext) -> Option<(u64, i32, i32)> {
         ))
     }
 }
+
+/// `a - b` for TCP sequence numbers (u32, wrapping), read at two offsets of the socket.
+#[inline(always)]
+pub fn seq_gap(sk: u64, a: u32, b: u32) -> u64 {
+    let a: u32 = read(sk, a).unwrap_or(0);
+    let b: u32 = read(sk, b).unwrap_or(0);
+    a.wrapping_sub(b) as u64
+}
+
+/// The data at stake on a socket: (unacknowledged, never sent, received but unread).
+#[inline(always)]
+pub fn at_stake(sk: u64) -> (u64, u64, u64) {
+    (
+        seq_gap(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_una)),
+        seq_gap(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_nxt)),
+        seq_gap(sk, config!(sock.tcp_rcv_nxt), config!(sock.tcp_copied_seq)),
+    )
+}
+
+/// SO_LINGER on with a zero timeout: close() then discards the send queue with an RST.
+#[inline(always)]
+pub fn linger_zero(sk: u64) -> bool {
+    let flags: u64 = read(sk, config!(sock.sk_flags)).unwrap_or(0);
+    let bit = config!(sock.sock_linger_bit) & 63;
+    let lingertime: u64 = read(sk, config!(sock.sk_lingertime)).unwrap_or(1);
+    flags & (1 << bit) != 0 && lingertime == 0
+}
+
+/// `sk->sk_err` as a positive errno.
+#[inline(always)]
+pub fn sk_err(sk: u64) -> u32 {
+    read::<i32>(sk, config!(sock.sk_err))
+        .unwrap_or(0)
+        .unsigned_abs()
+}

@@ -23,7 +23,7 @@ macro_rules! config {
 mod kernel;
 mod state;
 
-use agent_common::{Config, SockState, stat};
+use agent_common::{Config, NO_REASON, SockState, stat};
 use aya_ebpf::{
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -143,6 +143,38 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: see tp_inet_sock_set_state.
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off) } {
         state::on_receive_reset(sk);
+    }
+    0
+}
+
+// --- tcp:tcp_send_reset (const struct sock *sk, const struct sk_buff *skb[, enum sk_rst_reason]) ---
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
+    state::on_send_reset(ctx.arg(0), NO_REASON);
+    0
+}
+
+/// The same, on kernels whose tracepoint has the reason argument (Linux 6.10+). A separate
+/// program because reading a third argument that does not exist fails verification.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn btf_tcp_send_reset_reason(ctx: BtfTracePointContext) -> u32 {
+    state::on_send_reset(ctx.arg(0), ctx.arg::<u32>(2));
+    0
+}
+
+#[tracepoint]
+pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let (sk_off, reason_off) = (config!(tp.send_reset_sk), config!(tp.send_reset_reason));
+    // SAFETY: see tp_inet_sock_set_state.
+    let sk = unsafe { ctx.read_at::<u64>(sk_off as usize) };
+    let reason = match reason_off {
+        0 => NO_REASON,
+        // SAFETY: see tp_inet_sock_set_state.
+        off => unsafe { ctx.read_at::<u32>(off as usize) }.unwrap_or(NO_REASON),
+    };
+    if let Ok(sk) = sk {
+        state::on_send_reset(sk, reason);
     }
     0
 }

@@ -1,7 +1,8 @@
 //! Per-socket bookkeeping shared by every probe mode's entry points.
 
 use agent_common::{
-    EventHeader, MSG_PEEK, SockState, TeardownEvent, flag, kind, role, stat, tcp_state,
+    AbortEvent, COMM_LEN, EventHeader, MSG_PEEK, NO_REASON, SockState, TeardownEvent,
+    WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -42,6 +43,15 @@ fn claim(st: &mut SockState) {
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
+/// Starts tracking `sk` (BPF_ANY: a stale entry for a recycled `struct sock` address is
+/// replaced).
+#[inline(always)]
+fn track(sk: u64, st: &SockState) {
+    if SOCKS.insert(sk, st, 0).is_ok() {
+        bump(stat::SOCKETS_TRACKED);
+    }
+}
+
 /// The socket's state, adopting a live TCP socket the agent has not seen open (role unknown).
 #[inline(always)]
 fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
@@ -57,6 +67,7 @@ fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
     }
     let mut st = SockState {
         role: role::UNKNOWN,
+        flags: flag::ESTABLISHED,
         ..SockState::default()
     };
     kernel::fill_identity(sk, &mut st);
@@ -96,7 +107,14 @@ pub fn on_recv<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, flags: i32) {
 }
 
 pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32) {
-    if ret <= 0 {
+    if ret < 0 {
+        let e = ret.unsigned_abs();
+        if e == errno::EPIPE || e == errno::ECONNRESET || e == errno::ENOTCONN {
+            on_write_error(sk, e);
+        }
+        return;
+    }
+    if ret == 0 {
         return;
     }
     let Some(st) = lookup_or_adopt(ctx, sk) else {
@@ -115,12 +133,34 @@ pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32) {
 }
 
 pub fn on_state(sk: u64, old: u32, new: u32) {
+    if new == tcp_state::SYN_SENT {
+        // connect() runs in the caller's context: the one moment a client socket's owner is
+        // known before any byte moves (an RST can arrive before the first send returns).
+        if kernel::is_inet_tcp(sk) {
+            let mut st = SockState {
+                role: role::CLIENT,
+                ..SockState::default()
+            };
+            claim(&mut st);
+            track(sk, &st);
+        }
+        return;
+    }
     if new == tcp_state::ESTABLISHED {
         let role = match old {
             tcp_state::SYN_RECV => role::SERVER,
             tcp_state::SYN_SENT => role::CLIENT,
             _ => return,
         };
+        // The handshake completes in softirq: ports and addresses are final now, the current
+        // task is not the owner.
+        if let Some(st) = SOCKS.get_ptr_mut(sk) {
+            // SAFETY: see on_recv.
+            let st = unsafe { &mut *st };
+            kernel::fill_identity(sk, st);
+            st.flags |= flag::ESTABLISHED;
+            return;
+        }
         // MPTCP's meta socket also reports state changes here; its TCP subflows are the sockets
         // that carry bytes through sock_{send,recv}_length only when MPTCP fell back to TCP.
         if !kernel::is_inet_tcp(sk) {
@@ -128,13 +168,11 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
         }
         let mut st = SockState {
             role,
+            flags: flag::ESTABLISHED,
             ..SockState::default()
         };
         kernel::fill_identity(sk, &mut st);
-        // BPF_ANY: a stale entry for a recycled `struct sock` address is replaced.
-        if SOCKS.insert(sk, st, 0).is_ok() {
-            bump(stat::SOCKETS_TRACKED);
-        }
+        track(sk, &st);
         return;
     }
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
@@ -146,6 +184,11 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
         st.flags |= flag::PEER_FIN;
         return;
     }
+    // Retransmission/keepalive timeouts set sk_err and go to CLOSE without an RST of their own
+    // (tcp_write_err -> tcp_done_with_error); a peer RST was already seen by tcp_receive_reset.
+    if new == tcp_state::CLOSE && st.flags & flag::PEER_RESET == 0 && kernel::sk_err(sk) != 0 {
+        abort(sk, st, trigger::ERROR, NO_REASON);
+    }
     let open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
     let closing =
         new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK || new == tcp_state::CLOSE;
@@ -153,15 +196,127 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
         return;
     }
     st.flags |= flag::LOCAL_CLOSE;
+    if new != tcp_state::CLOSE {
+        st.flags |= flag::FIN_SENT;
+    }
     if st.may_owe_answer() {
         emit_teardown(sk, st, old, new);
     }
 }
 
 pub fn on_receive_reset(sk: u64) {
-    if let Some(st) = SOCKS.get_ptr_mut(sk) {
-        // SAFETY: see on_recv.
-        unsafe { (*st).flags |= flag::PEER_RESET };
+    let Some(st) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    // SAFETY: see on_recv.
+    let st = unsafe { &mut *st };
+    st.flags |= flag::PEER_RESET;
+    abort(sk, st, trigger::RECEIVE_RESET, NO_REASON);
+}
+
+/// `tcp:tcp_send_reset`: the local stack resets a connection (abortive close, SO_LINGER{1,0},
+/// memory pressure, keepalive timeout, or a segment for a dead socket).
+pub fn on_send_reset(sk: u64, reason: u32) {
+    let Some(st) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    // SAFETY: see on_recv.
+    abort(sk, unsafe { &mut *st }, trigger::SEND_RESET, reason);
+}
+
+/// Emits one abort record per socket when data was at stake: bytes the peer never acknowledged,
+/// or (for a local abort) bytes received that the process never read.
+#[inline(always)]
+fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
+    if st.flags & flag::ABORTED != 0 || st.flags & flag::ESTABLISHED == 0 {
+        return;
+    }
+    let (mut unacked, mut unsent, mut unread) = kernel::at_stake(sk);
+    // Control flags take a sequence number each but are not data: a FIN we queued is the last
+    // unacknowledged (and, if anything is unsent, unsent) "byte".
+    if st.flags & flag::FIN_SENT != 0 {
+        unacked = unacked.saturating_sub(1);
+        unsent = unsent.saturating_sub(1);
+    }
+    // A received FIN takes one sequence number but is not data.
+    if st.flags & flag::PEER_FIN != 0 && unread > 0 {
+        unread -= 1;
+    }
+    let local = trig == trigger::SEND_RESET;
+    if unacked == 0 && !(local && unread > 0) {
+        return;
+    }
+    st.flags |= flag::ABORTED;
+    let Some(mut entry) = EVENTS.reserve::<AbortEvent>(0) else {
+        bump(stat::EVENTS_DROPPED);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is reserved ring-buffer memory sized for an AbortEvent. Fields are written in
+    // place (not built on the 512-byte stack), every one of them, so nothing stale leaks out.
+    unsafe {
+        (*ev).header = header(kind::ABORT, core::mem::size_of::<AbortEvent>());
+        (*ev).sock = *st;
+        (*ev).sk = sk;
+        (*ev).unacked = unacked;
+        (*ev).unsent = unsent;
+        (*ev).unread = unread;
+        (*ev).current_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*ev).trigger = trig;
+        (*ev).rst_reason = rst_reason;
+        (*ev).sk_err = kernel::sk_err(sk);
+        (*ev).linger_zero = kernel::linger_zero(sk) as u32;
+        (*ev).state = kernel::tcp_state(sk);
+    }
+    entry.submit(0);
+    bump(stat::EVENTS_SENT);
+}
+
+/// EPIPE / ECONNRESET / ENOTCONN from a send on a TCP socket.
+fn on_write_error(sk: u64, e: u32) {
+    if !kernel::is_inet_tcp(sk) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<WriteErrorEvent>(0) else {
+        bump(stat::EVENTS_DROPPED);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: see abort().
+    unsafe {
+        (*ev).header = header(kind::WRITE_ERROR, core::mem::size_of::<WriteErrorEvent>());
+        match SOCKS.get_ptr(sk) {
+            Some(st) => {
+                (*ev).sock = *st;
+                (*ev).tracked = 1;
+            }
+            None => {
+                (*ev).sock = SockState::default();
+                kernel::fill_identity(sk, &mut (*ev).sock);
+                (*ev).tracked = 0;
+            }
+        }
+        (*ev).sk = sk;
+        // sock_send_length carries only the result, not the size asked for.
+        (*ev).attempted = 0;
+        (*ev).size_known = 0;
+        (*ev).errno = e;
+        (*ev).tgid = (id >> 32) as u32;
+        (*ev).pid = id as u32;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        (*ev)._pad = 0;
+    }
+    entry.submit(0);
+    bump(stat::EVENTS_SENT);
+}
+
+#[inline(always)]
+fn header(kind: u32, len: usize) -> EventHeader {
+    EventHeader {
+        kind,
+        len: len as u32,
+        ts_ns: now(),
     }
 }
 
@@ -177,20 +332,17 @@ fn emit_teardown(sk: u64, st: &SockState, old: u32, new: u32) {
         bump(stat::EVENTS_DROPPED);
         return;
     };
-    let ev = TeardownEvent {
-        header: EventHeader {
-            kind: kind::TEARDOWN,
-            len: core::mem::size_of::<TeardownEvent>() as u32,
-            ts_ns: now(),
-        },
-        sock: *st,
-        sk,
-        closer_tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        oldstate: old,
-        newstate: new,
-        _pad: 0,
-    };
-    entry.write(ev);
+    let ev = entry.as_mut_ptr();
+    // SAFETY: see abort().
+    unsafe {
+        (*ev).header = header(kind::TEARDOWN, core::mem::size_of::<TeardownEvent>());
+        (*ev).sock = *st;
+        (*ev).sk = sk;
+        (*ev).closer_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*ev).oldstate = old;
+        (*ev).newstate = new;
+        (*ev)._pad = 0;
+    }
     entry.submit(0);
     bump(stat::EVENTS_SENT);
 }

@@ -3,7 +3,10 @@
 //! Rust eBPF has no CO-RE relocations, so the programs read `struct sock`/`struct tcp_sock`
 //! fields at offsets resolved here and handed over in `agent_common::Config` before attach.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use agent_common::{MAX_FIELD_OFFSET, SockOffsets};
 use btf_rs::{Btf, Type};
@@ -27,6 +30,8 @@ pub enum BtfError {
     NoField { ty: String, field: String },
     #[error("kernel BTF: {ty}.{field} is a bitfield, which the programs cannot read")]
     Bitfield { ty: String, field: String },
+    #[error("kernel BTF has no enumerator {name} in enum {ty}")]
+    NoEnumerator { ty: String, name: String },
     #[error("kernel BTF: {ty}.{field} is at byte {offset}, beyond what the programs accept")]
     TooFar {
         ty: String,
@@ -64,8 +69,60 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         sk_protocol: sk("sk_protocol")?,
         tcp_write_seq: tcp("write_seq")?,
         tcp_snd_una: tcp("snd_una")?,
+        tcp_snd_nxt: tcp("snd_nxt")?,
+        tcp_rcv_nxt: tcp("rcv_nxt")?,
+        tcp_copied_seq: tcp("copied_seq")?,
+        sk_err: sk("sk_err")?,
+        // `sk_flags` moved into sock_common as `skc_flags` in Linux 6.x.
+        sk_flags: sk("sk_flags").or_else(|_| sk("skc_flags"))?,
+        sk_lingertime: sk("sk_lingertime")?,
+        sock_linger_bit: enum_value(btf, "sock_flags", "SOCK_LINGER")?,
         _pad: 0,
     })
+}
+
+/// Every enumerator of a (32-bit) enum, value to name; empty if the kernel has no such enum.
+pub fn enum_names(btf: &Btf, ty: &str) -> HashMap<u32, String> {
+    let mut out = HashMap::new();
+    for t in btf.resolve_types_by_name(ty).unwrap_or_default() {
+        if let Type::Enum(e) = t {
+            for m in &e.members {
+                if let Ok(name) = btf.resolve_name(m) {
+                    out.insert(m.val(), name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The value of enumerator `name` in `enum ty`.
+pub fn enum_value(btf: &Btf, ty: &str, name: &str) -> Result<u32, BtfError> {
+    enum_names(btf, ty)
+        .into_iter()
+        .find_map(|(v, n)| (n == name).then_some(v))
+        .ok_or_else(|| BtfError::NoEnumerator {
+            ty: ty.to_owned(),
+            name: name.to_owned(),
+        })
+}
+
+/// How many arguments the BTF tracepoint `name` passes (its `btf_trace_<name>` typedef is a
+/// pointer to a function whose first parameter is the context), or None if it does not exist.
+pub fn tracepoint_arity(btf: &Btf, name: &str) -> Option<usize> {
+    let t = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .ok()?
+        .into_iter()
+        .next()?;
+    let Type::Typedef(td) = t else { return None };
+    let Type::Ptr(p) = btf.resolve_chained_type(&td).ok()? else {
+        return None;
+    };
+    let Type::FuncProto(f) = btf.resolve_chained_type(&p).ok()? else {
+        return None;
+    };
+    Some(f.parameters.len().saturating_sub(1))
 }
 
 /// Byte offset of `field` in `struct ty`, searching embedded structs and anonymous
@@ -192,6 +249,25 @@ mod tests {
             off.skc_dport + 2 == off.skc_num,
             "skc_dport and skc_num share skc_portpair"
         );
+    }
+
+    #[test]
+    fn reads_enums_and_tracepoint_arity() {
+        let btf = kernel_btf();
+        // include/net/sock.h: SOCK_DEAD, SOCK_DONE, SOCK_URGINLINE, SOCK_KEEPOPEN, SOCK_LINGER.
+        assert_eq!(enum_value(&btf, "sock_flags", "SOCK_LINGER").unwrap(), 4);
+        let reasons = enum_names(&btf, "sk_rst_reason");
+        assert!(
+            reasons
+                .values()
+                .any(|n| n == "SK_RST_REASON_TCP_ABORT_ON_CLOSE"),
+            "{reasons:?}"
+        );
+        // TP_PROTO(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)
+        assert_eq!(tracepoint_arity(&btf, "tcp_send_reset"), Some(3));
+        assert_eq!(tracepoint_arity(&btf, "inet_sock_set_state"), Some(3));
+        assert_eq!(tracepoint_arity(&btf, "tcp_destroy_sock"), Some(1));
+        assert_eq!(tracepoint_arity(&btf, "no_such_tracepoint"), None);
     }
 
     #[test]

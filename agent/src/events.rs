@@ -1,10 +1,12 @@
 //! Decoding ring-buffer records (header first, then the body its kind names).
 
-use agent_common::{EventHeader, TeardownEvent, kind};
+use agent_common::{AbortEvent, EventHeader, TeardownEvent, WriteErrorEvent, kind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     Teardown(TeardownEvent),
+    Abort(AbortEvent),
+    WriteError(WriteErrorEvent),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +31,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: EventHeader = bytemuck::pod_read_unaligned(head);
     match header.kind {
         kind::TEARDOWN => body::<TeardownEvent>(bytes, &header).map(Event::Teardown),
+        kind::ABORT => body::<AbortEvent>(bytes, &header).map(Event::Abort),
+        kind::WRITE_ERROR => body::<WriteErrorEvent>(bytes, &header).map(Event::WriteError),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -82,6 +86,41 @@ mod tests {
         // Ring-buffer padding after the record is ignored.
         bytes.extend_from_slice(&[0; 8]);
         assert_eq!(decode(&bytes), Ok(Event::Teardown(ev)));
+    }
+
+    #[test]
+    fn abort_and_write_error_round_trip() {
+        let abort = AbortEvent {
+            header: EventHeader {
+                kind: kind::ABORT,
+                len: size_of::<AbortEvent>() as u32,
+                ts_ns: 1,
+            },
+            unacked: 2_803_712,
+            trigger: 1,
+            ..AbortEvent::default()
+        };
+        assert_eq!(decode(bytemuck::bytes_of(&abort)), Ok(Event::Abort(abort)));
+        let write = WriteErrorEvent {
+            header: EventHeader {
+                kind: kind::WRITE_ERROR,
+                len: size_of::<WriteErrorEvent>() as u32,
+                ts_ns: 1,
+            },
+            errno: 32,
+            ..WriteErrorEvent::default()
+        };
+        assert_eq!(
+            decode(bytemuck::bytes_of(&write)),
+            Ok(Event::WriteError(write))
+        );
+        // A record whose header names a kind of another size is rejected.
+        let mut wrong = write;
+        wrong.header.kind = kind::TEARDOWN;
+        assert!(matches!(
+            decode(bytemuck::bytes_of(&wrong)),
+            Err(DecodeError::BadLength { .. })
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::correlate::{Incident, Kind};
+use crate::correlate::{Detail, Incident};
 
 /// Delay from the last read to the close: sub-millisecond panics up to proxy/LB idle timeouts.
 const DELAY_BUCKETS: &[f64] = &[
@@ -25,6 +25,10 @@ pub struct Metrics {
     registry: Registry,
     unanswered: IntCounterVec,
     unanswered_delay: HistogramVec,
+    writes_after_close: IntCounterVec,
+    writes_after_close_bytes: IntCounterVec,
+    undelivered_bytes: IntCounterVec,
+    aborted_connections: IntCounterVec,
     events_dropped: IntCounter,
     kernel_events: IntCounter,
     sockets_observed: IntCounter,
@@ -53,6 +57,38 @@ impl Metrics {
                 )
                 .buckets(DELAY_BUCKETS.to_vec()),
                 &["comm", "port"],
+            )
+            .expect("valid metric"),
+            writes_after_close: IntCounterVec::new(
+                Opts::new(
+                    "lostwrite_writes_after_close_total",
+                    "Write-family calls that failed because the connection was already torn down.",
+                ),
+                &["comm", "port", "role", "errno"],
+            )
+            .expect("valid metric"),
+            writes_after_close_bytes: IntCounterVec::new(
+                Opts::new(
+                    "lostwrite_writes_after_close_bytes_total",
+                    "Bytes those calls tried to write (only where the probe mode sees the size).",
+                ),
+                &["comm", "port", "role", "errno"],
+            )
+            .expect("valid metric"),
+            undelivered_bytes: IntCounterVec::new(
+                Opts::new(
+                    "lostwrite_undelivered_bytes_total",
+                    "Bytes write() accepted that the peer never acknowledged before an abortive end.",
+                ),
+                &["comm", "port", "role", "reason"],
+            )
+            .expect("valid metric"),
+            aborted_connections: IntCounterVec::new(
+                Opts::new(
+                    "lostwrite_aborted_connections_total",
+                    "Connections that ended abortively with data at stake.",
+                ),
+                &["comm", "port", "role", "reason"],
             )
             .expect("valid metric"),
             events_dropped: IntCounter::new(
@@ -104,6 +140,10 @@ impl Metrics {
         for c in [
             Box::new(m.unanswered.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.unanswered_delay.clone()),
+            Box::new(m.writes_after_close.clone()),
+            Box::new(m.writes_after_close_bytes.clone()),
+            Box::new(m.undelivered_bytes.clone()),
+            Box::new(m.aborted_connections.clone()),
             Box::new(m.events_dropped.clone()),
             Box::new(m.kernel_events.clone()),
             Box::new(m.sockets_observed.clone()),
@@ -129,14 +169,35 @@ impl Metrics {
 
     pub fn record(&self, i: &Incident) {
         let port = i.port.to_string();
-        match i.kind {
-            Kind::UnansweredClose => {
+        let (comm, role) = (i.comm.as_str(), i.role.as_str());
+        match &i.detail {
+            Detail::UnansweredClose { delay, .. } => {
                 self.unanswered
-                    .with_label_values(&[i.comm.as_str(), &port, i.role.as_str()])
+                    .with_label_values(&[comm, &port, role])
                     .inc();
                 self.unanswered_delay
-                    .with_label_values(&[i.comm.as_str(), &port])
-                    .observe(i.delay.as_secs_f64());
+                    .with_label_values(&[comm, &port])
+                    .observe(delay.as_secs_f64());
+            }
+            Detail::WriteAfterClose { errno, attempted } => {
+                let labels = [comm, &port, role, errno.as_str()];
+                self.writes_after_close.with_label_values(&labels).inc();
+                if let Some(n) = attempted {
+                    self.writes_after_close_bytes
+                        .with_label_values(&labels)
+                        .inc_by(*n);
+                }
+            }
+            Detail::Undelivered {
+                reason,
+                undelivered_bytes,
+                ..
+            } => {
+                let labels = [comm, &port, role, reason.as_str()];
+                self.aborted_connections.with_label_values(&labels).inc();
+                self.undelivered_bytes
+                    .with_label_values(&labels)
+                    .inc_by(*undelivered_bytes);
             }
         }
     }
@@ -177,12 +238,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::correlate::{CloseHow, Role};
+    use crate::correlate::{AbortReason, CloseHow, Role};
 
     fn incident() -> Incident {
         Incident {
-            kind: Kind::UnansweredClose,
-            how: CloseHow::Fin,
+            detail: Detail::UnansweredClose {
+                how: CloseHow::Fin,
+                unanswered_bytes: 78,
+                delay: Duration::from_millis(2000),
+            },
             pid: 1,
             comm: "seedsrv".into(),
             role: Role::Server,
@@ -191,11 +255,33 @@ mod tests {
             remote: "127.0.0.1:60000".parse().unwrap(),
             bytes_in: 78,
             bytes_out: 0,
-            unanswered_bytes: 78,
-            undelivered_bytes: 0,
-            delay: Duration::from_millis(2000),
             cgroup_id: 0,
             peer_closed: false,
+        }
+    }
+
+    #[test]
+    fn undelivered_counts_connections_and_bytes() {
+        let m = Metrics::new();
+        let mut i = incident();
+        i.comm = "nginx".into();
+        i.detail = Detail::Undelivered {
+            reason: AbortReason::LingerZero,
+            undelivered_bytes: 2_803_712,
+            unsent_bytes: 2_803_712,
+            unread_bytes: 0,
+        };
+        m.record(&i);
+        m.record(&i);
+        let text = m.render();
+        for line in [
+            r#"lostwrite_undelivered_bytes_total{comm="nginx",port="8800",reason="linger_zero",role="server"} 5607424"#,
+            r#"lostwrite_aborted_connections_total{comm="nginx",port="8800",reason="linger_zero",role="server"} 2"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 

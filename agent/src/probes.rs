@@ -4,7 +4,7 @@
 //! that can serve it: the BTF tracepoint (preferred: typed arguments, ~7x cheaper here) and the
 //! classic tracefs tracepoint (fallback, needs the record layout from tracefs).
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use agent_common::{Config, TracepointFields, names, stat};
 use aya::{
@@ -40,12 +40,10 @@ impl ProbeMode {
     /// Detectors this mode feeds, as `(detector, enabled)`.
     pub fn detectors(self) -> [(&'static str, bool); 3] {
         match self {
-            // Write-after-close and undelivered bytes are not built yet: reported as disabled,
-            // never as silent zeros.
             Self::Tracepoint => [
                 ("unanswered_close", true),
-                ("write_after_close", false),
-                ("undelivered_bytes", false),
+                ("write_after_close", true),
+                ("undelivered_bytes", true),
             ],
         }
     }
@@ -55,6 +53,9 @@ struct Hook {
     category: &'static str,
     name: &'static str,
     btf_program: &'static str,
+    /// A variant that reads more arguments, used when the kernel's tracepoint has at least that
+    /// many: `(program, arguments)`.
+    btf_extended: Option<(&'static str, usize)>,
     classic_program: &'static str,
     /// Without it the mode's detectors would be wrong, not just less precise.
     required: bool,
@@ -65,6 +66,7 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
         category: "sock",
         name: "sock_recv_length",
         btf_program: "btf_sock_recv_length",
+        btf_extended: None,
         classic_program: "tp_sock_recv_length",
         required: true,
     },
@@ -72,6 +74,7 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
         category: "sock",
         name: "sock_send_length",
         btf_program: "btf_sock_send_length",
+        btf_extended: None,
         classic_program: "tp_sock_send_length",
         required: true,
     },
@@ -79,6 +82,7 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
         category: "sock",
         name: "inet_sock_set_state",
         btf_program: "btf_inet_sock_set_state",
+        btf_extended: None,
         classic_program: "tp_inet_sock_set_state",
         required: true,
     },
@@ -86,6 +90,7 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
         category: "tcp",
         name: "tcp_destroy_sock",
         btf_program: "btf_tcp_destroy_sock",
+        btf_extended: None,
         classic_program: "tp_tcp_destroy_sock",
         required: true,
     },
@@ -94,7 +99,18 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
         category: "tcp",
         name: "tcp_receive_reset",
         btf_program: "btf_tcp_receive_reset",
+        btf_extended: None,
         classic_program: "tp_tcp_receive_reset",
+        required: false,
+    },
+    // Local aborts: close() with unread input, SO_LINGER{1,0}, memory pressure, keepalive. The
+    // reset reason argument exists since Linux 6.10.
+    Hook {
+        category: "tcp",
+        name: "tcp_send_reset",
+        btf_program: "btf_tcp_send_reset",
+        btf_extended: Some(("btf_tcp_send_reset_reason", 3)),
+        classic_program: "tp_tcp_send_reset",
         required: false,
     },
 ];
@@ -147,12 +163,16 @@ pub struct Probes {
     ebpf: Ebpf,
     pub mode: ProbeMode,
     pub attached: Vec<Attached>,
+    /// `enum sk_rst_reason` of this kernel, value to name (empty before Linux 6.10).
+    pub rst_reasons: HashMap<u32, String>,
 }
 
 impl Probes {
     /// Loads the object and attaches `mode`'s hooks.
     pub fn load(mode: ProbeMode, opts: &LoadOptions<'_>) -> Result<Self, ProbeError> {
-        let offsets = btf::sock_offsets(&btf::open(opts.btf)?)?;
+        let kernel_btf = btf::open(opts.btf)?;
+        let offsets = btf::sock_offsets(&kernel_btf)?;
+        let rst_reasons = btf::enum_names(&kernel_btf, "sk_rst_reason");
         let classic = classic_fields(opts.tracefs);
         if let Err(e) = &classic {
             info!("classic tracepoints unavailable as a fallback: {e}");
@@ -175,7 +195,8 @@ impl Probes {
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         let mut attached = Vec::new();
         for hook in mode.hooks() {
-            match attach(&mut ebpf, hook, &aya_btf, classic.as_ref().err()) {
+            let arity = btf::tracepoint_arity(&kernel_btf, hook.name);
+            match attach(&mut ebpf, hook, arity, &aya_btf, classic.as_ref().err()) {
                 Ok(via) => attached.push(Attached {
                     name: hook.name,
                     via,
@@ -188,6 +209,7 @@ impl Probes {
             ebpf,
             mode,
             attached,
+            rst_reasons,
         })
     }
 
@@ -242,10 +264,15 @@ impl StatsReader {
 fn attach(
     ebpf: &mut Ebpf,
     hook: &Hook,
+    arity: Option<usize>,
     btf: &Btf,
     classic_unavailable: Option<&tracefs::TracefsError>,
 ) -> Result<Via, ProbeError> {
-    let btf_err = match attach_btf(ebpf, hook, btf) {
+    let program = match hook.btf_extended {
+        Some((program, args)) if arity.is_some_and(|a| a >= args) => program,
+        _ => hook.btf_program,
+    };
+    let btf_err = match attach_btf(ebpf, program, hook.name, btf) {
         Ok(()) => return Ok(Via::Btf),
         Err(e) => e,
     };
@@ -268,13 +295,13 @@ fn attach(
         })
 }
 
-fn attach_btf(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> Result<(), String> {
+fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &Btf) -> Result<(), String> {
     let prog: &mut BtfTracePoint = ebpf
-        .program_mut(hook.btf_program)
+        .program_mut(program)
         .ok_or("program missing from the object")?
         .try_into()
         .map_err(|e| chain(&e))?;
-    prog.load(hook.name, btf).map_err(|e| chain(&e))?;
+    prog.load(tracepoint, btf).map_err(|e| chain(&e))?;
     prog.attach().map_err(|e| chain(&e))?;
     Ok(())
 }
@@ -307,6 +334,9 @@ fn classic_fields(tracefs_path: &Path) -> Result<TracepointFields, tracefs::Trac
     )?;
     let destroy = f("tcp", "tcp_destroy_sock", &["skaddr"])?;
     let reset = f("tcp", "tcp_receive_reset", &["skaddr"])?;
+    let send_reset = f("tcp", "tcp_send_reset", &["skaddr"])?;
+    // `reason` is newer (Linux 6.10); 0 tells the program there is none.
+    let send_reset_reason = f("tcp", "tcp_send_reset", &["reason"]).map_or(0, |v| v[0]);
     Ok(TracepointFields {
         len_sk: len[0],
         len_ret: len[1],
@@ -316,6 +346,8 @@ fn classic_fields(tracefs_path: &Path) -> Result<TracepointFields, tracefs::Trac
         state_new: state[2],
         destroy_sk: destroy[0],
         receive_reset_sk: reset[0],
+        send_reset_sk: send_reset[0],
+        send_reset_reason,
     })
 }
 

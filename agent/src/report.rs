@@ -6,14 +6,14 @@ use serde::Serialize;
 
 use crate::{
     cli::LogFormat,
-    correlate::{CloseHow, Incident, Kind, Role},
+    correlate::{Detail, Incident, Role},
 };
 
 #[derive(Serialize)]
 struct Record<'a> {
     ts: String,
-    kind: Kind,
-    reason: CloseHow,
+    kind: &'static str,
+    reason: &'static str,
     pid: u32,
     comm: &'a str,
     role: Role,
@@ -22,61 +22,109 @@ struct Record<'a> {
     remote: String,
     bytes_read: u64,
     bytes_written: u64,
-    unanswered_bytes: u64,
-    undelivered_bytes: u64,
-    delay_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unanswered_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    undelivered_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unsent_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unread_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempted_bytes: Option<u64>,
     cgroup_id: u64,
     peer_closed: bool,
     message: String,
 }
 
+impl<'a> Record<'a> {
+    fn new(at: SystemTime, i: &'a Incident) -> Self {
+        let mut r = Record {
+            ts: humantime::format_rfc3339_millis(at).to_string(),
+            kind: i.kind(),
+            reason: i.reason(),
+            pid: i.pid,
+            comm: &i.comm,
+            role: i.role,
+            port: i.port,
+            local: i.local.to_string(),
+            remote: i.remote.to_string(),
+            bytes_read: i.bytes_in,
+            bytes_written: i.bytes_out,
+            unanswered_bytes: None,
+            delay_seconds: None,
+            undelivered_bytes: None,
+            unsent_bytes: None,
+            unread_bytes: None,
+            attempted_bytes: None,
+            cgroup_id: i.cgroup_id,
+            peer_closed: i.peer_closed,
+            message: i.sentence(),
+        };
+        match &i.detail {
+            Detail::UnansweredClose {
+                unanswered_bytes,
+                delay,
+                ..
+            } => {
+                r.unanswered_bytes = Some(*unanswered_bytes);
+                r.delay_seconds = Some(delay.as_secs_f64());
+            }
+            Detail::WriteAfterClose { attempted, .. } => r.attempted_bytes = *attempted,
+            Detail::Undelivered {
+                undelivered_bytes,
+                unsent_bytes,
+                unread_bytes,
+                ..
+            } => {
+                r.undelivered_bytes = Some(*undelivered_bytes);
+                r.unsent_bytes = Some(*unsent_bytes);
+                r.unread_bytes = Some(*unread_bytes);
+            }
+        }
+        r
+    }
+}
+
 /// Formats one incident as a single line (no trailing newline).
 pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
-    let r = Record {
-        ts: humantime::format_rfc3339_millis(at).to_string(),
-        kind: i.kind,
-        reason: i.how,
-        pid: i.pid,
-        comm: &i.comm,
-        role: i.role,
-        port: i.port,
-        local: i.local.to_string(),
-        remote: i.remote.to_string(),
-        bytes_read: i.bytes_in,
-        bytes_written: i.bytes_out,
-        unanswered_bytes: i.unanswered_bytes,
-        undelivered_bytes: i.undelivered_bytes,
-        delay_seconds: i.delay.as_secs_f64(),
-        cgroup_id: i.cgroup_id,
-        peer_closed: i.peer_closed,
-        message: i.sentence(),
-    };
+    let r = Record::new(at, i);
     match format {
         LogFormat::Json => serde_json::to_string(&r).expect("a flat record always serializes"),
-        LogFormat::Text => format!(
-            "{ts} INCIDENT {kind}: {msg} [reason={reason} role={role} port={port} pid={pid} \
-             comm={comm} local={local} remote={remote} bytes_read={bin} bytes_written={bout} \
-             undelivered={und} delay={delay:.3}s cgroup_id={cg} peer_closed={pc}]",
-            ts = r.ts,
-            kind = i.kind.as_str(),
-            msg = r.message,
-            reason = match i.how {
-                CloseHow::Fin => "fin",
-                CloseHow::Reset => "rst",
-            },
-            role = i.role.as_str(),
-            port = r.port,
-            pid = r.pid,
-            comm = r.comm,
-            local = r.local,
-            remote = r.remote,
-            bin = r.bytes_read,
-            bout = r.bytes_written,
-            und = r.undelivered_bytes,
-            delay = r.delay_seconds,
-            cg = r.cgroup_id,
-            pc = r.peer_closed,
-        ),
+        LogFormat::Text => {
+            let mut extra = String::new();
+            let mut add = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    extra.push_str(&format!(" {k}={v}"));
+                }
+            };
+            add("unanswered", r.unanswered_bytes.map(|v| v.to_string()));
+            add("delay", r.delay_seconds.map(|v| format!("{v:.3}s")));
+            add("undelivered", r.undelivered_bytes.map(|v| v.to_string()));
+            add("unsent", r.unsent_bytes.map(|v| v.to_string()));
+            add("unread", r.unread_bytes.map(|v| v.to_string()));
+            add("attempted", r.attempted_bytes.map(|v| v.to_string()));
+            format!(
+                "{} INCIDENT {}: {} [reason={} role={} port={} pid={} comm={} local={} remote={} \
+                 bytes_read={} bytes_written={}{extra} cgroup_id={} peer_closed={}]",
+                r.ts,
+                r.kind,
+                r.message,
+                r.reason,
+                i.role.as_str(),
+                r.port,
+                r.pid,
+                r.comm,
+                r.local,
+                r.remote,
+                r.bytes_read,
+                r.bytes_written,
+                r.cgroup_id,
+                r.peer_closed,
+            )
+        }
     }
 }
 
@@ -91,11 +139,15 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+    use crate::correlate::{AbortReason, CloseHow};
 
     fn incident() -> Incident {
         Incident {
-            kind: Kind::UnansweredClose,
-            how: CloseHow::Fin,
+            detail: Detail::UnansweredClose {
+                how: CloseHow::Fin,
+                unanswered_bytes: 78,
+                delay: Duration::from_millis(2003),
+            },
             pid: 4242,
             comm: "seedsrv".into(),
             role: Role::Server,
@@ -104,9 +156,6 @@ mod tests {
             remote: "127.0.0.1:60154".parse().unwrap(),
             bytes_in: 78,
             bytes_out: 0,
-            unanswered_bytes: 78,
-            undelivered_bytes: 0,
-            delay: Duration::from_millis(2003),
             cgroup_id: 1,
             peer_closed: false,
         }
@@ -138,6 +187,31 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .starts_with("pid 4242 (seedsrv) read 78 bytes")
+        );
+        assert_eq!(v["unanswered_bytes"], 78);
+        assert!(v.get("undelivered_bytes").is_none(), "{l}");
+    }
+
+    #[test]
+    fn undelivered_line() {
+        let mut i = incident();
+        i.comm = "nginx".into();
+        i.detail = Detail::Undelivered {
+            reason: AbortReason::LingerZero,
+            undelivered_bytes: 2_803_712,
+            unsent_bytes: 2_803_712,
+            unread_bytes: 0,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
+        assert_eq!(v["kind"], "undelivered_bytes");
+        assert_eq!(v["reason"], "linger_zero");
+        assert_eq!(v["undelivered_bytes"], 2_803_712);
+        assert_eq!(
+            v["message"],
+            "pid 4242 (nginx) lost 2803712 bytes it had written on 127.0.0.1:8800 to \
+             127.0.0.1:60154 (2803712 of them never even sent): it closed the connection with \
+             SO_LINGER{1,0}, which resets it before the peer acknowledged them"
         );
     }
 }

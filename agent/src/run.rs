@@ -104,6 +104,7 @@ async fn serve(
 
     let correlator = Correlator {
         ephemeral: ephemeral_ports(),
+        rst_reasons: probes.rst_reasons.clone(),
     };
     let filter = Filter {
         ports: args.port.clone(),
@@ -141,6 +142,8 @@ async fn read_events(
         while let Some(item) = rb.next() {
             let incident = match events::decode(&item) {
                 Ok(Event::Teardown(ev)) => correlator.teardown(&ev, &ProcListeners),
+                Ok(Event::Abort(ev)) => correlator.abort(&ev),
+                Ok(Event::WriteError(ev)) => correlator.write_error(&ev),
                 Err(e) => {
                     metrics.decode_error();
                     warn!("dropping a malformed kernel record: {e}");

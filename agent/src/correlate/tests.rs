@@ -1,6 +1,8 @@
 //! Synthetic event sequences for every detector rule and every not-a-loss case of SPEC §2.
 
-use agent_common::{AF_INET, EventHeader, kind};
+use agent_common::{
+    AF_INET, AbortEvent, EventHeader, NO_REASON, WriteErrorEvent, errno, kind, trigger,
+};
 
 use super::*;
 
@@ -136,11 +138,18 @@ fn seed_go_write_timeout_counts_one() {
     );
     assert_eq!(got.len(), 1);
     let i = &got[0];
-    assert_eq!(i.kind, Kind::UnansweredClose);
-    assert_eq!((i.role, i.port, i.how), (Role::Server, 8800, CloseHow::Fin));
+    assert_eq!(
+        i.detail,
+        Detail::UnansweredClose {
+            how: CloseHow::Fin,
+            unanswered_bytes: 78,
+            delay: Duration::from_secs(2),
+        }
+    );
+    assert_eq!((i.kind(), i.reason()), ("unanswered_close", "fin"));
+    assert_eq!((i.role, i.port), (Role::Server, 8800));
     assert_eq!((i.pid, i.comm.as_str()), (OWNER, "seedsrv"));
-    assert_eq!((i.bytes_in, i.bytes_out, i.unanswered_bytes), (78, 0, 78));
-    assert_eq!(i.delay, Duration::from_secs(2));
+    assert_eq!((i.bytes_in, i.bytes_out), (78, 0));
     assert!(!i.peer_closed);
     assert_eq!(
         i.sentence(),
@@ -238,7 +247,7 @@ fn abortive_close_with_unanswered_request_counts_as_reset() {
         OWNER,
     ));
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].how, CloseHow::Reset);
+    assert_eq!(got[0].reason(), "rst");
     assert!(
         got[0]
             .sentence()
@@ -268,7 +277,14 @@ fn second_request_on_keep_alive_unanswered_counts_one() {
             .close(3 * SEC),
     );
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].bytes_in, got[0].unanswered_bytes), (158, 80));
+    assert_eq!(got[0].bytes_in, 158);
+    assert!(matches!(
+        got[0].detail,
+        Detail::UnansweredClose {
+            unanswered_bytes: 80,
+            ..
+        }
+    ));
     assert!(got[0].sentence().contains("read 80 bytes"));
     assert!(
         got[0]
@@ -363,4 +379,195 @@ fn filter_by_port_and_comm() {
     assert!(!f(&[9000], &[]).allows(i));
     assert!(f(&[], &["nginx", "seedsrv"]).allows(i));
     assert!(!f(&[8800], &["nginx"]).allows(i));
+}
+
+// --- undelivered bytes ---
+
+fn abort_ev(conn: Conn, trig: u32, reason: u32, unacked: u64, unread: u64) -> AbortEvent {
+    AbortEvent {
+        header: EventHeader {
+            kind: kind::ABORT,
+            len: size_of::<AbortEvent>() as u32,
+            ts_ns: 5 * SEC,
+        },
+        sock: conn.st,
+        sk: 1,
+        unacked,
+        unsent: 0,
+        unread,
+        current_tgid: OWNER,
+        trigger: trig,
+        rst_reason: reason,
+        sk_err: 0,
+        linger_zero: 0,
+        state: tcp_state::CLOSE,
+    }
+}
+
+/// A 6.18-like sk_rst_reason table (values as in include/net/rstreason.h there).
+fn correlator_with_reasons() -> Correlator {
+    let mut c = Correlator::default();
+    for (v, n) in [
+        (10, "SK_RST_REASON_TCP_ABORT_ON_CLOSE"),
+        (11, "SK_RST_REASON_TCP_ABORT_ON_LINGER"),
+        (12, "SK_RST_REASON_TCP_ABORT_ON_MEMORY"),
+        (14, "SK_RST_REASON_TCP_STATE"),
+        (15, "SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT"),
+    ] {
+        c.rst_reasons.insert(v, n.to_owned());
+    }
+    c
+}
+
+fn reason_of(c: &Correlator, ev: &AbortEvent) -> Option<(AbortReason, u64)> {
+    c.abort(ev).map(|i| match i.detail {
+        Detail::Undelivered {
+            reason,
+            undelivered_bytes,
+            ..
+        } => (reason, undelivered_bytes),
+        other => panic!("{other:?}"),
+    })
+}
+
+#[test]
+fn abort_reasons_from_the_kernel_reason_and_the_socket() {
+    let c = correlator_with_reasons();
+    let server = || Conn::server().recv(SEC, 19).send(SEC, 4096);
+    let cases = [
+        (trigger::RECEIVE_RESET, NO_REASON, 0, AbortReason::PeerReset),
+        (
+            trigger::SEND_RESET,
+            10,
+            0,
+            AbortReason::CloseWithUnreadInput,
+        ),
+        // SO_LINGER{1,0} goes through tcp_disconnect, which reports TCP_STATE.
+        (trigger::SEND_RESET, 14, 1, AbortReason::LingerZero),
+        (trigger::SEND_RESET, 12, 0, AbortReason::Memory),
+        (trigger::SEND_RESET, 15, 0, AbortReason::Timeout),
+        (trigger::SEND_RESET, 14, 0, AbortReason::Other),
+    ];
+    for (trig, reason, linger, want) in cases {
+        let mut ev = abort_ev(server(), trig, reason, 4096, 0);
+        ev.linger_zero = linger;
+        assert_eq!(
+            reason_of(&c, &ev),
+            Some((want, 4096)),
+            "{trig} {reason} {linger}"
+        );
+    }
+    // Retransmission timeout: CLOSE with sk_err = ETIMEDOUT and no RST.
+    let mut ev = abort_ev(server(), trigger::ERROR, NO_REASON, 4096, 0);
+    ev.sk_err = errno::ETIMEDOUT;
+    assert_eq!(reason_of(&c, &ev), Some((AbortReason::Timeout, 4096)));
+    // A kernel without the reason field: unread input tells close() from the rest.
+    let ev = abort_ev(server(), trigger::SEND_RESET, NO_REASON, 10, 16);
+    let old_kernel = Correlator::default();
+    assert_eq!(
+        reason_of(&old_kernel, &ev),
+        Some((AbortReason::CloseWithUnreadInput, 10))
+    );
+}
+
+#[test]
+fn server_closing_with_unread_request_counts_even_if_all_was_acknowledged() {
+    // Reads 3 of 19 request bytes, answers, closes: the RST discards 16 bytes of input.
+    let c = correlator_with_reasons();
+    let ev = abort_ev(
+        Conn::server().recv(SEC, 3).send(SEC, 20),
+        trigger::SEND_RESET,
+        10,
+        0,
+        16,
+    );
+    let i = c.abort(&ev).expect("an aborted connection");
+    assert_eq!(
+        (i.kind(), i.reason()),
+        ("undelivered_bytes", "close_with_unread_input")
+    );
+    assert!(
+        i.sentence().contains("with 16 bytes of input unread"),
+        "{}",
+        i.sentence()
+    );
+}
+
+#[test]
+fn aborts_with_nothing_at_stake_count_zero() {
+    let c = correlator_with_reasons();
+    // Peer reset after everything was acknowledged.
+    let ev = abort_ev(Conn::server(), trigger::RECEIVE_RESET, NO_REASON, 0, 0);
+    assert_eq!(c.abort(&ev), None);
+    // A client (wrk at the end of a run) closing with a response it no longer wants unread.
+    let client = Conn::client().send(SEC, 40).recv(SEC, 1264);
+    let ev = abort_ev(client, trigger::SEND_RESET, 10, 0, 1264);
+    assert_eq!(c.abort(&ev), None);
+}
+
+// --- write after close ---
+
+fn write_ev(conn: Conn, e: u32, tracked: bool) -> WriteErrorEvent {
+    WriteErrorEvent {
+        header: EventHeader {
+            kind: kind::WRITE_ERROR,
+            len: size_of::<WriteErrorEvent>() as u32,
+            ts_ns: 5 * SEC,
+        },
+        sock: conn.st,
+        sk: 1,
+        attempted: 0,
+        errno: e,
+        tracked: u32::from(tracked),
+        tgid: 77,
+        pid: 78,
+        comm: *b"client\0\0\0\0\0\0\0\0\0\0",
+        size_known: 0,
+        _pad: 0,
+    }
+}
+
+#[test]
+fn write_after_close_by_errno_name() {
+    let c = Correlator::default();
+    for (e, name) in [(errno::EPIPE, "EPIPE"), (errno::ECONNRESET, "ECONNRESET")] {
+        let i = c.write_error(&write_ev(Conn::client(), e, false)).unwrap();
+        assert_eq!(
+            (i.kind(), i.reason(), i.role, i.port),
+            ("write_after_close", name, Role::Client, 8800)
+        );
+        assert_eq!(
+            (i.pid, i.comm.as_str()),
+            (77, "client"),
+            "the writer, not the owner"
+        );
+        assert!(
+            i.sentence()
+                .ends_with(&format!("the write failed with {name}"))
+        );
+    }
+    // ENOTCONN counts only when the connection was seen: a never-connected socket gets it too.
+    assert!(
+        c.write_error(&write_ev(Conn::client(), errno::ENOTCONN, true))
+            .is_some()
+    );
+    assert!(
+        c.write_error(&write_ev(Conn::client(), errno::ENOTCONN, false))
+            .is_none()
+    );
+    assert!(
+        c.write_error(&write_ev(Conn::client(), errno::EBADF, true))
+            .is_none()
+    );
+    // Probe modes that see the size report it.
+    let mut ev = write_ev(Conn::client(), errno::EPIPE, true);
+    (ev.attempted, ev.size_known) = (500, 1);
+    let i = c.write_error(&ev).unwrap();
+    assert_eq!(
+        i.detail,
+        Detail::WriteAfterClose {
+            errno: Errno::EPIPE,
+            attempted: Some(500)
+        }
+    );
 }

@@ -253,11 +253,21 @@ impl Metrics {
     }
 }
 
-/// A child process killed on drop.
+/// A child process stopped on drop: SIGTERM first (nginx's master then stops its workers), then
+/// SIGKILL if it is still there after two seconds.
 pub struct Process(pub Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

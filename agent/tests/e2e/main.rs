@@ -5,6 +5,7 @@
 //! first asserts that the probes attached and that the agent saw the test's own connections, so
 //! an agent that silently observes nothing fails.
 
+mod aborts;
 mod errors;
 mod harness;
 mod healthy;

@@ -9,16 +9,15 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{AF_INET6, SockState, TeardownEvent, flag, role, tcp_state};
-use serde::Serialize;
+mod incident;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Server,
-    Client,
-    Unknown,
-}
+use std::collections::HashMap;
+
+use agent_common::{
+    AF_INET6, AbortEvent, SockState, TeardownEvent, WriteErrorEvent, errno, flag, role, tcp_state,
+    trigger,
+};
+pub use incident::{AbortReason, CloseHow, Detail, Errno, Incident, Role};
 
 impl Role {
     pub fn from_wire(r: u8) -> Self {
@@ -28,97 +27,6 @@ impl Role {
             _ => Self::Unknown,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Server => "server",
-            Self::Client => "client",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    UnansweredClose,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UnansweredClose => "unanswered_close",
-        }
-    }
-}
-
-/// How the local side ended the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CloseHow {
-    /// FIN (close() or shutdown() with nothing unread).
-    Fin,
-    /// Straight to CLOSE: close() with unread input, SO_LINGER{1,0}, or another abort (RST).
-    Reset,
-}
-
-/// One loss, attributed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Incident {
-    pub kind: Kind,
-    pub how: CloseHow,
-    pub pid: u32,
-    pub comm: String,
-    pub role: Role,
-    /// The metric `port` label: local port for servers, remote port for clients, and for an
-    /// unknown role whichever of the two is not ephemeral.
-    pub port: u16,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Input received after the last output: the request that got no answer.
-    pub unanswered_bytes: u64,
-    pub undelivered_bytes: u64,
-    /// From the last input to the close.
-    pub delay: Duration,
-    pub cgroup_id: u64,
-    /// The peer had sent FIN before the close (a client that gave up waiting).
-    pub peer_closed: bool,
-}
-
-impl Incident {
-    /// One sentence a person understands.
-    pub fn sentence(&self) -> String {
-        match self.kind {
-            Kind::UnansweredClose => {
-                let verb = match self.how {
-                    CloseHow::Fin => "closed",
-                    CloseHow::Reset => "reset",
-                };
-                let what = if self.bytes_out == 0 {
-                    "without writing a response"
-                } else {
-                    "without writing anything after that read"
-                };
-                let peer = if self.peer_closed {
-                    " (the peer had already closed its side: it gave up waiting)"
-                } else {
-                    ""
-                };
-                format!(
-                    "pid {} ({}) read {} bytes on {} from {} and {verb} the connection {:.1} s \
-                     later {what}{peer}",
-                    self.pid,
-                    self.comm,
-                    self.unanswered_bytes,
-                    self.local,
-                    self.remote,
-                    self.delay.as_secs_f64(),
-                )
-            }
-        }
-    }
 }
 
 /// Turns kernel records into incidents.
@@ -126,12 +34,15 @@ impl Incident {
 pub struct Correlator {
     /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
     pub ephemeral: RangeInclusive<u16>,
+    /// This kernel's `enum sk_rst_reason`, value to name (from BTF; empty before Linux 6.10).
+    pub rst_reasons: HashMap<u32, String>,
 }
 
 impl Default for Correlator {
     fn default() -> Self {
         Self {
             ephemeral: 32768..=60999,
+            rst_reasons: HashMap::new(),
         }
     }
 }
@@ -172,28 +83,118 @@ impl Correlator {
         if role == Role::Unknown && !listeners.listening(s.tgid, s.lport) {
             return None;
         }
-        let (local, remote) = addrs(s);
-        Some(Incident {
-            kind: Kind::UnansweredClose,
+        let detail = Detail::UnansweredClose {
             how: if ev.newstate == tcp_state::CLOSE {
                 CloseHow::Reset
             } else {
                 CloseHow::Fin
             },
-            pid: s.tgid,
-            comm: comm(&s.comm),
+            unanswered_bytes: s.bytes_in.saturating_sub(s.bytes_in_at_last_out),
+            delay: Duration::from_nanos(ev.header.ts_ns.saturating_sub(s.last_in_ns)),
+        };
+        Some(self.incident(s, role, s.tgid, comm(&s.comm), detail))
+    }
+
+    /// SPEC §2 "undelivered bytes": the connection ended abortively while bytes write() accepted
+    /// were unacknowledged. A local abort that discarded unread input counts as an aborted
+    /// connection even when everything written was acknowledged: the peer's bytes never reached
+    /// the process.
+    pub fn abort(&self, ev: &AbortEvent) -> Option<Incident> {
+        let s = &ev.sock;
+        let role = Role::from_wire(s.role);
+        let local = ev.trigger == trigger::SEND_RESET;
+        // A client that closes with a response it asked for still unread chose to drop it
+        // (wrk at the end of a run, a caller that timed out): nothing it wrote was lost. A
+        // server that does the same discarded a request it never fully read.
+        let dropped_input = local && ev.unread > 0 && role != Role::Client;
+        if ev.unacked == 0 && !dropped_input {
+            return None;
+        }
+        let reason = self.abort_reason(ev);
+        let detail = Detail::Undelivered {
+            reason,
+            undelivered_bytes: ev.unacked,
+            unsent_bytes: ev.unsent,
+            unread_bytes: ev.unread,
+        };
+        // The owner is whoever read or wrote the socket; a socket never used by a process has
+        // nothing written, so it cannot get here without one.
+        let (pid, name) = if s.tgid != 0 {
+            (s.tgid, comm(&s.comm))
+        } else {
+            (ev.current_tgid, String::new())
+        };
+        Some(self.incident(s, role, pid, name, detail))
+    }
+
+    /// Maps the kernel's facts to a SPEC reason: the reset reason where the kernel gives one,
+    /// inferred from the socket's state where it does not.
+    fn abort_reason(&self, ev: &AbortEvent) -> AbortReason {
+        match ev.trigger {
+            trigger::RECEIVE_RESET => AbortReason::PeerReset,
+            trigger::ERROR if ev.sk_err == errno::ETIMEDOUT => AbortReason::Timeout,
+            trigger::ERROR => AbortReason::Other,
+            _ => {
+                let name = self
+                    .rst_reasons
+                    .get(&ev.rst_reason)
+                    .map_or("", String::as_str);
+                if name.ends_with("ABORT_ON_CLOSE") || (name.is_empty() && ev.unread > 0) {
+                    AbortReason::CloseWithUnreadInput
+                } else if ev.linger_zero != 0 {
+                    // SO_LINGER{1,0} goes through tcp_disconnect, which reports TCP_STATE.
+                    AbortReason::LingerZero
+                } else if name.ends_with("MEMORY") {
+                    AbortReason::Memory
+                } else if name.contains("TIMEOUT") {
+                    AbortReason::Timeout
+                } else {
+                    AbortReason::Other
+                }
+            }
+        }
+    }
+
+    /// SPEC §2 "write after close": EPIPE and ECONNRESET mean the connection was torn down;
+    /// ENOTCONN only counts on a socket whose connection was observed (a socket that never
+    /// connected also gets ENOTCONN).
+    pub fn write_error(&self, ev: &WriteErrorEvent) -> Option<Incident> {
+        let errno = match ev.errno {
+            errno::EPIPE => Errno::EPIPE,
+            errno::ECONNRESET => Errno::ECONNRESET,
+            errno::ENOTCONN if ev.tracked != 0 => Errno::ENOTCONN,
+            _ => return None,
+        };
+        let detail = Detail::WriteAfterClose {
+            errno,
+            attempted: (ev.size_known != 0).then_some(ev.attempted),
+        };
+        let s = &ev.sock;
+        Some(self.incident(s, Role::from_wire(s.role), ev.tgid, comm(&ev.comm), detail))
+    }
+
+    fn incident(
+        &self,
+        s: &SockState,
+        role: Role,
+        pid: u32,
+        comm: String,
+        detail: Detail,
+    ) -> Incident {
+        let (local, remote) = addrs(s);
+        Incident {
+            detail,
+            pid,
+            comm,
             role,
             port: self.port_label(role, s.lport, s.rport),
             local,
             remote,
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
-            unanswered_bytes: s.bytes_in.saturating_sub(s.bytes_in_at_last_out),
-            undelivered_bytes: 0,
-            delay: Duration::from_nanos(ev.header.ts_ns.saturating_sub(s.last_in_ns)),
             cgroup_id: s.cgroup_id,
             peer_closed: s.flags & flag::PEER_FIN != 0,
-        })
+        }
     }
 
     fn port_label(&self, role: Role, lport: u16, rport: u16) -> u16 {

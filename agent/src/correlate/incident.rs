@@ -1,0 +1,232 @@
+//! What the correlation produces: attributed incidents, and how they read to a person.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Server,
+    Client,
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How the local side ended a connection it owed an answer on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseHow {
+    /// FIN (close() or shutdown() with nothing unread).
+    Fin,
+    /// Straight to CLOSE: close() with unread input, SO_LINGER{1,0}, or another abort (RST).
+    Reset,
+}
+
+/// Why a connection ended abortively (SPEC §2, bounded label values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortReason {
+    PeerReset,
+    CloseWithUnreadInput,
+    LingerZero,
+    Timeout,
+    Memory,
+    Other,
+}
+
+impl AbortReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PeerReset => "peer_reset",
+            Self::CloseWithUnreadInput => "close_with_unread_input",
+            Self::LingerZero => "linger_zero",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The errno of a failed write, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[expect(
+    clippy::upper_case_acronyms,
+    reason = "errno names are spelled as the kernel and the metric label spell them"
+)]
+pub enum Errno {
+    EPIPE,
+    ECONNRESET,
+    ENOTCONN,
+}
+
+impl Errno {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EPIPE => "EPIPE",
+            Self::ECONNRESET => "ECONNRESET",
+            Self::ENOTCONN => "ENOTCONN",
+        }
+    }
+}
+
+/// What kind of loss, with what only that kind has.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Detail {
+    /// Read input, wrote nothing after it, closed.
+    UnansweredClose {
+        how: CloseHow,
+        /// Input received after the last output: the request that got no answer.
+        unanswered_bytes: u64,
+        /// From the last input to the close.
+        delay: Duration,
+    },
+    /// A write-family call failed because the connection was already torn down.
+    WriteAfterClose {
+        errno: Errno,
+        /// Bytes the call tried to write, when the probe mode sees them.
+        attempted: Option<u64>,
+    },
+    /// The connection ended abortively with data at stake.
+    Undelivered {
+        reason: AbortReason,
+        /// `write_seq - snd_una`: accepted by write(), never acknowledged by the peer.
+        undelivered_bytes: u64,
+        /// Of those, never even transmitted.
+        unsent_bytes: u64,
+        /// Received from the peer but never read by the process (discarded by the abort).
+        unread_bytes: u64,
+    },
+}
+
+/// One loss, attributed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Incident {
+    pub detail: Detail,
+    pub pid: u32,
+    pub comm: String,
+    pub role: Role,
+    /// The metric `port` label: local port for servers, remote port for clients, and for an
+    /// unknown role whichever of the two is not ephemeral.
+    pub port: u16,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub cgroup_id: u64,
+    /// The peer had sent FIN before (a client that gave up waiting, for an unanswered close).
+    pub peer_closed: bool,
+}
+
+impl Incident {
+    pub fn kind(&self) -> &'static str {
+        match self.detail {
+            Detail::UnansweredClose { .. } => "unanswered_close",
+            Detail::WriteAfterClose { .. } => "write_after_close",
+            Detail::Undelivered { .. } => "undelivered_bytes",
+        }
+    }
+
+    /// The bounded reason label of the incident's kind.
+    pub fn reason(&self) -> &'static str {
+        match &self.detail {
+            Detail::UnansweredClose { how, .. } => match how {
+                CloseHow::Fin => "fin",
+                CloseHow::Reset => "rst",
+            },
+            Detail::WriteAfterClose { errno, .. } => errno.as_str(),
+            Detail::Undelivered { reason, .. } => reason.as_str(),
+        }
+    }
+
+    /// One sentence a person understands.
+    pub fn sentence(&self) -> String {
+        let who = format!("pid {} ({})", self.pid, self.comm);
+        match &self.detail {
+            Detail::UnansweredClose {
+                how,
+                unanswered_bytes,
+                delay,
+            } => {
+                let verb = match how {
+                    CloseHow::Fin => "closed",
+                    CloseHow::Reset => "reset",
+                };
+                let what = if self.bytes_out == 0 {
+                    "without writing a response"
+                } else {
+                    "without writing anything after that read"
+                };
+                let peer = if self.peer_closed {
+                    " (the peer had already closed its side: it gave up waiting)"
+                } else {
+                    ""
+                };
+                format!(
+                    "{who} read {unanswered_bytes} bytes on {} from {} and {verb} the connection \
+                     {:.1} s later {what}{peer}",
+                    self.local,
+                    self.remote,
+                    delay.as_secs_f64(),
+                )
+            }
+            Detail::WriteAfterClose { errno, attempted } => {
+                let size = attempted.map_or(String::new(), |n| format!(" of {n} bytes"));
+                format!(
+                    "{who} wrote{size} on {} to {} after the connection was torn down, and the \
+                     write failed with {}",
+                    self.local,
+                    self.remote,
+                    errno.as_str()
+                )
+            }
+            Detail::Undelivered {
+                reason,
+                undelivered_bytes,
+                unsent_bytes,
+                unread_bytes,
+            } => {
+                let why = match reason {
+                    AbortReason::PeerReset => "the peer reset the connection".to_owned(),
+                    AbortReason::CloseWithUnreadInput => format!(
+                        "it closed the connection with {unread_bytes} bytes of input unread, \
+                         which resets it"
+                    ),
+                    AbortReason::LingerZero => {
+                        "it closed the connection with SO_LINGER{1,0}, which resets it".to_owned()
+                    }
+                    AbortReason::Timeout => "the connection timed out".to_owned(),
+                    AbortReason::Memory => "the kernel aborted it under memory pressure".to_owned(),
+                    AbortReason::Other => "the connection was aborted".to_owned(),
+                };
+                if *undelivered_bytes == 0 {
+                    // Everything written was acknowledged; what was lost is the peer's input.
+                    return format!(
+                        "{who} closed the connection on {} from {} with {unread_bytes} bytes of \
+                         input unread, which resets it: those bytes never reached the process",
+                        self.local, self.remote
+                    );
+                }
+                let unsent = if *unsent_bytes > 0 {
+                    format!(" ({unsent_bytes} of them never even sent)")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{who} lost {undelivered_bytes} bytes it had written on {} to {}{unsent}: {why} \
+                     before the peer acknowledged them",
+                    self.local, self.remote
+                )
+            }
+        }
+    }
+}

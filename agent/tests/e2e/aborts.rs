@@ -1,0 +1,329 @@
+//! Write after close and undelivered bytes on real servers.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use crate::harness::{Agent, Metrics, Process, free_port, root_or_skip, scratch, wait_for};
+
+const UNDELIVERED: &str = "lostwrite_undelivered_bytes_total";
+const ABORTED: &str = "lostwrite_aborted_connections_total";
+const WRITES: &str = "lostwrite_writes_after_close_total";
+
+/// Scrapes until `name{labels}` exists, then once more after the dust settles.
+fn settled(agent: &Agent, what: &str, name: &str, labels: &[(&str, &str)]) -> Metrics {
+    wait_for(what, Duration::from_secs(5), || {
+        agent.scrape().value(name, labels)
+    });
+    thread::sleep(Duration::from_millis(300));
+    agent.scrape()
+}
+
+#[test]
+fn client_writing_after_the_server_closed_gets_epipe() {
+    if !root_or_skip("client_writing_after_the_server_closed_gets_epipe") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || drop(listener.accept().unwrap()));
+    let client = thread::Builder::new()
+        .name("eagerclient".into())
+        .spawn(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            thread::sleep(Duration::from_millis(200)); // the server has closed by now
+            s.write_all(&[b'x'; 1000])
+                .expect("the first send is accepted");
+            thread::sleep(Duration::from_millis(200)); // its RST has come back
+            s.write(&[b'y'; 500]).unwrap_err()
+        })
+        .unwrap();
+    server.join().unwrap();
+    let err = client.join().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
+
+    let port = port.to_string();
+    let labels = [
+        ("comm", "eagerclient"),
+        ("port", port.as_str()),
+        ("role", "client"),
+        ("errno", "EPIPE"),
+    ];
+    let m = settled(&agent, "the EPIPE write", WRITES, &labels);
+    assert_eq!(m.value(WRITES, &labels), Some(1.0));
+    assert_eq!(m.total(WRITES), 1.0, "{:?}", m.series(WRITES));
+    // The accepted first send never reached the peer: the server's RST discarded it.
+    let peer_reset = [
+        ("comm", "eagerclient"),
+        ("port", port.as_str()),
+        ("role", "client"),
+        ("reason", "peer_reset"),
+    ];
+    assert_eq!(
+        m.value(UNDELIVERED, &peer_reset),
+        Some(1000.0),
+        "{:?}",
+        m.series(UNDELIVERED)
+    );
+    assert_eq!(m.value(ABORTED, &peer_reset), Some(1.0));
+    assert_eq!(m.total(UNDELIVERED), 1000.0, "{:?}", m.series(UNDELIVERED));
+
+    let incidents = agent.incidents();
+    let epipe = incidents
+        .iter()
+        .find(|i| i["kind"] == "write_after_close")
+        .expect("a write_after_close incident");
+    assert_eq!(epipe["reason"], "EPIPE");
+    assert!(
+        epipe["message"]
+            .as_str()
+            .unwrap()
+            .contains("(eagerclient) wrote on 127.0.0.1:"),
+        "{epipe}"
+    );
+}
+
+#[test]
+fn python_server_closing_with_unread_request_bytes() {
+    if !root_or_skip("python_server_closing_with_unread_request_bytes") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/servers/partial_read.py"
+        ))
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let _server = Process(child);
+
+    // 19 request bytes; the server reads 3, answers and closes with 16 unread.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n!").unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply); // the answer, then EOF or ECONNRESET
+
+    let port = port.to_string();
+    let labels = [
+        ("comm", "python3"),
+        ("port", port.as_str()),
+        ("role", "server"),
+        ("reason", "close_with_unread_input"),
+    ];
+    let m = settled(&agent, "the aborted connection", ABORTED, &labels);
+    assert_eq!(
+        m.value(ABORTED, &labels),
+        Some(1.0),
+        "{:?}",
+        m.series(ABORTED)
+    );
+    assert_eq!(m.total(ABORTED), 1.0, "{:?}", m.series(ABORTED));
+    let i = agent
+        .incidents()
+        .into_iter()
+        .find(|i| i["kind"] == "undelivered_bytes")
+        .expect("an undelivered_bytes incident");
+    assert_eq!(i["unread_bytes"], 16, "{i}");
+}
+
+/// SO_LINGER{1,0}: close() throws the send queue away with an RST.
+fn set_linger_zero(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a valid, correctly sized option.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+}
+
+/// Bytes in the socket's send queue not yet acknowledged (SIOCOUTQ).
+fn outq(s: &TcpStream) -> u64 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: ioctl(SIOCOUTQ) writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "ioctl(SIOCOUTQ)");
+    n as u64
+}
+
+#[test]
+fn linger_zero_close_with_megabytes_queued() {
+    if !root_or_skip("linger_zero_close_with_megabytes_queued") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The peer connects and never reads.
+    let _peer = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let queued = thread::Builder::new()
+        .name("lingersrv".into())
+        .spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_nonblocking(true).unwrap();
+            let chunk = vec![b'z'; 64 * 1024];
+            while conn.write(&chunk).is_ok() {}
+            thread::sleep(Duration::from_millis(200));
+            let queued = outq(&conn);
+            set_linger_zero(&conn);
+            drop(conn);
+            queued
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(queued > 1_000_000, "only {queued} bytes queued");
+
+    let port = port.to_string();
+    let labels = [
+        ("comm", "lingersrv"),
+        ("port", port.as_str()),
+        ("role", "server"),
+        ("reason", "linger_zero"),
+    ];
+    let m = settled(&agent, "the linger_zero abort", UNDELIVERED, &labels);
+    let lost = m.value(UNDELIVERED, &labels).unwrap();
+    let error = (lost - queued as f64).abs() / queued as f64;
+    assert!(
+        error <= 0.05,
+        "undelivered {lost} vs SIOCOUTQ {queued} ({:.1} %)",
+        error * 100.0
+    );
+    assert_eq!(m.value(ABORTED, &labels), Some(1.0));
+}
+
+#[test]
+fn nginx_send_timeout_resets_a_slow_reader() {
+    if !root_or_skip("nginx_send_timeout_resets_a_slow_reader") {
+        return;
+    }
+    let dir = scratch("nginx-send-timeout");
+    let port = free_port();
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    std::fs::write(dir.join("html/big"), vec![b'n'; 20 * 1024 * 1024]).unwrap();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\nhttp {{\n  access_log {d}/access.log;\n  \
+             client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n  \
+             uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  server {{\n    listen \
+             127.0.0.1:{port};\n    root {d}/html;\n    send_timeout 1s;\n    \
+             reset_timedout_connection on;\n  }}\n}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let _nginx = Process(
+        Command::new("nginx")
+            .args(["-c", &dir.join("nginx.conf").display().to_string()])
+            .args(["-p", &dir.display().to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (installed by `cargo xtask setup`)"),
+    );
+    crate::harness::wait_listening(([127, 0, 0, 1], port).into());
+    let agent = Agent::start(&[]);
+
+    // A client that asks for 20 MB, reads 4 KiB and stops reading.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    s.read_exact(&mut first).unwrap();
+
+    let port_s = port.to_string();
+    let labels = [
+        ("comm", "nginx"),
+        ("port", port_s.as_str()),
+        ("role", "server"),
+    ];
+    let m = settled(&agent, "nginx's reset", UNDELIVERED, &labels);
+    let lost = m.value(UNDELIVERED, &labels).unwrap();
+    assert!(
+        lost >= 1_000_000.0,
+        "nginx lost only {lost} bytes: {:?}",
+        m.series(UNDELIVERED)
+    );
+    assert_eq!(
+        m.value(ABORTED, &[("comm", "nginx"), ("port", port_s.as_str())]),
+        Some(1.0),
+        "{:?}",
+        m.series(ABORTED)
+    );
+    // nginx itself believes it served the request.
+    let log = wait_for("nginx's access log line", Duration::from_secs(5), || {
+        std::fs::read_to_string(dir.join("access.log"))
+            .ok()
+            .filter(|l| l.contains("GET /big"))
+    });
+    assert!(log.contains("\"GET /big HTTP/1.1\" 200 "), "{log}");
+    drop(s);
+}
+
+#[test]
+fn killed_server_with_unsent_data_still_delivers_it() {
+    if !root_or_skip("killed_server_with_unsent_data_still_delivers_it") {
+        return;
+    }
+    // A process killed with data in its send queue and nothing unread: the kernel keeps the
+    // orphaned socket and delivers the queue, then FIN. Nothing is lost, nothing is counted.
+    let agent = Agent::start(&[]);
+    let port = free_port();
+    let script = format!(
+        "import socket,os,signal\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\n\
+         c.setblocking(False)\nn=0\ntry:\n  while True: n+=c.send(b'k'*65536)\nexcept BlockingIOError: pass\n\
+         print(n,flush=True)\nos.kill(os.getpid(),signal.SIGKILL)\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let sent: usize = line.trim().parse().unwrap();
+    assert!(child.wait().unwrap().code().is_none(), "killed by a signal");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(
+        got.len(),
+        sent,
+        "everything the killed server wrote arrived"
+    );
+
+    thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    let port = port.to_string();
+    assert_eq!(m.value(UNDELIVERED, &[("port", port.as_str())]), None);
+    assert_eq!(m.value(ABORTED, &[("port", port.as_str())]), None);
+    assert!(m.total("lostwrite_sockets_observed_total") >= 2.0);
+}
