@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{LogFormat, ProbeModeArg, RunArgs},
-    correlate::{Correlator, Filter},
+    correlate::{Correlator, Filter, Incident},
     events::{self, Event},
     http::{self, AppState},
     listeners::ProcListeners,
@@ -102,10 +102,7 @@ async fn serve(
         });
     }
 
-    let correlator = Correlator {
-        ephemeral: ephemeral_ports(),
-        rst_reasons: probes.rst_reasons.clone(),
-    };
+    let correlator = Correlator::new(ephemeral_ports(), probes.rst_reasons.clone());
     let filter = Filter {
         ports: args.port.clone(),
         comms: args.comm.clone(),
@@ -131,13 +128,23 @@ async fn serve(
 
 async fn read_events(
     mut ring: AsyncFd<RingBuf<MapData>>,
-    correlator: Correlator,
+    mut correlator: Correlator,
     filter: Filter,
     metrics: Arc<Metrics>,
     format: LogFormat,
 ) -> anyhow::Result<()> {
+    // Held-back incidents (peer resets waiting for a local peer's record) are released here.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
-        let mut guard = ring.readable_mut().await?;
+        let mut guard = tokio::select! {
+            guard = ring.readable_mut() => guard?,
+            _ = tick.tick() => {
+                for i in correlator.expired(monotonic_ns()) {
+                    report_incident(&filter, &metrics, format, &i);
+                }
+                continue;
+            }
+        };
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
             let incident = match events::decode(&item) {
@@ -150,13 +157,26 @@ async fn read_events(
                     None
                 }
             };
-            if let Some(i) = incident.filter(|i| filter.allows(i)) {
-                metrics.record(&i);
-                report::emit(format, &i);
+            if let Some(i) = incident {
+                report_incident(&filter, &metrics, format, &i);
             }
         }
         guard.clear_ready();
     }
+}
+
+fn report_incident(filter: &Filter, metrics: &Metrics, format: LogFormat, i: &Incident) {
+    if filter.allows(i) {
+        metrics.record(i);
+        report::emit(format, i);
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the programs' `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Registers a BPF ring buffer (or anything holding one) with the runtime for readability.

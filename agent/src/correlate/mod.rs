@@ -36,13 +36,79 @@ pub struct Correlator {
     pub ephemeral: RangeInclusive<u16>,
     /// This kernel's `enum sk_rst_reason`, value to name (from BTF; empty before Linux 6.10).
     pub rst_reasons: HashMap<u32, String>,
+    pairs: ResetPairs,
 }
 
 impl Default for Correlator {
     fn default() -> Self {
-        Self {
-            ephemeral: 32768..=60999,
-            rst_reasons: HashMap::new(),
+        Self::new(32768..=60999, HashMap::new())
+    }
+}
+
+/// Pairs the two ends of a connection reset on this host by a process that closed it with input
+/// unread. The closer's record says what it dropped; the other end's "peer reset" of the same
+/// bytes is then not a loss of its own: they were delivered to the closer's kernel, just not yet
+/// acknowledged. Either record may come first (the RST can be processed before the tracepoint
+/// of the reset that sent it fires), so peer resets from a local peer wait briefly for their
+/// pair. Bounded and short-lived.
+#[derive(Clone, Debug, Default)]
+struct ResetPairs {
+    /// (closer's local, closer's remote) -> (when, unread bytes it dropped)
+    dropped: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    /// Peer resets of a local peer, waiting for the peer's record: (local, remote) -> incident.
+    waiting: HashMap<(SocketAddr, SocketAddr), (u64, u64, Incident)>,
+}
+
+impl ResetPairs {
+    const MAX: usize = 4096;
+    /// Both records of one reset are written within microseconds of each other.
+    const WINDOW_NS: u64 = 200_000_000;
+
+    fn dropped_input(&mut self, local: SocketAddr, remote: SocketAddr, ts: u64, unread: u64) {
+        // The other end may already be waiting.
+        if let Some((_, unacked, _)) = self.waiting.get(&(remote, local))
+            && *unacked <= unread
+        {
+            self.waiting.remove(&(remote, local));
+            return;
+        }
+        Self::bound(&mut self.dropped, ts);
+        self.dropped.insert((local, remote), (ts, unread));
+    }
+
+    /// A peer reset: None if the peer's record already covers it, else it waits (local peer) or
+    /// is returned (remote peer).
+    fn peer_reset(&mut self, ts: u64, unacked: u64, i: Incident) -> Option<Incident> {
+        if let Some((t, unread)) = self.dropped.remove(&(i.remote, i.local))
+            && ts.saturating_sub(t) < Self::WINDOW_NS
+            && unacked <= unread
+        {
+            return None;
+        }
+        if !is_local(i.remote.ip()) {
+            return Some(i);
+        }
+        Self::bound(&mut self.waiting, ts);
+        self.waiting.insert((i.local, i.remote), (ts, unacked, i));
+        None
+    }
+
+    /// Peer resets whose pair did not come within the window.
+    fn expired(&mut self, now: u64) -> Vec<Incident> {
+        let due: Vec<_> = self
+            .waiting
+            .iter()
+            .filter(|(_, (t, _, _))| now.saturating_sub(*t) >= Self::WINDOW_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        due.into_iter()
+            .filter_map(|k| self.waiting.remove(&k).map(|(_, _, i)| i))
+            .collect()
+    }
+
+    fn bound<V>(map: &mut HashMap<(SocketAddr, SocketAddr), V>, _now: u64) {
+        if map.len() >= Self::MAX {
+            map.clear();
         }
     }
 }
@@ -59,7 +125,20 @@ impl<F: Fn(u32, u16) -> bool> Listeners for F {
     }
 }
 
+/// Whether a peer address is this host (loopback); only then can its own record arrive.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback()
+}
+
 impl Correlator {
+    pub fn new(ephemeral: RangeInclusive<u16>, rst_reasons: HashMap<u32, String>) -> Self {
+        Self {
+            ephemeral,
+            rst_reasons,
+            pairs: ResetPairs::default(),
+        }
+    }
+
     /// SPEC §2 "unanswered close": the local process read ≥1 byte, wrote nothing after that last
     /// read, and then closed the connection itself (FIN or RST, in its own context).
     pub fn teardown(&self, ev: &TeardownEvent, listeners: &impl Listeners) -> Option<Incident> {
@@ -99,10 +178,15 @@ impl Correlator {
     /// were unacknowledged. A local abort that discarded unread input counts as an aborted
     /// connection even when everything written was acknowledged: the peer's bytes never reached
     /// the process.
-    pub fn abort(&self, ev: &AbortEvent) -> Option<Incident> {
+    pub fn abort(&mut self, ev: &AbortEvent) -> Option<Incident> {
         let s = &ev.sock;
         let role = Role::from_wire(s.role);
         let local = ev.trigger == trigger::SEND_RESET;
+        if local && ev.unread > 0 {
+            let (here, there) = addrs(s);
+            self.pairs
+                .dropped_input(here, there, ev.header.ts_ns, ev.unread);
+        }
         // A client that closes with a response it asked for still unread chose to drop it
         // (wrk at the end of a run, a caller that timed out): nothing it wrote was lost. A
         // server that does the same discarded a request it never fully read.
@@ -124,7 +208,17 @@ impl Correlator {
         } else {
             (ev.current_tgid, String::new())
         };
-        Some(self.incident(s, role, pid, name, detail))
+        let incident = self.incident(s, role, pid, name, detail);
+        if ev.trigger == trigger::RECEIVE_RESET {
+            return self.pairs.peer_reset(ev.header.ts_ns, ev.unacked, incident);
+        }
+        Some(incident)
+    }
+
+    /// Incidents held back waiting for a local peer's record that did not come; call it
+    /// periodically with the current CLOCK_MONOTONIC time in nanoseconds.
+    pub fn expired(&mut self, now_ns: u64) -> Vec<Incident> {
+        self.pairs.expired(now_ns)
     }
 
     /// Maps the kernel's facts to a SPEC reason: the reset reason where the kernel gives one,

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use crate::harness::{Agent, Metrics, Process, free_port, root_or_skip, scratch, wait_for};
+use crate::{
+    harness::{Agent, Metrics, Process, free_port, root_or_skip, wait_for},
+    servers::start_nginx,
+};
 
 const UNDELIVERED: &str = "lostwrite_undelivered_bytes_total";
 const ABORTED: &str = "lostwrite_aborted_connections_total";
@@ -219,33 +222,11 @@ fn nginx_send_timeout_resets_a_slow_reader() {
     if !root_or_skip("nginx_send_timeout_resets_a_slow_reader") {
         return;
     }
-    let dir = scratch("nginx-send-timeout");
-    let port = free_port();
-    std::fs::create_dir_all(dir.join("html")).unwrap();
-    std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    std::fs::write(dir.join("html/big"), vec![b'n'; 20 * 1024 * 1024]).unwrap();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\nhttp {{\n  access_log {d}/access.log;\n  \
-             client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n  \
-             uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  server {{\n    listen \
-             127.0.0.1:{port};\n    root {d}/html;\n    send_timeout 1s;\n    \
-             reset_timedout_connection on;\n  }}\n}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let _nginx = Process(
-        Command::new("nginx")
-            .args(["-c", &dir.join("nginx.conf").display().to_string()])
-            .args(["-p", &dir.display().to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (installed by `cargo xtask setup`)"),
+    let nginx = start_nginx(
+        "nginx-send-timeout",
+        "send_timeout 1s; reset_timedout_connection on;",
     );
-    crate::harness::wait_listening(([127, 0, 0, 1], port).into());
+    let (port, dir) = (nginx.port, &nginx.dir);
     let agent = Agent::start(&[]);
 
     // A client that asks for 20 MB, reads 4 KiB and stops reading.

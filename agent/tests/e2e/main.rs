@@ -7,6 +7,7 @@
 
 mod aborts;
 mod errors;
+mod false_positives;
 mod harness;
 mod healthy;
 mod prometheus;

@@ -97,3 +97,46 @@ pub fn rust_server_reads_and_closes() -> (u16, usize) {
     server.join().unwrap();
     (port, reply.len())
 }
+
+/// nginx on a free loopback port serving `root` (html/ in a scratch dir, with a 1 KiB and a
+/// 20 MiB file), with `directives` added to its server block. Stopped (workers too) on drop.
+pub struct Nginx {
+    _process: Process,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+pub fn start_nginx(name: &str, directives: &str) -> Nginx {
+    let dir = crate::harness::scratch(name);
+    let port = crate::harness::free_port();
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    std::fs::write(dir.join("html/1k"), vec![b'a'; 1024]).unwrap();
+    std::fs::write(dir.join("html/big"), vec![b'n'; 20 * 1024 * 1024]).unwrap();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\nhttp {{\n  access_log {d}/access.log;\n  \
+             client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n  \
+             uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  server {{\n    listen \
+             127.0.0.1:{port};\n    root {d}/html;\n    {directives}\n  }}\n}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let process = Process(
+        Command::new("nginx")
+            .args(["-c", &dir.join("nginx.conf").display().to_string()])
+            .args(["-p", &dir.display().to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (installed by `cargo xtask setup`)"),
+    );
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)));
+    Nginx {
+        _process: process,
+        port,
+        dir,
+    }
+}

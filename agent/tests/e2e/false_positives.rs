@@ -1,0 +1,190 @@
+//! Healthy traffic of every shape must leave every loss counter at zero.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream, UdpSocket},
+    os::unix::net::UnixStream,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use crate::{
+    harness::{Agent, root_or_skip},
+    servers::{Nginx, curl, start_nginx},
+};
+
+const LOSSES: [&str; 5] = [
+    "lostwrite_unanswered_closes_total",
+    "lostwrite_writes_after_close_total",
+    "lostwrite_writes_after_close_bytes_total",
+    "lostwrite_undelivered_bytes_total",
+    "lostwrite_aborted_connections_total",
+];
+
+/// Runs `scenario` under a fresh agent and asserts it was seen and counted nothing.
+fn assert_no_loss(name: &str, min_sockets: f64, scenario: impl FnOnce()) {
+    let agent = Agent::start(&[]);
+    let before = agent.scrape().total("lostwrite_sockets_observed_total");
+    scenario();
+    thread::sleep(Duration::from_millis(700));
+    let m = agent.scrape();
+    let seen = m.total("lostwrite_sockets_observed_total") - before;
+    assert!(
+        seen >= min_sockets,
+        "{name}: the agent saw only {seen} sockets"
+    );
+    for loss in LOSSES {
+        assert_eq!(
+            m.total(loss),
+            0.0,
+            "{name}: {:?}\n{:?}",
+            m.series(loss),
+            agent.incidents()
+        );
+    }
+    assert!(
+        agent.incidents().is_empty(),
+        "{name}: {:?}",
+        agent.incidents()
+    );
+}
+
+fn nginx(name: &str) -> Nginx {
+    start_nginx(name, "keepalive_timeout 1s;")
+}
+
+fn http(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+#[test]
+fn wrk_keep_alive_load_against_nginx() {
+    if !root_or_skip("wrk_keep_alive_load_against_nginx") {
+        return;
+    }
+    let n = nginx("fp-wrk");
+    assert_no_loss("wrk", 20.0, || {
+        let out = Command::new("wrk")
+            .args(["-t1", "-c10", "-d3s", &http(n.port, "/1k")])
+            .output()
+            .expect("run wrk (installed by `cargo xtask setup`)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Requests/sec"),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn idle_keep_alive_closed_by_either_side() {
+    if !root_or_skip("idle_keep_alive_closed_by_either_side") {
+        return;
+    }
+    let n = nginx("fp-idle");
+    assert_no_loss("idle keep-alive", 4.0, || {
+        let req = b"GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
+        let read_response = |s: &mut TcpStream| {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while !buf[..got].ends_with(&[b'a'; 16]) {
+                got += s.read(&mut buf[got..]).unwrap();
+            }
+        };
+        // Closed by the server: nginx's keepalive_timeout (1 s) expires.
+        let mut by_server = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+        by_server.write_all(req).unwrap();
+        read_response(&mut by_server);
+        // Closed by the client after a complete exchange.
+        let mut by_client = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+        by_client.write_all(req).unwrap();
+        read_response(&mut by_client);
+        drop(by_client);
+        let mut rest = Vec::new();
+        by_server.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the server closed the idle connection");
+    });
+}
+
+#[test]
+fn half_close_with_the_response_delivered() {
+    if !root_or_skip("half_close_with_the_response_delivered") {
+        return;
+    }
+    let n = nginx("fp-half-close");
+    assert_no_loss("half-close", 2.0, || {
+        let mut s = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+        s.write_all(b"GET /1k HTTP/1.0\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert!(all.ends_with(&[b'a'; 1024]));
+    });
+}
+
+#[test]
+fn http_1_0_close_delimited_pipelined_large_and_close_after_read() {
+    if !root_or_skip("http_1_0_close_delimited_pipelined_large_and_close_after_read") {
+        return;
+    }
+    let n = nginx("fp-shapes");
+    assert_no_loss("http shapes", 10.0, || {
+        // HTTP/1.0: the server closes after the body.
+        let (code, body, err) = curl(&["--http1.0".into(), http(n.port, "/1k")]);
+        assert_eq!((code, body.len()), (Some(0), 1024), "{err}");
+        // Pipelined: three requests in one write, three responses.
+        let mut s = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+        let one = "GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
+        s.write_all(
+            format!("{one}{one}GET /1k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert_eq!(String::from_utf8_lossy(&all).matches("200 OK").count(), 3);
+        // A 20 MiB download that completes.
+        let (code, body, err) = curl(&[http(n.port, "/big")]);
+        assert_eq!((code, body.len()), (Some(0), 20 * 1024 * 1024), "{err}");
+        // Clients that close right after reading the full response.
+        for _ in 0..3 {
+            let (code, _, err) = curl(&[http(n.port, "/1k")]);
+            assert_eq!(code, Some(0), "{err}");
+        }
+    });
+}
+
+#[test]
+fn udp_unix_and_listening_sockets() {
+    if !root_or_skip("udp_unix_and_listening_sockets") {
+        return;
+    }
+    // Nothing here is a TCP connection, so the agent must not even track it; one plain TCP
+    // exchange proves the agent was watching.
+    assert_no_loss("udp/unix/listen", 2.0, || {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.send_to(b"ping", b.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 16];
+        b.recv_from(&mut buf).unwrap();
+        // A UDP "connection" whose peer is gone: ECONNREFUSED, not a TCP write error.
+        a.connect("127.0.0.1:9").unwrap();
+        let _ = a.send(b"x");
+        let (mut u1, mut u2) = UnixStream::pair().unwrap();
+        u1.write_all(b"request").unwrap();
+        u2.read_exact(&mut [0u8; 7]).unwrap();
+        drop(u2);
+        let _ = u1.write_all(b"after close"); // EPIPE on a unix socket is not a TCP loss
+        for _ in 0..5 {
+            drop(TcpListener::bind("127.0.0.1:0").unwrap());
+        }
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(b"hi").unwrap();
+        s.read_exact(&mut [0u8; 2]).unwrap();
+        s.write_all(b"ok").unwrap();
+        c.read_exact(&mut [0u8; 2]).unwrap();
+    });
+}
