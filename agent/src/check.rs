@@ -51,6 +51,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
             btf: &args.btf,
             tracefs: &args.tracefs,
             max_sockets: 1024,
+            force_classic: false,
         };
         match Probes::load(ProbeMode::Tracepoint, &opts) {
             Ok(p) => {

@@ -59,6 +59,11 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
 
+    /// Attach classic tracefs tracepoints even where BTF tracepoints work (exercises the
+    /// fallback path; slower).
+    #[arg(long, hide = true)]
+    pub classic_tracepoints: bool,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }

@@ -156,6 +156,8 @@ pub struct LoadOptions<'a> {
     pub btf: &'a Path,
     pub tracefs: &'a Path,
     pub max_sockets: u32,
+    /// Skip BTF tracepoints and attach the classic ones (to exercise the fallback).
+    pub force_classic: bool,
 }
 
 /// Loaded programs with their links. Dropping it detaches everything.
@@ -196,7 +198,8 @@ impl Probes {
         let mut attached = Vec::new();
         for hook in mode.hooks() {
             let arity = btf::tracepoint_arity(&kernel_btf, hook.name);
-            match attach(&mut ebpf, hook, arity, &aya_btf, classic.as_ref().err()) {
+            let btf = (!opts.force_classic).then_some(&aya_btf);
+            match attach(&mut ebpf, hook, arity, btf, classic.as_ref().err()) {
                 Ok(via) => attached.push(Attached {
                     name: hook.name,
                     via,
@@ -265,16 +268,17 @@ fn attach(
     ebpf: &mut Ebpf,
     hook: &Hook,
     arity: Option<usize>,
-    btf: &Btf,
+    btf: Option<&Btf>,
     classic_unavailable: Option<&tracefs::TracefsError>,
 ) -> Result<Via, ProbeError> {
     let program = match hook.btf_extended {
         Some((program, args)) if arity.is_some_and(|a| a >= args) => program,
         _ => hook.btf_program,
     };
-    let btf_err = match attach_btf(ebpf, program, hook.name, btf) {
-        Ok(()) => return Ok(Via::Btf),
-        Err(e) => e,
+    let btf_err = match btf.map(|btf| attach_btf(ebpf, program, hook.name, btf)) {
+        Some(Ok(())) => return Ok(Via::Btf),
+        Some(Err(e)) => e,
+        None => "not tried (--classic-tracepoints)".to_owned(),
     };
     let classic = match classic_unavailable {
         Some(e) => Err(e.to_string()),

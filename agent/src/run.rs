@@ -52,6 +52,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             btf: &args.kernel.btf,
             tracefs: &args.kernel.tracefs,
             max_sockets: args.max_sockets,
+            force_classic: args.classic_tracepoints,
         },
     )
     .with_context(|| format!("probe mode {} failed", mode.as_str()))?;

@@ -157,6 +157,17 @@ impl Agent {
         );
     }
 
+    /// The `hooks` field of the attach log line, e.g. `sock_recv_length(btf) ...`.
+    pub fn hooks(&self) -> String {
+        let stderr = self.stderr_text();
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("probes attached"))
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        v["fields"]["hooks"].as_str().unwrap_or_default().to_owned()
+    }
+
     pub fn metrics_text(&self) -> String {
         let (status, body) = http_get(&self.url("/metrics")).expect("scrape /metrics");
         assert_eq!(status, 200, "/metrics answered {status}: {body}");

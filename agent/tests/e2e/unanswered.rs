@@ -146,3 +146,40 @@ fn filters_keep_other_processes_out() {
     assert_eq!(m.value(UNANSWERED, &[("port", port.as_str())]), None);
     assert!(agent.incidents().is_empty());
 }
+
+#[test]
+fn classic_tracepoint_fallback_detects_the_same() {
+    if !root_or_skip("classic_tracepoint_fallback_detects_the_same") {
+        return;
+    }
+    // The path taken where BTF tracepoints are unavailable: record layouts from tracefs.
+    let agent = Agent::start(&["--classic-tracepoints"]);
+    let hooks = agent.hooks();
+    for hook in [
+        "sock_recv_length(classic)",
+        "sock_send_length(classic)",
+        "inet_sock_set_state(classic)",
+        "tcp_destroy_sock(classic)",
+        "tcp_receive_reset(classic)",
+        "tcp_send_reset(classic)",
+    ] {
+        assert!(hooks.contains(hook), "{hook} not in {hooks:?}");
+    }
+    let (port, _) = rust_server_reads_and_closes();
+    let port = port.to_string();
+    let labels = [
+        ("comm", "rustsrv"),
+        ("port", port.as_str()),
+        ("role", "server"),
+    ];
+    wait_for(
+        "the unanswered close via classic tracepoints",
+        Duration::from_secs(2),
+        || agent.scrape().value(UNANSWERED, &labels),
+    );
+    let m = agent.scrape();
+    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
+    let i = &agent.incidents()[0];
+    assert_eq!(i["local"], format!("127.0.0.1:{port}"), "{i}");
+    assert_eq!(i["bytes_read"], REQUEST.len());
+}
