@@ -235,42 +235,13 @@ fn catch_up(c: &IntCounter, total: u64) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::correlate::{AbortReason, CloseHow, Role};
-
-    fn incident() -> Incident {
-        Incident {
-            detail: Detail::UnansweredClose {
-                how: CloseHow::Fin,
-                unanswered_bytes: 78,
-                delay: Duration::from_millis(2000),
-            },
-            pid: 1,
-            comm: "seedsrv".into(),
-            role: Role::Server,
-            port: 8800,
-            local: "127.0.0.1:8800".parse().unwrap(),
-            remote: "127.0.0.1:60000".parse().unwrap(),
-            bytes_in: 78,
-            bytes_out: 0,
-            cgroup_id: 0,
-            peer_closed: false,
-        }
-    }
+    use crate::correlate::samples;
 
     #[test]
     fn undelivered_counts_connections_and_bytes() {
         let m = Metrics::new();
-        let mut i = incident();
-        i.comm = "nginx".into();
-        i.detail = Detail::Undelivered {
-            reason: AbortReason::LingerZero,
-            undelivered_bytes: 2_803_712,
-            unsent_bytes: 2_803_712,
-            unread_bytes: 0,
-        };
+        let i = samples::nginx_linger();
         m.record(&i);
         m.record(&i);
         let text = m.render();
@@ -292,7 +263,7 @@ mod tests {
             "tracepoint",
             &[("unanswered_close", true), ("write_after_close", false)],
         );
-        m.record(&incident());
+        m.record(&samples::seed());
         m.set_kernel(KernelStats {
             events_dropped: 3,
             events_sent: 5,

@@ -136,34 +136,14 @@ pub fn emit(format: LogFormat, i: &Incident) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::correlate::{AbortReason, CloseHow};
-
-    fn incident() -> Incident {
-        Incident {
-            detail: Detail::UnansweredClose {
-                how: CloseHow::Fin,
-                unanswered_bytes: 78,
-                delay: Duration::from_millis(2003),
-            },
-            pid: 4242,
-            comm: "seedsrv".into(),
-            role: Role::Server,
-            port: 8800,
-            local: "127.0.0.1:8800".parse().unwrap(),
-            remote: "127.0.0.1:60154".parse().unwrap(),
-            bytes_in: 78,
-            bytes_out: 0,
-            cgroup_id: 1,
-            peer_closed: false,
-        }
-    }
+    use crate::correlate::samples;
 
     #[test]
     fn text_line() {
-        let l = line(LogFormat::Text, UNIX_EPOCH, &incident());
+        let l = line(LogFormat::Text, UNIX_EPOCH, &samples::seed());
         assert!(l.starts_with(
             "1970-01-01T00:00:00.000Z INCIDENT unanswered_close: pid 4242 (seedsrv) read 78 \
              bytes on 127.0.0.1:8800 from 127.0.0.1:60154 and closed the connection 2.0 s later \
@@ -175,7 +155,7 @@ mod tests {
 
     #[test]
     fn json_line() {
-        let l = line(LogFormat::Json, UNIX_EPOCH, &incident());
+        let l = line(LogFormat::Json, UNIX_EPOCH, &samples::seed());
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(v["kind"], "unanswered_close");
         assert_eq!(v["reason"], "fin");
@@ -194,14 +174,7 @@ mod tests {
 
     #[test]
     fn undelivered_line() {
-        let mut i = incident();
-        i.comm = "nginx".into();
-        i.detail = Detail::Undelivered {
-            reason: AbortReason::LingerZero,
-            undelivered_bytes: 2_803_712,
-            unsent_bytes: 2_803_712,
-            unread_bytes: 0,
-        };
+        let i = samples::nginx_linger();
         let v: serde_json::Value =
             serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
         assert_eq!(v["kind"], "undelivered_bytes");

@@ -230,3 +230,44 @@ impl Incident {
         }
     }
 }
+
+/// Incidents for other modules' tests.
+#[cfg(test)]
+pub mod samples {
+    use super::*;
+
+    /// The seed: seedsrv read 78 bytes and closed 2 s later without answering.
+    pub fn seed() -> Incident {
+        Incident {
+            detail: Detail::UnansweredClose {
+                how: CloseHow::Fin,
+                unanswered_bytes: 78,
+                delay: Duration::from_millis(2003),
+            },
+            pid: 4242,
+            comm: "seedsrv".into(),
+            role: Role::Server,
+            port: 8800,
+            local: "127.0.0.1:8800".parse().unwrap(),
+            remote: "127.0.0.1:60154".parse().unwrap(),
+            bytes_in: 78,
+            bytes_out: 0,
+            cgroup_id: 1,
+            peer_closed: false,
+        }
+    }
+
+    /// nginx's reset_timedout_connection: SO_LINGER{1,0} with 2.8 MB never sent.
+    pub fn nginx_linger() -> Incident {
+        Incident {
+            comm: "nginx".into(),
+            detail: Detail::Undelivered {
+                reason: AbortReason::LingerZero,
+                undelivered_bytes: 2_803_712,
+                unsent_bytes: 2_803_712,
+                unread_bytes: 0,
+            },
+            ..seed()
+        }
+    }
+}

@@ -17,6 +17,8 @@ use agent_common::{
     AF_INET6, AbortEvent, SockState, TeardownEvent, WriteErrorEvent, errno, flag, role, tcp_state,
     trigger,
 };
+#[cfg(test)]
+pub use incident::samples;
 pub use incident::{AbortReason, CloseHow, Detail, Errno, Incident, Role};
 
 impl Role {
