@@ -72,10 +72,16 @@ pub const REQUEST: &[u8] = b"GET /order/42 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept
 /// closes without answering. A client sends [`REQUEST`] and waits for a reply that never comes.
 /// Returns the server's port and what the client read (nothing, then EOF).
 pub fn rust_server_reads_and_closes() -> (u16, usize) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    rust_server_reads_and_closes_on("127.0.0.1:0", "rustsrv")
+}
+
+/// The same on any address (IPv6 too), with the server thread named `comm`.
+pub fn rust_server_reads_and_closes_on(bind: &str, comm: &str) -> (u16, usize) {
+    let listener = TcpListener::bind(bind).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port();
     let server = thread::Builder::new()
-        .name("rustsrv".into())
+        .name(comm.into())
         .spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = [0u8; 1024];
@@ -85,7 +91,7 @@ pub fn rust_server_reads_and_closes() -> (u16, usize) {
             drop(conn); // closed without a response
         })
         .unwrap();
-    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
     client.write_all(REQUEST).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -7,7 +7,10 @@ use std::{
 
 use crate::{
     harness::{Agent, root_or_skip, wait_for},
-    servers::{REQUEST, SEED_PORT, curl, rust_server_reads_and_closes, start_seedsrv},
+    servers::{
+        REQUEST, SEED_PORT, curl, rust_server_reads_and_closes, rust_server_reads_and_closes_on,
+        start_seedsrv,
+    },
 };
 
 const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
@@ -182,4 +185,74 @@ fn classic_tracepoint_fallback_detects_the_same() {
     let i = &agent.incidents()[0];
     assert_eq!(i["local"], format!("127.0.0.1:{port}"), "{i}");
     assert_eq!(i["bytes_read"], REQUEST.len());
+}
+
+#[test]
+fn ipv6_server_that_reads_and_closes_counts_one() {
+    if !root_or_skip("ipv6_server_that_reads_and_closes_counts_one") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (port, reply) = rust_server_reads_and_closes_on("[::1]:0", "rustsrv6");
+    assert_eq!(reply, 0);
+    let port = port.to_string();
+    let labels = [
+        ("comm", "rustsrv6"),
+        ("port", port.as_str()),
+        ("role", "server"),
+    ];
+    wait_for("the IPv6 unanswered close", Duration::from_secs(2), || {
+        agent.scrape().value(UNANSWERED, &labels)
+    });
+    let i = &agent.incidents()[0];
+    assert_eq!(i["local"], format!("[::1]:{port}"), "{i}");
+    assert!(i["remote"].as_str().unwrap().starts_with("[::1]:"), "{i}");
+}
+
+#[test]
+fn mptcp_listening_server_with_a_tcp_client_counts_one() {
+    if !root_or_skip("mptcp_listening_server_with_a_tcp_client_counts_one") {
+        return;
+    }
+    // Go >= 1.21 listens with IPPROTO_MPTCP; a plain-TCP client's connection falls back to TCP
+    // and the accepted socket is an ordinary TCP socket.
+    let agent = Agent::start(&[]);
+    let port = crate::harness::free_port();
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_STREAM,262)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',{port}))\n\
+         s.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nc.recv(4096)\nc.close()\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready", "MPTCP listen failed");
+    let _server = crate::harness::Process(child);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut s, REQUEST).unwrap();
+    let mut reply = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut reply);
+    assert!(reply.is_empty());
+
+    let port = port.to_string();
+    let labels = [
+        ("comm", "python3"),
+        ("port", port.as_str()),
+        ("role", "server"),
+    ];
+    wait_for(
+        "the MPTCP listener's unanswered close",
+        Duration::from_secs(2),
+        || agent.scrape().value(UNANSWERED, &labels),
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.scrape().value(UNANSWERED, &labels), Some(1.0));
 }
