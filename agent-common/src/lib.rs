@@ -18,6 +18,7 @@ pub mod names {
     pub const SOCKS: &str = "SOCKS";
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
+    pub const CLOSED_FDS: &str = "CLOSED_FDS";
     pub const CONFIG: &str = "CONFIG";
 }
 
@@ -40,6 +41,15 @@ pub mod kind {
     pub const TEARDOWN: u32 = 1;
     pub const ABORT: u32 = 2;
     pub const WRITE_ERROR: u32 = 3;
+}
+
+/// A TCP socket's fd closed by its process, remembered for the EBADF detector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClosedFd {
+    pub sock: SockState,
+    pub sk: u64,
+    pub closed_ns: u64,
 }
 
 /// What ended a connection abortively (`AbortEvent::trigger`).
@@ -298,12 +308,44 @@ pub struct TracepointFields {
     pub send_reset_reason: u32,
 }
 
+/// Offsets for the EBADF use-after-close detector: fd -> `struct file` -> `struct socket` -> sk
+/// through the current task, and the syscall arguments in `struct pt_regs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `struct pt_regs`: first and third syscall argument, and the syscall number.
+    pub regs_arg0: u32,
+    pub regs_arg2: u32,
+    pub regs_nr: u32,
+    pub _pad: u32,
+}
+
+/// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) the EBADF detector watches.
+pub mod nr {
+    pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const WRITEV: u64 = 20;
+    pub const SENDTO: u64 = 44;
+    pub const SENDMSG: u64 = 46;
+    pub const SENDMMSG: u64 = 307;
+}
+
+/// How long after close() a write to the same fd number still counts as use-after-close.
+pub const EBADF_WINDOW_NS: u64 = 5_000_000_000;
+
 /// Read-only configuration the agent hands to the programs (the `CONFIG` global).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub sock: SockOffsets,
     pub tp: TracepointFields,
+    pub fd: FdOffsets,
 }
 
 #[cfg(feature = "user")]

@@ -20,10 +20,11 @@ macro_rules! config {
     };
 }
 
+mod ebadf;
 mod kernel;
 mod state;
 
-use agent_common::{Config, NO_REASON, SockState, stat};
+use agent_common::{ClosedFd, Config, NO_REASON, SockState, stat};
 use aya_ebpf::{
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -42,6 +43,10 @@ static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0
 /// Teardown records for userspace.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// TCP socket fds closed lately, by (tgid, fd), for the EBADF detector.
+#[map(name = "CLOSED_FDS")]
+static CLOSED_FDS: LruHashMap<u64, ClosedFd> = LruHashMap::with_max_entries(16384, 0);
 
 /// Counters, see `agent_common::stat`.
 #[map(name = "STATS")]
@@ -151,7 +156,12 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
-    state::on_send_reset(ctx.arg(0), NO_REASON);
+    // `sk` is NULL for resets answering segments that match no socket; the verifier refuses
+    // arithmetic on the pointer until it is checked.
+    let sk: u64 = ctx.arg(0);
+    if sk != 0 {
+        state::on_send_reset(sk, NO_REASON);
+    }
     0
 }
 
@@ -159,7 +169,10 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
 /// program because reading a third argument that does not exist fails verification.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn btf_tcp_send_reset_reason(ctx: BtfTracePointContext) -> u32 {
-    state::on_send_reset(ctx.arg(0), ctx.arg::<u32>(2));
+    let sk: u64 = ctx.arg(0);
+    if sk != 0 {
+        state::on_send_reset(sk, ctx.arg::<u32>(2));
+    }
     0
 }
 
@@ -175,6 +188,33 @@ pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
     };
     if let Ok(sk) = sk {
         state::on_send_reset(sk, reason);
+    }
+    0
+}
+
+// --- raw syscalls, only with --detect-ebadf: sys_enter(regs, id), sys_exit(regs, ret) ---
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn btf_sys_enter(ctx: BtfTracePointContext) -> u32 {
+    let id: i64 = ctx.arg(1);
+    if id as u64 == agent_common::nr::CLOSE {
+        let regs: u64 = ctx.arg(0);
+        if let Some(fd) = kernel::read::<u64>(regs, config!(fd.regs_arg0)) {
+            ebadf::on_close(fd);
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn btf_sys_exit(ctx: BtfTracePointContext) -> u32 {
+    let ret: i64 = ctx.arg(1);
+    if ret == -(agent_common::errno::EBADF as i64) {
+        let regs: u64 = ctx.arg(0);
+        let nr = kernel::read::<u64>(regs, config!(fd.regs_nr)).unwrap_or(u64::MAX);
+        let fd = kernel::read::<u64>(regs, config!(fd.regs_arg0)).unwrap_or(u64::MAX);
+        let count = kernel::read::<u64>(regs, config!(fd.regs_arg2)).unwrap_or(0);
+        ebadf::on_ebadf(nr, fd, count);
     }
     0
 }

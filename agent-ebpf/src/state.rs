@@ -15,13 +15,13 @@ use aya_log_ebpf::debug;
 use crate::{EVENTS, SOCKS, STATS, kernel};
 
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
-fn bump(idx: u32) {
+pub fn bump(idx: u32) {
     if let Some(v) = STATS.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *v += 1 };
@@ -312,7 +312,7 @@ fn on_write_error(sk: u64, e: u32) {
 }
 
 #[inline(always)]
-fn header(kind: u32, len: usize) -> EventHeader {
+pub fn header(kind: u32, len: usize) -> EventHeader {
     EventHeader {
         kind,
         len: len as u32,

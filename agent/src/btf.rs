@@ -81,6 +81,23 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
     })
 }
 
+/// Offsets for the EBADF detector's fd -> socket walk and syscall arguments (x86_64 pt_regs).
+pub fn fd_offsets(btf: &Btf) -> Result<agent_common::FdOffsets, BtfError> {
+    let f = |ty: &str, field: &str| field_offset(btf, ty, field);
+    Ok(agent_common::FdOffsets {
+        task_files: f("task_struct", "files")?,
+        files_fdt: f("files_struct", "fdt")?,
+        fdtable_fd: f("fdtable", "fd")?,
+        fdtable_max_fds: f("fdtable", "max_fds")?,
+        file_private_data: f("file", "private_data")?,
+        socket_sk: f("socket", "sk")?,
+        regs_arg0: f("pt_regs", "di")?,
+        regs_arg2: f("pt_regs", "dx")?,
+        regs_nr: f("pt_regs", "orig_ax")?,
+        _pad: 0,
+    })
+}
+
 /// Every enumerator of a (32-bit) enum, value to name; empty if the kernel has no such enum.
 pub fn enum_names(btf: &Btf, ty: &str) -> HashMap<u32, String> {
     let mut out = HashMap::new();
@@ -248,6 +265,21 @@ mod tests {
         assert!(
             off.skc_dport + 2 == off.skc_num,
             "skc_dport and skc_num share skc_portpair"
+        );
+    }
+
+    #[test]
+    fn resolves_the_fd_walk() {
+        let off = fd_offsets(&kernel_btf()).unwrap();
+        // struct pt_regs on x86_64: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di orig_ax.
+        assert_eq!(
+            (off.regs_arg2, off.regs_arg0, off.regs_nr),
+            (12 * 8, 14 * 8, 15 * 8)
+        );
+        assert_ne!(off.task_files, 0);
+        assert_eq!(
+            off.files_fdt,
+            field_offset(&kernel_btf(), "files_struct", "fdt").unwrap()
         );
     }
 

@@ -52,6 +52,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
             tracefs: &args.tracefs,
             max_sockets: 1024,
             force_classic: false,
+            detect_ebadf: true,
         };
         match Probes::load(ProbeMode::Tracepoint, &opts) {
             Ok(p) => {
@@ -71,10 +72,16 @@ pub fn check(args: &KernelArgs) -> ExitCode {
                     "probe mode tracepoint",
                     format!("loads and attaches ({})", hooks.join(" ")),
                 );
-                for (d, on) in ProbeMode::Tracepoint.detectors() {
-                    let state = if on { "available" } else { "not built yet" };
+                for (d, on) in ProbeMode::Tracepoint.detectors(p.ebadf) {
+                    let state = if on { "available" } else { "UNAVAILABLE" };
                     row(&format!("detector {d}"), format!("{state} (tracepoint)"));
                 }
+                row(
+                    "",
+                    "write_after_close_ebadf is off by default here (--detect-ebadf on): syscall \
+                     tracepoints slow every syscall"
+                        .to_owned(),
+                );
             }
             Err(e) => row("probe mode tracepoint", format!("FAILED: {e}")),
         }

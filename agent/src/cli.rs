@@ -54,6 +54,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "COMM", value_parser = parse_comm)]
     pub comm: Vec<String>,
 
+    /// Count writes to a just-closed TCP socket's fd number (EBADF). `auto` turns it on only in
+    /// probe modes where it fits the overhead budget; in tracepoint mode it needs syscall
+    /// tracepoints, which slow every syscall on the host.
+    #[arg(long, value_enum, default_value_t = Switch::Auto)]
+    pub detect_ebadf: Switch,
+
     /// Upper bound on sockets tracked in kernel memory (LRU: the oldest entries are evicted).
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
@@ -74,6 +80,13 @@ pub enum ProbeModeArg {
     Fentry,
     Kprobe,
     Tracepoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,6 +138,7 @@ mod tests {
             &["agent", "run", "--comm", "a-very-long-command-name"],
             &["agent", "run", "--max-sockets", "10"],
             &["agent", "run", "--log-format", "xml"],
+            &["agent", "run", "--detect-ebadf", "yes"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }

@@ -12,7 +12,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    cli::{LogFormat, ProbeModeArg, RunArgs},
+    cli::{LogFormat, ProbeModeArg, RunArgs, Switch},
     correlate::{Correlator, Filter, Incident},
     events::{self, Event},
     http::{self, AppState},
@@ -53,6 +53,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             tracefs: &args.kernel.tracefs,
             max_sockets: args.max_sockets,
             force_classic: args.classic_tracepoints,
+            detect_ebadf: match args.detect_ebadf {
+                Switch::On => true,
+                Switch::Off => false,
+                Switch::Auto => mode.ebadf_by_default(),
+            },
         },
     )
     .with_context(|| format!("probe mode {} failed", mode.as_str()))?;
@@ -82,7 +87,7 @@ async fn serve(
     probes: &mut Probes,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    metrics.set_probe_mode(probes.mode.as_str(), &probes.mode.detectors());
+    metrics.set_probe_mode(probes.mode.as_str(), &probes.mode.detectors(probes.ebadf));
     let stats = Mutex::new(probes.take_stats()?);
     let state = Arc::new(AppState {
         metrics: metrics.clone(),

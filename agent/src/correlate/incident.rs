@@ -67,6 +67,7 @@ pub enum Errno {
     EPIPE,
     ECONNRESET,
     ENOTCONN,
+    EBADF,
 }
 
 impl Errno {
@@ -75,6 +76,7 @@ impl Errno {
             Self::EPIPE => "EPIPE",
             Self::ECONNRESET => "ECONNRESET",
             Self::ENOTCONN => "ENOTCONN",
+            Self::EBADF => "EBADF",
         }
     }
 }

@@ -259,6 +259,9 @@ impl Correlator {
             errno::EPIPE => Errno::EPIPE,
             errno::ECONNRESET => Errno::ECONNRESET,
             errno::ENOTCONN if ev.tracked != 0 => Errno::ENOTCONN,
+            // Only ever reported for an fd that was a TCP socket of this process until moments
+            // ago and is not open again.
+            errno::EBADF => Errno::EBADF,
             _ => return None,
         };
         let detail = Detail::WriteAfterClose {

@@ -308,3 +308,114 @@ fn killed_server_with_unsent_data_still_delivers_it() {
     assert_eq!(m.value(ABORTED, &[("port", port.as_str())]), None);
     assert!(m.total("lostwrite_sockets_observed_total") >= 2.0);
 }
+
+fn close_fd(fd: i32) {
+    // SAFETY: closes a descriptor this test owns (taken with into_raw_fd).
+    assert_eq!(unsafe { libc::close(fd) }, 0);
+}
+
+/// write(2) on a raw descriptor: Ok(bytes) or the errno.
+fn raw_write(fd: i32, buf: &[u8]) -> Result<usize, i32> {
+    // SAFETY: writes from a valid buffer; a closed fd just fails with EBADF.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[test]
+fn use_after_close_ebadf_counts_and_a_reused_fd_does_not() {
+    if !root_or_skip("use_after_close_ebadf_counts_and_a_reused_fd_does_not") {
+        return;
+    }
+    use std::os::fd::IntoRawFd as _;
+    let agent = Agent::start(&["--detect-ebadf", "on"]);
+    let m = agent.scrape();
+    let ebadf_on = [("detector", "write_after_close_ebadf")];
+    assert_eq!(m.value("lostwrite_detector_enabled", &ebadf_on), Some(1.0));
+    assert!(agent.hooks().contains("sys_exit(btf)"), "{}", agent.hooks());
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (_server_side, _) = listener.accept().unwrap();
+    let fd = client.into_raw_fd();
+    // One thread closes the socket, another then writes to the same fd number.
+    thread::Builder::new()
+        .name("fdcloser".into())
+        .spawn(move || close_fd(fd))
+        .unwrap()
+        .join()
+        .unwrap();
+    let err = thread::Builder::new()
+        .name("fdwriter".into())
+        .spawn(move || raw_write(fd, &[b'w'; 10]))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(err, Err(libc::EBADF));
+
+    let port_s = port.to_string();
+    let labels = [
+        ("comm", "fdwriter"),
+        ("port", port_s.as_str()),
+        ("role", "client"),
+        ("errno", "EBADF"),
+    ];
+    let m = settled(&agent, "the EBADF write", WRITES, &labels);
+    assert_eq!(
+        m.value(WRITES, &labels),
+        Some(1.0),
+        "{:?}",
+        m.series(WRITES)
+    );
+    assert_eq!(
+        m.value("lostwrite_writes_after_close_bytes_total", &labels),
+        Some(10.0)
+    );
+
+    // The same fd number reused by a new socket: writing to it works and is not a loss.
+    let second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut second_server, _) = listener.accept().unwrap();
+    let old = second.into_raw_fd();
+    close_fd(old);
+    let third = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut third_server, _) = listener.accept().unwrap();
+    let new = third.into_raw_fd();
+    // The kernel hands out the lowest free number, usually the old one; make sure of it.
+    if new != old {
+        // SAFETY: moves the new socket onto the old number (nothing is open there).
+        assert_eq!(unsafe { libc::dup2(new, old) }, old);
+        close_fd(new);
+    }
+    assert_eq!(raw_write(old, b"fresh"), Ok(5));
+    let mut got = [0u8; 5];
+    third_server.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"fresh");
+    close_fd(old);
+    let _ = second_server.read(&mut [0u8; 1]);
+
+    thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    let all_ebadf: f64 = m.total(WRITES);
+    assert_eq!(all_ebadf, 1.0, "{:?}", m.series(WRITES));
+}
+
+#[test]
+fn ebadf_detector_is_off_by_default_in_tracepoint_mode() {
+    if !root_or_skip("ebadf_detector_is_off_by_default_in_tracepoint_mode") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let m = agent.scrape();
+    assert_eq!(
+        m.value(
+            "lostwrite_detector_enabled",
+            &[("detector", "write_after_close_ebadf")]
+        ),
+        Some(0.0)
+    );
+    assert!(!agent.hooks().contains("sys_exit"), "{}", agent.hooks());
+}

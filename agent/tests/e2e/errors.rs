@@ -128,6 +128,8 @@ fn check_reports_a_usable_tracepoint_mode() {
         "btf                    ok",
         "probe mode tracepoint  loads and attaches",
         "sock_recv_length=tp_btf",
+        "tcp_send_reset=tp_btf",
+        "sys_exit=tp_btf",
         "detector unanswered_close available (tracepoint)",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

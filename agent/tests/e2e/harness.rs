@@ -134,6 +134,16 @@ impl Agent {
             }
         });
         agent.assert_attached();
+        if !extra.contains(&"--classic-tracepoints") {
+            // Every hook attaches as a BTF tracepoint on this kernel; a silent fallback to the
+            // (7x dearer) classic tracepoint would be a regression.
+            let hooks = agent.hooks();
+            assert!(
+                !hooks.is_empty() && !hooks.contains("(classic)"),
+                "hooks: {hooks:?}\n{}",
+                agent.stderr_text()
+            );
+        }
         agent
     }
 
