@@ -419,3 +419,108 @@ fn ebadf_detector_is_off_by_default_in_tracepoint_mode() {
     );
     assert!(!agent.hooks().contains("sys_exit"), "{}", agent.hooks());
 }
+
+/// Each write-family syscall on a connection the peer has reset: the error, as an errno.
+fn write_family_calls(fd: i32) -> Vec<(&'static str, i32)> {
+    let buf = [b'q'; 100];
+    let errno = |rc: isize| -> i32 {
+        assert!(rc < 0, "the call succeeded");
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut _,
+        iov_len: buf.len(),
+    };
+    // SAFETY: every call gets valid buffers of the stated sizes; MSG_NOSIGNAL (and SIGPIPE,
+    // which the Rust runtime ignores) keep EPIPE an error instead of a signal.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        let mut mmsg: libc::mmsghdr = std::mem::zeroed();
+        mmsg.msg_hdr = msg;
+        vec![
+            ("write", errno(libc::write(fd, buf.as_ptr().cast(), 100))),
+            ("writev", errno(libc::writev(fd, &raw const iov, 1))),
+            (
+                "send",
+                errno(libc::send(fd, buf.as_ptr().cast(), 100, libc::MSG_NOSIGNAL)),
+            ),
+            (
+                "sendto",
+                errno(libc::sendto(
+                    fd,
+                    buf.as_ptr().cast(),
+                    100,
+                    libc::MSG_NOSIGNAL,
+                    std::ptr::null(),
+                    0,
+                )),
+            ),
+            (
+                "sendmsg",
+                errno(libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL)),
+            ),
+            (
+                "sendmmsg",
+                errno(libc::sendmmsg(fd, &raw mut mmsg, 1, libc::MSG_NOSIGNAL) as isize),
+            ),
+        ]
+    }
+}
+
+#[test]
+fn every_write_family_call_after_reset_is_counted() {
+    if !root_or_skip("every_write_family_call_after_reset_is_counted") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    // The server resets the connection (SO_LINGER{1,0}); every later write fails.
+    set_linger_zero(&server);
+    drop(server);
+    thread::sleep(Duration::from_millis(100));
+    let fd = client.as_raw_fd();
+    let results = thread::Builder::new()
+        .name("writefamily".into())
+        .spawn(move || write_family_calls(fd))
+        .unwrap()
+        .join()
+        .unwrap();
+    // The first call reports the reset; the socket is dead after that.
+    assert_eq!(results[0], ("write", libc::ECONNRESET), "{results:?}");
+    for (call, e) in &results[1..] {
+        assert_eq!(*e, libc::EPIPE, "{call}: {results:?}");
+    }
+    let port = port.to_string();
+    let labels = |errno| {
+        [
+            ("comm", "writefamily"),
+            ("port", port.as_str()),
+            ("role", "client"),
+            ("errno", errno),
+        ]
+    };
+    wait_for("six failed writes", Duration::from_secs(5), || {
+        let m = agent.scrape();
+        (m.total(WRITES) >= 6.0).then_some(())
+    });
+    thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    assert_eq!(
+        m.value(WRITES, &labels("ECONNRESET")),
+        Some(1.0),
+        "{:?}",
+        m.series(WRITES)
+    );
+    assert_eq!(
+        m.value(WRITES, &labels("EPIPE")),
+        Some(5.0),
+        "{:?}",
+        m.series(WRITES)
+    );
+    drop(client);
+}
