@@ -524,3 +524,143 @@ fn every_write_family_call_after_reset_is_counted() {
     );
     drop(client);
 }
+
+/// A network namespace joined to this one by a veth pair, removed on drop.
+struct PeerNamespace {
+    name: String,
+    host_if: String,
+}
+
+impl PeerNamespace {
+    fn create() -> Self {
+        let id = std::process::id() % 10_000;
+        let ns = Self {
+            name: format!("lwpeer{id}"),
+            host_if: format!("lwh{id}"),
+        };
+        let peer_if = format!("lwp{id}");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+        ]);
+        ip(&["link", "set", &peer_if, "netns", &ns.name]);
+        ip(&["addr", "add", "10.213.0.1/24", "dev", &ns.host_if]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            "10.213.0.2/24",
+            "dev",
+            &peer_if,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &peer_if, "up"]);
+        ns
+    }
+
+    /// Cuts the peer off: its side of the link goes down, so nothing is acknowledged anymore.
+    fn cut(&self) {
+        let id = &self.host_if[3..];
+        let status = Command::new("ip")
+            .args(["-n", &self.name, "link", "set", &format!("lwp{id}"), "down"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PeerNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn retransmission_timeout_with_unacknowledged_bytes() {
+    if !root_or_skip("retransmission_timeout_with_unacknowledged_bytes") {
+        return;
+    }
+    let ns = PeerNamespace::create();
+    let agent = Agent::start(&[]);
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c"])
+        .arg(
+            "import socket,time\ns=socket.socket()\ns.bind(('10.213.0.2',9800))\ns.listen()\n\
+             print('ready',flush=True)\nc,_=s.accept()\ntime.sleep(30)\n",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the peer");
+    let mut ready = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let _server = Process(server);
+
+    let err = thread::Builder::new()
+        .name("rtoclient".into())
+        .spawn(move || {
+            let mut s = TcpStream::connect("10.213.0.2:9800").unwrap();
+            let timeout_ms: libc::c_uint = 1000;
+            // SAFETY: setsockopt(TCP_USER_TIMEOUT) with a correctly sized int.
+            let rc = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_USER_TIMEOUT,
+                    (&raw const timeout_ms).cast(),
+                    size_of::<libc::c_uint>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+            ns.cut();
+            s.write_all(&[b'u'; 10_000]).unwrap();
+            thread::sleep(Duration::from_secs(3));
+            let err = s.write(b"v").unwrap_err();
+            (ns, err)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(err.1.raw_os_error(), Some(libc::ETIMEDOUT), "{}", err.1);
+
+    let labels = [
+        ("comm", "rtoclient"),
+        ("port", "9800"),
+        ("role", "client"),
+        ("reason", "timeout"),
+    ];
+    let m = settled(&agent, "the timeout abort", UNDELIVERED, &labels);
+    assert_eq!(
+        m.value(UNDELIVERED, &labels),
+        Some(10_000.0),
+        "{:?}",
+        m.series(UNDELIVERED)
+    );
+    assert_eq!(m.value(ABORTED, &labels), Some(1.0));
+    drop(err);
+}
