@@ -190,6 +190,20 @@ impl Agent {
         Metrics { scrape }
     }
 
+    /// Scrapes until `name{labels}` exists (or panics after `timeout`), lets late records
+    /// arrive, and returns a fresh scrape to assert exact counts on.
+    pub fn settled(
+        &self,
+        what: &str,
+        timeout: Duration,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Metrics {
+        wait_for(what, timeout, || self.scrape().value(name, labels));
+        thread::sleep(Duration::from_millis(300));
+        self.scrape()
+    }
+
     /// Incident lines (JSON) printed so far.
     pub fn incidents(&self) -> Vec<serde_json::Value> {
         self.stdout

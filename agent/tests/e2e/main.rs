@@ -13,3 +13,4 @@ mod healthy;
 mod prometheus;
 mod servers;
 mod unanswered;
+mod writes;

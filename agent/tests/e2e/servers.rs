@@ -3,6 +3,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
@@ -145,4 +146,27 @@ pub fn start_nginx(name: &str, directives: &str) -> Nginx {
         port,
         dir,
     }
+}
+
+/// How long the abort and write-error scenarios wait for their records: they arrive within
+/// microseconds, but peer resets from a loopback peer are held back 200 ms for their pair.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// SO_LINGER{1,0}: close() throws the send queue away with an RST.
+pub fn set_linger_zero(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a valid, correctly sized option.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
 }

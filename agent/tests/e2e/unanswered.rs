@@ -103,13 +103,12 @@ fn rust_server_that_reads_and_closes_counts_one() {
         ("port", port.as_str()),
         ("role", "server"),
     ];
-    wait_for(
+    let m = agent.settled(
         "the Rust server's unanswered close",
         Duration::from_secs(2),
-        || agent.scrape().value(UNANSWERED, &labels),
+        UNANSWERED,
+        &labels,
     );
-    thread::sleep(Duration::from_millis(300));
-    let m = agent.scrape();
     assert!(m.total("lostwrite_sockets_observed_total") >= before + 2.0);
     assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
     assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
@@ -175,12 +174,12 @@ fn classic_tracepoint_fallback_detects_the_same() {
         ("port", port.as_str()),
         ("role", "server"),
     ];
-    wait_for(
+    let m = agent.settled(
         "the unanswered close via classic tracepoints",
         Duration::from_secs(2),
-        || agent.scrape().value(UNANSWERED, &labels),
+        UNANSWERED,
+        &labels,
     );
-    let m = agent.scrape();
     assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
     let i = &agent.incidents()[0];
     assert_eq!(i["local"], format!("127.0.0.1:{port}"), "{i}");
@@ -248,11 +247,11 @@ fn mptcp_listening_server_with_a_tcp_client_counts_one() {
         ("port", port.as_str()),
         ("role", "server"),
     ];
-    wait_for(
+    let m = agent.settled(
         "the MPTCP listener's unanswered close",
         Duration::from_secs(2),
-        || agent.scrape().value(UNANSWERED, &labels),
+        UNANSWERED,
+        &labels,
     );
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(agent.scrape().value(UNANSWERED, &labels), Some(1.0));
+    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
 }
