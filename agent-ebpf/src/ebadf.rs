@@ -3,10 +3,10 @@
 //! syscall of every task on the tracing slow path, so the agent attaches these only when
 //! `--detect-ebadf` asks for it.
 
-use agent_common::{COMM_LEN, ClosedFd, EBADF_WINDOW_NS, WriteErrorEvent, errno, kind, nr, stat};
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task};
+use agent_common::{ClosedFd, EBADF_WINDOW_NS, errno, nr};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task};
 
-use crate::{CLOSED_FDS, EVENTS, SOCKS, kernel::read, state};
+use crate::{CLOSED_FDS, SOCKS, kernel::read, state};
 
 /// The `struct file *` behind `fd` in the current task's fd table, if it is open.
 #[inline(always)]
@@ -75,29 +75,16 @@ pub fn on_ebadf(nr: u64, fd: u64, count: u64) {
     if state::now().saturating_sub(closed.closed_ns) > EBADF_WINDOW_NS {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<WriteErrorEvent>(0) else {
-        state::bump(stat::EVENTS_DROPPED);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    let id = bpf_get_current_pid_tgid();
     // write() and sendto() name the size in their third argument; the vector calls do not.
     let size_known = nr == nr::WRITE || nr == nr::SENDTO;
-    // SAFETY: reserved ring-buffer memory sized for a WriteErrorEvent; every field is written.
-    unsafe {
-        (*ev).header = state::header(kind::WRITE_ERROR, core::mem::size_of::<WriteErrorEvent>());
-        (*ev).sock = closed.sock;
-        (*ev).sk = closed.sk;
-        (*ev).attempted = if size_known { count } else { 0 };
-        (*ev).size_known = size_known as u32;
-        (*ev).errno = errno::EBADF;
-        (*ev).tracked = 1;
-        (*ev).tgid = (id >> 32) as u32;
-        (*ev).pid = id as u32;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        (*ev)._pad = 0;
-    }
-    entry.submit(0);
-    state::bump(stat::EVENTS_SENT);
+    state::emit_write_error(
+        closed.sk,
+        errno::EBADF,
+        size_known.then_some(count),
+        |sock| {
+            *sock = closed.sock;
+            true
+        },
+    );
     let _ = CLOSED_FDS.remove(k);
 }

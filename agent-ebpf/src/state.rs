@@ -277,6 +277,30 @@ fn on_write_error(sk: u64, e: u32) {
     if !kernel::is_inet_tcp(sk) {
         return;
     }
+    // sock_send_length carries only the result, not the size asked for.
+    emit_write_error(sk, e, None, |sock| match SOCKS.get_ptr(sk) {
+        Some(st) => {
+            // SAFETY: a live map value, copied out.
+            *sock = unsafe { *st };
+            true
+        }
+        None => {
+            *sock = SockState::default();
+            kernel::fill_identity(sk, sock);
+            false
+        }
+    });
+}
+
+/// Writes a write-error record for the current task. `fill` puts the socket's state into the
+/// record in place (not on the 512-byte stack) and says whether the socket was tracked.
+#[inline(always)]
+pub fn emit_write_error(
+    sk: u64,
+    e: u32,
+    attempted: Option<u64>,
+    fill: impl FnOnce(&mut SockState) -> bool,
+) {
     let Some(mut entry) = EVENTS.reserve::<WriteErrorEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -286,21 +310,10 @@ fn on_write_error(sk: u64, e: u32) {
     // SAFETY: see abort().
     unsafe {
         (*ev).header = header(kind::WRITE_ERROR, core::mem::size_of::<WriteErrorEvent>());
-        match SOCKS.get_ptr(sk) {
-            Some(st) => {
-                (*ev).sock = *st;
-                (*ev).tracked = 1;
-            }
-            None => {
-                (*ev).sock = SockState::default();
-                kernel::fill_identity(sk, &mut (*ev).sock);
-                (*ev).tracked = 0;
-            }
-        }
+        (*ev).tracked = fill(&mut (*ev).sock) as u32;
         (*ev).sk = sk;
-        // sock_send_length carries only the result, not the size asked for.
-        (*ev).attempted = 0;
-        (*ev).size_known = 0;
+        (*ev).attempted = attempted.unwrap_or(0);
+        (*ev).size_known = attempted.is_some() as u32;
         (*ev).errno = e;
         (*ev).tgid = (id >> 32) as u32;
         (*ev).pid = id as u32;
