@@ -126,25 +126,10 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
     },
 ];
 
-/// The EBADF detector's hooks: close() entry and write-family exits (no classic fallback).
-const EBADF_HOOKS: &[Hook] = &[
-    Hook {
-        category: "raw_syscalls",
-        name: "sys_enter",
-        btf_program: "btf_sys_enter",
-        btf_extended: None,
-        classic_program: "",
-        required: false,
-    },
-    Hook {
-        category: "raw_syscalls",
-        name: "sys_exit",
-        btf_program: "btf_sys_exit",
-        btf_extended: None,
-        classic_program: "",
-        required: false,
-    },
-];
+/// The EBADF detector's hooks as (tracepoint, program): close() entry and write-family exits.
+/// BTF only (no classic fallback), and both or neither.
+const EBADF_HOOKS: [(&str, &str); 2] =
+    [("sys_enter", "btf_sys_enter"), ("sys_exit", "btf_sys_exit")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -239,10 +224,16 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         let mut attached = Vec::new();
+        let btf_for_hooks = (!opts.force_classic).then_some(&aya_btf);
         for hook in mode.hooks() {
             let arity = btf::tracepoint_arity(&kernel_btf, hook.name);
-            let btf = (!opts.force_classic).then_some(&aya_btf);
-            match attach(&mut ebpf, hook, arity, btf, classic.as_ref().err()) {
+            match attach(
+                &mut ebpf,
+                hook,
+                arity,
+                btf_for_hooks,
+                classic.as_ref().err(),
+            ) {
                 Ok(via) => attached.push(Attached {
                     name: hook.name,
                     via,
@@ -251,24 +242,12 @@ impl Probes {
                 Err(e) => return Err(e),
             }
         }
-        let mut ebadf = false;
-        if fd_offsets.is_some() {
-            ebadf = true;
-            for hook in EBADF_HOOKS {
-                match attach_btf(&mut ebpf, hook.btf_program, hook.name, &aya_btf) {
-                    Ok(()) => attached.push(Attached {
-                        name: hook.name,
-                        via: Via::Btf,
-                    }),
-                    Err(e) => {
-                        warn!(
-                            "EBADF detector unavailable: cannot attach {}: {e}",
-                            hook.name
-                        );
-                        ebadf = false;
-                    }
-                }
-            }
+        let ebadf = fd_offsets.is_some() && attach_ebadf(&mut ebpf, &aya_btf);
+        if ebadf {
+            attached.extend(EBADF_HOOKS.iter().map(|(name, _)| Attached {
+                name,
+                via: Via::Btf,
+            }));
         }
         Ok(Self {
             ebpf,
@@ -360,6 +339,26 @@ fn attach(
             btf: btf_err,
             classic,
         })
+}
+
+/// Attaches both EBADF hooks, or neither: a lone sys_enter would slow every syscall for nothing.
+fn attach_ebadf(ebpf: &mut Ebpf, btf: &Btf) -> bool {
+    for (i, (tracepoint, program)) in EBADF_HOOKS.iter().enumerate() {
+        if let Err(e) = attach_btf(ebpf, program, tracepoint, btf) {
+            warn!("EBADF detector unavailable: cannot attach {tracepoint}: {e}");
+            for (_, done) in &EBADF_HOOKS[..i] {
+                let unloaded = ebpf
+                    .program_mut(done)
+                    .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+                    .map(BtfTracePoint::unload);
+                if let Some(Err(e)) = unloaded {
+                    warn!("cannot detach {done}: {e}");
+                }
+            }
+            return false;
+        }
+    }
+    true
 }
 
 fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &Btf) -> Result<(), String> {

@@ -74,7 +74,7 @@ impl ResetPairs {
             self.waiting.remove(&(remote, local));
             return;
         }
-        Self::bound(&mut self.dropped, ts);
+        Self::bound(&mut self.dropped);
         self.dropped.insert((local, remote), (ts, unread));
     }
 
@@ -90,7 +90,7 @@ impl ResetPairs {
         if !is_local(i.remote.ip()) {
             return Some(i);
         }
-        Self::bound(&mut self.waiting, ts);
+        Self::bound(&mut self.waiting);
         self.waiting.insert((i.local, i.remote), (ts, unacked, i));
         None
     }
@@ -108,7 +108,8 @@ impl ResetPairs {
             .collect()
     }
 
-    fn bound<V>(map: &mut HashMap<(SocketAddr, SocketAddr), V>, _now: u64) {
+    /// Keeps a map under MAX entries: in a reset storm it starts over rather than grow.
+    fn bound<V>(map: &mut HashMap<(SocketAddr, SocketAddr), V>) {
         if map.len() >= Self::MAX {
             map.clear();
         }
