@@ -197,6 +197,12 @@ impl Correlator {
         if ev.unacked == 0 && !dropped_input {
             return None;
         }
+        // The mirror case: the client closed its side first (FIN), then reset the response that
+        // arrived after it had gone (wrk stopping between a request and its response).
+        let client_gone = s.flags & flag::PEER_FIN != 0;
+        if ev.trigger == trigger::RECEIVE_RESET && role == Role::Server && client_gone {
+            return None;
+        }
         let reason = self.abort_reason(ev);
         let detail = Detail::Undelivered {
             reason,

@@ -638,3 +638,21 @@ fn peer_reset_from_a_remote_peer_is_reported_at_once() {
     let ev = abort_ev(conn, trigger::RECEIVE_RESET, NO_REASON, 1264, 0);
     assert!(correlator_with_reasons().abort(&ev).is_some());
 }
+
+#[test]
+fn server_reset_by_a_client_that_had_closed_first_counts_zero() {
+    // wrk stopped between a request and its response: FIN first, then an RST for the late
+    // response. The client gave up; the server dropped nothing.
+    let nginx = Conn::server().recv(SEC, 40).send(SEC, 2528).peer_fin();
+    let mut ev = abort_ev(nginx, trigger::RECEIVE_RESET, NO_REASON, 1264, 0);
+    ev.sock.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+    let mut c = correlator_with_reasons();
+    assert_eq!(c.abort(&ev), None);
+    assert!(c.expired(u64::MAX).is_empty());
+    // A client whose server closed first and then reset its late request still counts: that is
+    // the request the server dropped (the EPIPE scenario).
+    let client = Conn::client().send(SEC, 1000).peer_fin();
+    let mut ev = abort_ev(client, trigger::RECEIVE_RESET, NO_REASON, 1000, 0);
+    ev.sock.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+    assert!(c.abort(&ev).is_some());
+}
