@@ -95,6 +95,9 @@ pub mod flag {
     pub const ESTABLISHED: u8 = 1 << 4;
     /// The local side sent its FIN, which takes one sequence number but carries no data.
     pub const FIN_SENT: u8 = 1 << 5;
+    /// The process called close() on it (fentry/kprobe `tcp_close`; tracepoint mode cannot
+    /// tell close() from shutdown()).
+    pub const CLOSE_CALLED: u8 = 1 << 6;
 }
 
 /// TCP states, from include/net/tcp_states.h.
@@ -338,6 +341,9 @@ pub mod nr {
 
 /// How long after close() a write to the same fd number still counts as use-after-close.
 pub const EBADF_WINDOW_NS: u64 = 5_000_000_000;
+
+/// The size of a failed write when the hook cannot see it (`sock:sock_send_length`).
+pub const SIZE_UNKNOWN: u64 = u64::MAX;
 
 /// Read-only configuration the agent hands to the programs (the `CONFIG` global).
 #[repr(C)]

@@ -3,7 +3,7 @@
 //! syscall of every task on the tracing slow path, so the agent attaches these only when
 //! `--detect-ebadf` asks for it.
 
-use agent_common::{ClosedFd, EBADF_WINDOW_NS, errno, nr};
+use agent_common::{ClosedFd, EBADF_WINDOW_NS, SIZE_UNKNOWN, errno, nr};
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task};
 
 use crate::{CLOSED_FDS, SOCKS, kernel::read, state};
@@ -80,7 +80,7 @@ pub fn on_ebadf(nr: u64, fd: u64, count: u64) {
     state::emit_write_error(
         closed.sk,
         errno::EBADF,
-        size_known.then_some(count),
+        if size_known { count } else { SIZE_UNKNOWN },
         |sock| {
             *sock = closed.sock;
             true

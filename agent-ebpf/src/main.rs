@@ -21,10 +21,12 @@ macro_rules! config {
 }
 
 mod ebadf;
+mod fentry;
 mod kernel;
+mod kprobe;
 mod state;
 
-use agent_common::{ClosedFd, Config, NO_REASON, SockState, stat};
+use agent_common::{ClosedFd, Config, NO_REASON, SIZE_UNKNOWN, SockState, stat};
 use aya_ebpf::{
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -72,14 +74,14 @@ pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    state::on_send(&ctx, ctx.arg(0), ctx.arg(1));
+    state::on_send(&ctx, ctx.arg(0), ctx.arg(1), SIZE_UNKNOWN);
     0
 }
 
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     if let Some((sk, ret, _flags)) = kernel::len_args(&ctx) {
-        state::on_send(&ctx, sk, ret);
+        state::on_send(&ctx, sk, ret, SIZE_UNKNOWN);
     }
     0
 }

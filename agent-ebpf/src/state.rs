@@ -1,7 +1,7 @@
 //! Per-socket bookkeeping shared by every probe mode's entry points.
 
 use agent_common::{
-    AbortEvent, COMM_LEN, EventHeader, MSG_PEEK, NO_REASON, SockState, TeardownEvent,
+    AbortEvent, COMM_LEN, EventHeader, MSG_PEEK, NO_REASON, SIZE_UNKNOWN, SockState, TeardownEvent,
     WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
 };
 use aya_ebpf::{
@@ -106,11 +106,16 @@ pub fn on_recv<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, flags: i32) {
     st.last_in_ns = t;
 }
 
-pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32) {
+/// A send on `sk` returned `ret` (bytes queued or -errno). `attempted` is the size asked for, or
+/// [`SIZE_UNKNOWN`] (function probes know it, `sock:sock_send_length` does not).
+///
+/// A plain integer, not an `Option`: passing a constant `None` to a function the compiler keeps
+/// out of line leaves the payload register unset, and the verifier rejects reading it.
+pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
     if ret < 0 {
         let e = ret.unsigned_abs();
         if e == errno::EPIPE || e == errno::ECONNRESET || e == errno::ENOTCONN {
-            on_write_error(sk, e);
+            on_write_error(sk, e, attempted);
         }
         return;
     }
@@ -130,6 +135,19 @@ pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32) {
         st.first_out_ns = t;
     }
     st.last_out_ns = t;
+}
+
+/// The process closes `sk` (fentry/kprobe `tcp_close`, in the caller's context). The teardown
+/// itself is judged at the state change this close causes, as in every mode; this records that
+/// close() (not shutdown()) started it, and who called it.
+pub fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
+    let Some(st) = lookup_or_adopt(ctx, sk) else {
+        return;
+    };
+    // SAFETY: see on_recv.
+    let st = unsafe { &mut *st };
+    claim(st);
+    st.flags |= flag::CLOSE_CALLED;
 }
 
 pub fn on_state(sk: u64, old: u32, new: u32) {
@@ -273,12 +291,11 @@ fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
 }
 
 /// EPIPE / ECONNRESET / ENOTCONN from a send on a TCP socket.
-fn on_write_error(sk: u64, e: u32) {
+fn on_write_error(sk: u64, e: u32, attempted: u64) {
     if !kernel::is_inet_tcp(sk) {
         return;
     }
-    // sock_send_length carries only the result, not the size asked for.
-    emit_write_error(sk, e, None, |sock| match SOCKS.get_ptr(sk) {
+    emit_write_error(sk, e, attempted, |sock| match SOCKS.get_ptr(sk) {
         Some(st) => {
             // SAFETY: a live map value, copied out.
             *sock = unsafe { *st };
@@ -298,7 +315,7 @@ fn on_write_error(sk: u64, e: u32) {
 pub fn emit_write_error(
     sk: u64,
     e: u32,
-    attempted: Option<u64>,
+    attempted: u64,
     fill: impl FnOnce(&mut SockState) -> bool,
 ) {
     let Some(mut entry) = EVENTS.reserve::<WriteErrorEvent>(0) else {
@@ -312,8 +329,12 @@ pub fn emit_write_error(
         (*ev).header = header(kind::WRITE_ERROR, core::mem::size_of::<WriteErrorEvent>());
         (*ev).tracked = fill(&mut (*ev).sock) as u32;
         (*ev).sk = sk;
-        (*ev).attempted = attempted.unwrap_or(0);
-        (*ev).size_known = attempted.is_some() as u32;
+        (*ev).size_known = (attempted != SIZE_UNKNOWN) as u32;
+        (*ev).attempted = if attempted == SIZE_UNKNOWN {
+            0
+        } else {
+            attempted
+        };
         (*ev).errno = e;
         (*ev).tgid = (id >> 32) as u32;
         (*ev).pid = id as u32;

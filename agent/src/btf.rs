@@ -126,6 +126,21 @@ pub fn enum_value(btf: &Btf, ty: &str, name: &str) -> Result<u32, BtfError> {
 
 /// How many arguments the BTF tracepoint `name` passes (its `btf_trace_<name>` typedef is a
 /// pointer to a function whose first parameter is the context), or None if it does not exist.
+/// The number of parameters of kernel function `name`, or `None` when the kernel's BTF has no
+/// such function (it was renamed, removed or inlined).
+pub fn function_arity(btf: &Btf, name: &str) -> Option<usize> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Func(func) => match btf.resolve_chained_type(&func).ok()? {
+                Type::FuncProto(proto) => Some(proto.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+}
+
 pub fn tracepoint_arity(btf: &Btf, name: &str) -> Option<usize> {
     let t = btf
         .resolve_types_by_name(&format!("btf_trace_{name}"))
@@ -300,6 +315,14 @@ mod tests {
         assert_eq!(tracepoint_arity(&btf, "inet_sock_set_state"), Some(3));
         assert_eq!(tracepoint_arity(&btf, "tcp_destroy_sock"), Some(1));
         assert_eq!(tracepoint_arity(&btf, "no_such_tracepoint"), None);
+        // net/ipv4/tcp.c on this 6.18 kernel: tcp_sendpage is gone since 6.5, tcp_recvmsg lost
+        // `nonblock` in 5.19 and `addr_len` in 6.16.
+        assert_eq!(function_arity(&btf, "tcp_sendmsg"), Some(3));
+        assert_eq!(function_arity(&btf, "tcp_recvmsg"), Some(4));
+        assert_eq!(function_arity(&btf, "tcp_close"), Some(2));
+        assert_eq!(function_arity(&btf, "tcp_sendpage"), None);
+        // A struct of that name is not a function.
+        assert_eq!(function_arity(&btf, "sock"), None);
     }
 
     #[test]

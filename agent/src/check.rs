@@ -1,4 +1,7 @@
 //! `agent check`: what this kernel and these credentials allow.
+//!
+//! Every probe mode is loaded and attached for real, then dropped. Exit status: 0 when one mode
+//! gives all three detectors, 2 when only some detectors work, 1 when nothing does.
 
 use std::process::ExitCode;
 
@@ -6,12 +9,21 @@ use crate::{
     btf,
     cli::KernelArgs,
     privileges,
-    probes::{LoadOptions, ProbeMode, Probes, Via},
+    probes::{Detector, Failure, Kernel, LoadOptions, ProbeError, ProbeMode, Probes, Step},
     tracefs,
 };
 
+/// A mode's result, as printed.
+struct ModeRow {
+    mode: ProbeMode,
+    loads: &'static str,
+    attaches: &'static str,
+    detail: String,
+    detectors: Vec<Detector>,
+}
+
 pub fn check(args: &KernelArgs) -> ExitCode {
-    let row = |k: &str, v: String| println!("{k:<22} {v}");
+    let row = |k: &str, v: String| println!("{k:<14} {v}");
     row(
         "kernel",
         nix::sys::utsname::uname()
@@ -41,57 +53,137 @@ pub fn check(args: &KernelArgs) -> ExitCode {
         .map(|c| format!("{c}={}", if privileges::has(*c) { "yes" } else { "no" }))
         .collect();
     row("capabilities", caps.join(" "));
+    println!();
 
-    let mut usable = false;
-    if let Err(e) = privileges::require() {
-        row("probe mode tracepoint", format!("NOT LOADED: {e}"));
-    } else {
-        privileges::raise_memlock();
-        let opts = LoadOptions {
-            btf: &args.btf,
-            tracefs: &args.tracefs,
-            max_sockets: 1024,
-            force_classic: false,
-            detect_ebadf: true,
+    let rows = probe_modes(args);
+    println!(
+        "{:<12} {:<6} {:<9} detail",
+        "probe mode", "loads", "attaches"
+    );
+    for r in &rows {
+        println!(
+            "{:<12} {:<6} {:<9} {}",
+            r.mode.as_str(),
+            r.loads,
+            r.attaches,
+            r.detail
+        );
+    }
+    println!();
+    println!("{:<24} {:<10} modes", "detector", "available");
+    for d in Detector::ALL {
+        let modes: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.detectors.contains(&d))
+            .map(|r| r.mode.as_str())
+            .collect();
+        let note = if d == Detector::WriteAfterCloseEbadf && !modes.is_empty() {
+            " (off unless --detect-ebadf on: syscall tracepoints slow every syscall)"
+        } else {
+            ""
         };
-        match Probes::load(ProbeMode::Tracepoint, &opts) {
+        println!(
+            "{:<24} {:<10} {}{note}",
+            d.as_str(),
+            if modes.is_empty() { "no" } else { "yes" },
+            if modes.is_empty() {
+                "-".to_owned()
+            } else {
+                modes.join(", ")
+            },
+        );
+    }
+    println!();
+    let complete = rows
+        .iter()
+        .find(|r| Detector::CORE.iter().all(|d| r.detectors.contains(d)));
+    let some = rows
+        .iter()
+        .any(|r| Detector::CORE.iter().any(|d| r.detectors.contains(d)));
+    match (complete, some) {
+        (Some(r), _) => {
+            println!(
+                "verdict: ok, `--probe-mode auto` uses {} with all three detectors",
+                r.mode.as_str()
+            );
+            ExitCode::SUCCESS
+        }
+        (None, true) => {
+            println!("verdict: partial, no probe mode gives all three detectors here");
+            ExitCode::from(2)
+        }
+        (None, false) => {
+            println!("verdict: no usable probe mode, lostwrite cannot run here");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe_modes(args: &KernelArgs) -> Vec<ModeRow> {
+    let failed = |mode, loads: bool, detail: String| ModeRow {
+        mode,
+        loads: if loads { "yes" } else { "no" },
+        attaches: "no",
+        detail,
+        detectors: Vec::new(),
+    };
+    if let Err(e) = privileges::require() {
+        return ProbeMode::ALL
+            .map(|m| failed(m, false, e.to_string()))
+            .into();
+    }
+    privileges::raise_memlock();
+    let opts = LoadOptions {
+        btf: &args.btf,
+        tracefs: &args.tracefs,
+        max_sockets: 1024,
+        force_classic: false,
+        detect_ebadf: Some(true),
+        skip_hooks: &args.skip_hook,
+    };
+    let kernel = match Kernel::open(&opts) {
+        Ok(k) => k,
+        Err(e) => {
+            return ProbeMode::ALL
+                .map(|m| failed(m, false, e.to_string()))
+                .into();
+        }
+    };
+    ProbeMode::ALL
+        .map(|mode| match Probes::load(&kernel, mode, &opts) {
             Ok(p) => {
-                usable = true;
                 let hooks: Vec<String> = p
                     .attached
                     .iter()
-                    .map(|a| {
-                        let via = match a.via {
-                            Via::Btf => "tp_btf",
-                            Via::Classic => "tracepoint",
-                        };
-                        format!("{}={via}", a.name)
-                    })
+                    .map(|a| format!("{}={}", a.name, a.via))
                     .collect();
-                row(
-                    "probe mode tracepoint",
-                    format!("loads and attaches ({})", hooks.join(" ")),
-                );
-                for (d, on) in ProbeMode::Tracepoint.detectors(p.ebadf) {
-                    let state = if on { "available" } else { "UNAVAILABLE" };
-                    row(&format!("detector {d}"), format!("{state} (tracepoint)"));
+                let mut detail = hooks.join(" ");
+                if !p.failed.is_empty() {
+                    detail.push_str(&format!("; FAILED {}", Failure::list(&p.failed)));
                 }
-                row(
-                    "",
-                    "write_after_close_ebadf is off by default here (--detect-ebadf on): syscall \
-                     tracepoints slow every syscall"
-                        .to_owned(),
-                );
+                let loads = p.failed.iter().all(|f| f.step != Step::Load);
+                ModeRow {
+                    mode,
+                    loads: if loads { "yes" } else { "partly" },
+                    attaches: if p.failed.is_empty() { "yes" } else { "partly" },
+                    detail,
+                    detectors: p
+                        .detectors()
+                        .iter()
+                        .filter(|(_, on)| *on)
+                        .map(|(d, _)| *d)
+                        .collect(),
+                }
             }
-            Err(e) => row("probe mode tracepoint", format!("FAILED: {e}")),
-        }
-    }
-    row("probe mode fentry", "not built in this version".to_owned());
-    row("probe mode kprobe", "not built in this version".to_owned());
-    if usable {
-        ExitCode::SUCCESS
-    } else {
-        println!("no usable probe mode: lostwrite cannot run here");
-        ExitCode::FAILURE
-    }
+            Err(ProbeError::ModeUnavailable { failures, .. }) => {
+                let loads = failures.iter().all(|f| f.step != Step::Load);
+                let mut row = failed(mode, loads, Failure::list(&failures));
+                if !loads {
+                    row.attaches = "-";
+                }
+                row
+            }
+            Err(e) => failed(mode, false, e.to_string()),
+        })
+        .into()
 }

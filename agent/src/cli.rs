@@ -30,6 +30,11 @@ pub struct KernelArgs {
     /// tracefs mount point; mounted there if nothing is mounted yet.
     #[arg(long, value_name = "PATH", default_value = "/sys/kernel/tracing")]
     pub tracefs: PathBuf,
+
+    /// Leave out a hook (kernel function or tracepoint, e.g. tcp_recvmsg), as if this kernel
+    /// lacked it: the detectors that need it are reported off. Repeatable.
+    #[arg(long, value_name = "HOOK", value_parser = parse_hook)]
+    pub skip_hook: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -95,6 +100,15 @@ pub enum LogFormat {
     Json,
 }
 
+fn parse_hook(s: &str) -> Result<String, String> {
+    let known = crate::probes::hook_names();
+    if known.contains(&s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("unknown hook; one of: {}", known.join(", ")))
+    }
+}
+
 /// A task's comm is at most 15 bytes (TASK_COMM_LEN - 1); a longer filter could never match.
 fn parse_comm(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 15 {
@@ -139,6 +153,7 @@ mod tests {
             &["agent", "run", "--max-sockets", "10"],
             &["agent", "run", "--log-format", "xml"],
             &["agent", "run", "--detect-ebadf", "yes"],
+            &["agent", "check", "--skip-hook", "tcp_nonsense"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }

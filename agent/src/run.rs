@@ -1,6 +1,7 @@
 //! `agent run`: attach, serve metrics, report incidents until SIGINT/SIGTERM.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     os::fd::AsRawFd,
     sync::{Arc, Mutex, atomic::Ordering},
@@ -19,7 +20,7 @@ use crate::{
     listeners::ProcListeners,
     metrics::Metrics,
     privileges,
-    probes::{LoadOptions, ProbeError, ProbeMode, Probes},
+    probes::{Kernel, LoadOptions, ProbeMode, Probes},
     report,
 };
 
@@ -41,43 +42,60 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             source,
         })?;
     privileges::raise_memlock();
-    let mode = match args.probe_mode {
-        ProbeModeArg::Auto | ProbeModeArg::Tracepoint => ProbeMode::Tracepoint,
-        ProbeModeArg::Fentry => return Err(ProbeError::NotBuilt("fentry").into()),
-        ProbeModeArg::Kprobe => return Err(ProbeError::NotBuilt("kprobe").into()),
-    };
-    let mut probes = Probes::load(
-        mode,
-        &LoadOptions {
-            btf: &args.kernel.btf,
-            tracefs: &args.kernel.tracefs,
-            max_sockets: args.max_sockets,
-            force_classic: args.classic_tracepoints,
-            detect_ebadf: match args.detect_ebadf {
-                Switch::On => true,
-                Switch::Off => false,
-                Switch::Auto => mode.ebadf_by_default(),
-            },
+    let opts = LoadOptions {
+        btf: &args.kernel.btf,
+        tracefs: &args.kernel.tracefs,
+        max_sockets: args.max_sockets,
+        force_classic: args.classic_tracepoints,
+        detect_ebadf: match args.detect_ebadf {
+            Switch::On => Some(true),
+            Switch::Off => Some(false),
+            Switch::Auto => None,
         },
-    )
-    .with_context(|| format!("probe mode {} failed", mode.as_str()))?;
+        skip_hooks: &args.kernel.skip_hook,
+    };
+    let kernel = Kernel::open(&opts)?;
+    let mut probes = match args.probe_mode {
+        ProbeModeArg::Auto => Probes::auto(&kernel, &opts)?,
+        ProbeModeArg::Fentry => Probes::load(&kernel, ProbeMode::Fentry, &opts)?,
+        ProbeModeArg::Kprobe => Probes::load(&kernel, ProbeMode::Kprobe, &opts)?,
+        ProbeModeArg::Tracepoint => Probes::load(&kernel, ProbeMode::Tracepoint, &opts)?,
+    };
+    for f in &probes.failed {
+        warn!("{} not attached: {}", f.hook, f.reason);
+    }
     let hooks: Vec<String> = probes
         .attached
         .iter()
-        .map(|a| format!("{}({:?})", a.name, a.via).to_lowercase())
+        .map(|a| format!("{}({})", a.name, a.via))
+        .collect();
+    let off: Vec<&str> = probes
+        .detectors()
+        .iter()
+        .filter(|(_, on)| !on)
+        .map(|(d, _)| d.as_str())
         .collect();
     info!(
-        mode = mode.as_str(),
+        mode = probes.mode.as_str(),
         hooks = hooks.join(" "),
+        detectors_off = off.join(" "),
         listen = %args.listen,
         "probes attached"
     );
+    let rst_reasons = kernel.rst_reasons.clone();
+    drop(kernel);
 
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(args, listener, probes.take_events()?, &mut probes))
+        .block_on(serve(
+            args,
+            listener,
+            probes.take_events()?,
+            &mut probes,
+            rst_reasons,
+        ))
 }
 
 async fn serve(
@@ -85,9 +103,11 @@ async fn serve(
     listener: std::net::TcpListener,
     events: RingBuf<MapData>,
     probes: &mut Probes,
+    rst_reasons: HashMap<u32, String>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    metrics.set_probe_mode(probes.mode.as_str(), &probes.mode.detectors(probes.ebadf));
+    let detectors = probes.detectors().map(|(d, on)| (d.as_str(), on));
+    metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     let stats = Mutex::new(probes.take_stats()?);
     let state = Arc::new(AppState {
         metrics: metrics.clone(),
@@ -108,7 +128,7 @@ async fn serve(
         });
     }
 
-    let correlator = Correlator::new(ephemeral_ports(), probes.rst_reasons.clone());
+    let correlator = Correlator::new(ephemeral_ports(), rst_reasons);
     let filter = Filter {
         ports: args.port.clone(),
         comms: args.comm.clone(),

@@ -1,0 +1,99 @@
+//! Entry points for the `kprobe` probe mode: the same functions as [`crate::fentry`], for kernels
+//! without BPF trampolines.
+//!
+//! A kretprobe sees only the return value, so the entry probe parks the arguments it needs in
+//! [`CALLS`], keyed by the calling thread, and the return probe takes them back.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{kprobe, kretprobe, map},
+    maps::HashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+
+use crate::state;
+
+/// Arguments of a send or receive in flight on one thread.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Call {
+    sk: u64,
+    /// Bytes asked for (send) or the MSG_* flags (receive).
+    arg: u64,
+}
+
+/// In-flight calls by `pid_tgid`. A thread is in at most one of these functions at a time; an
+/// entry left by a probe that missed its return is overwritten by the thread's next call.
+#[map(name = "CALLS")]
+static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn park(sk: Option<u64>, arg: Option<u64>) {
+    if let (Some(sk), Some(arg)) = (sk, arg) {
+        let _ = CALLS.insert(bpf_get_current_pid_tgid(), Call { sk, arg }, 0);
+    }
+}
+
+#[inline(always)]
+fn take() -> Option<Call> {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = unsafe { CALLS.get(id) }.copied();
+    let _ = CALLS.remove(id);
+    call
+}
+
+// int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
+#[kprobe]
+pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    park(ctx.arg(0), ctx.arg(2));
+    0
+}
+
+// int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags),
+// before Linux 6.5.
+#[kprobe]
+pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
+    park(ctx.arg(0), ctx.arg(3));
+    0
+}
+
+/// The return of tcp_sendmsg and tcp_sendpage.
+#[kretprobe]
+pub fn kretprobe_tcp_send(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = take() {
+        state::on_send(&ctx, call.sk, ctx.ret(), call.arg);
+    }
+    0
+}
+
+// tcp_recvmsg(sk, msg, len, flags[, addr_len]), Linux 5.19+ (addr_len went away in 6.16).
+#[kprobe]
+pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
+    park(ctx.arg(0), ctx.arg(3));
+    0
+}
+
+// tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len), before Linux 5.19.
+#[kprobe]
+pub fn kprobe_tcp_recvmsg_nonblock(ctx: ProbeContext) -> u32 {
+    park(ctx.arg(0), ctx.arg(4));
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = take() {
+        state::on_recv(&ctx, call.sk, ctx.ret(), call.arg as i32);
+    }
+    0
+}
+
+// void tcp_close(struct sock *sk, long timeout)
+#[kprobe]
+pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg(0) {
+        state::on_close(&ctx, sk);
+    }
+    0
+}
