@@ -42,6 +42,10 @@ static CONFIG: Config = unsafe { core::mem::zeroed() };
 #[map(name = "SOCKS")]
 static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
 
+/// One blank socket state per CPU, filled before it is copied into SOCKS (see `state::fresh`).
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
+
 /// Teardown records for userspace.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

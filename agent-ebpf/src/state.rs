@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 
-use crate::{EVENTS, SOCKS, STATS, kernel};
+use crate::{EVENTS, SCRATCH, SOCKS, STATS, kernel};
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -43,6 +43,22 @@ fn claim(st: &mut SockState) {
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
+/// A zeroed [`SockState`] in per-CPU scratch memory, to fill and copy into [`SOCKS`]. Built on
+/// the stack instead, its 128 bytes pushed the fexit programs' call chain over the verifier's
+/// 512-byte combined stack limit.
+#[inline(always)]
+fn fresh(role: u8, flags: u8) -> Option<&'static mut SockState> {
+    let st = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used by one program at a time; zeroing then setting fields in
+    // place builds nothing on the stack.
+    unsafe {
+        core::ptr::write_bytes(st, 0, 1);
+        (*st).role = role;
+        (*st).flags = flags;
+        Some(&mut *st)
+    }
+}
+
 /// Starts tracking `sk` (BPF_ANY: a stale entry for a recycled `struct sock` address is
 /// replaced).
 #[inline(always)]
@@ -65,12 +81,9 @@ fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
     if state != tcp_state::ESTABLISHED && state != tcp_state::CLOSE_WAIT {
         return None;
     }
-    let mut st = SockState {
-        role: role::UNKNOWN,
-        flags: flag::ESTABLISHED,
-        ..SockState::default()
-    };
-    kernel::fill_identity(sk, &mut st);
+    let st = fresh(role::UNKNOWN, flag::ESTABLISHED)?;
+    kernel::fill_identity(sk, st);
+    let st: &SockState = st;
     // BPF_NOEXIST: a concurrent adopter on another CPU wins, we then use its entry.
     if SOCKS.insert(sk, st, 1).is_ok() {
         bump(stat::SOCKETS_TRACKED);
@@ -154,13 +167,11 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
     if new == tcp_state::SYN_SENT {
         // connect() runs in the caller's context: the one moment a client socket's owner is
         // known before any byte moves (an RST can arrive before the first send returns).
-        if kernel::is_inet_tcp(sk) {
-            let mut st = SockState {
-                role: role::CLIENT,
-                ..SockState::default()
-            };
-            claim(&mut st);
-            track(sk, &st);
+        if kernel::is_inet_tcp(sk)
+            && let Some(st) = fresh(role::CLIENT, 0)
+        {
+            claim(st);
+            track(sk, st);
         }
         return;
     }
@@ -184,13 +195,10 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
         if !kernel::is_inet_tcp(sk) {
             return;
         }
-        let mut st = SockState {
-            role,
-            flags: flag::ESTABLISHED,
-            ..SockState::default()
-        };
-        kernel::fill_identity(sk, &mut st);
-        track(sk, &st);
+        if let Some(st) = fresh(role, flag::ESTABLISHED) {
+            kernel::fill_identity(sk, st);
+            track(sk, st);
+        }
         return;
     }
     let Some(st) = SOCKS.get_ptr_mut(sk) else {

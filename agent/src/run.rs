@@ -132,6 +132,12 @@ async fn serve(
     let filter = Filter {
         ports: args.port.clone(),
         comms: args.comm.clone(),
+        detectors_off: probes
+            .detectors()
+            .iter()
+            .filter(|(_, on)| !on)
+            .map(|(d, _)| d.as_str())
+            .collect(),
     };
     let reader = tokio::spawn(read_events(
         readable(events)?,

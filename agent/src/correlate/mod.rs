@@ -349,10 +349,16 @@ mod tests;
 pub struct Filter {
     pub ports: Vec<u16>,
     pub comms: Vec<String>,
+    /// Detectors this probe mode cannot run correctly here (`Incident::kind` names): their
+    /// incidents would rest on missing evidence (a close with no send hook looks unanswered).
+    pub detectors_off: Vec<&'static str>,
 }
 
 impl Filter {
     pub fn allows(&self, i: &Incident) -> bool {
+        if self.detectors_off.contains(&i.kind()) {
+            return false;
+        }
         let port_ok = self.ports.is_empty()
             || self.ports.contains(&i.local.port())
             || self.ports.contains(&i.remote.port());

@@ -373,12 +373,18 @@ fn filter_by_port_and_comm() {
     let f = |ports: &[u16], comms: &[&str]| Filter {
         ports: ports.to_vec(),
         comms: comms.iter().map(|c| c.to_string()).collect(),
+        detectors_off: Vec::new(),
     };
     assert!(f(&[8800], &[]).allows(i));
     assert!(f(&[60154], &[]).allows(i), "either end's port matches");
     assert!(!f(&[9000], &[]).allows(i));
     assert!(f(&[], &["nginx", "seedsrv"]).allows(i));
     assert!(!f(&[8800], &["nginx"]).allows(i));
+    let off = Filter {
+        detectors_off: vec!["unanswered_close"],
+        ..Filter::default()
+    };
+    assert!(!off.allows(i), "a disabled detector reports nothing");
 }
 
 // --- undelivered bytes ---

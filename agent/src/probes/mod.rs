@@ -617,7 +617,10 @@ fn classic_fields(tracefs_path: &Path) -> Result<TracepointFields, tracefs::Trac
     let f = |cat, name, fields: &[&str]| tracefs::field_offsets(tracefs_path, cat, name, fields);
     // sock_send_length and sock_recv_length share one event class (sock_msg_length in
     // include/trace/events/sock.h), so one layout serves both.
-    let len = f("sock", "sock_recv_length", &["sk", "ret", "flags"])?;
+    // Linux 6.3+; without them the other tracepoints still serve every mode's state hooks.
+    let len = f("sock", "sock_recv_length", &["sk", "ret", "flags"])
+        .inspect_err(|e| debug!("no classic send/recv tracepoints: {e}"))
+        .unwrap_or_else(|_| vec![0; 3]);
     let state = f(
         "sock",
         "inet_sock_set_state",
