@@ -178,7 +178,9 @@ pub struct LoadOptions<'a> {
 
 /// What the programs need from this kernel, resolved once for every mode tried.
 pub struct Kernel {
-    btf: btf_rs::Btf,
+    /// Parameter counts of every hooked function and tracepoint, by (target, is tracepoint);
+    /// resolved up front so the btf-rs copy of the BTF is freed before aya parses its own.
+    arities: HashMap<(&'static str, bool), Option<usize>>,
     aya_btf: Btf,
     config: Config,
     /// Why the classic tracepoints cannot serve as a fallback, if they cannot.
@@ -205,6 +207,21 @@ impl Kernel {
             tp: classic.as_ref().copied().unwrap_or_default(),
             fd: fd_offsets.unwrap_or_default(),
         };
+        let arities = ProbeMode::ALL
+            .iter()
+            .flat_map(|m| m.hooks())
+            .map(|h| {
+                let tp = matches!(h.attach, Attach::Tracepoint { .. });
+                let arity = if tp {
+                    btf::tracepoint_arity(&kernel_btf, h.target)
+                } else {
+                    btf::function_arity(&kernel_btf, h.target)
+                };
+                ((h.target, tp), arity)
+            })
+            .collect();
+        // Two parsed copies of vmlinux BTF at once made most of the agent's start-up peak.
+        drop(kernel_btf);
         let aya_btf = Btf::parse_file(opts.btf, Endianness::default()).map_err(|source| {
             ProbeError::AyaBtf {
                 path: opts.btf.display().to_string(),
@@ -212,7 +229,7 @@ impl Kernel {
             }
         })?;
         Ok(Self {
-            btf: kernel_btf,
+            arities,
             aya_btf,
             config,
             classic_unavailable: classic.err().map(|e| e.to_string()),
@@ -262,10 +279,8 @@ impl Probes {
         let mut attached = Vec::new();
         let mut failed = Vec::new();
         for hook in mode.hooks() {
-            let arity = match hook.attach {
-                Attach::Tracepoint { .. } => btf::tracepoint_arity(&kernel.btf, hook.target),
-                _ => btf::function_arity(&kernel.btf, hook.target),
-            };
+            let tp = matches!(hook.attach, Attach::Tracepoint { .. });
+            let arity = kernel.arities.get(&(hook.target, tp)).copied().flatten();
             if hook.if_present && arity.is_none() {
                 debug!("{} is not in this kernel; not hooked", hook.target);
                 continue;
