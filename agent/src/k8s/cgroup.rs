@@ -99,9 +99,16 @@ pub fn proc_paths(text: &str) -> Vec<&str> {
     v2
 }
 
-/// The container of a process, from the text of its `/proc/<pid>/cgroup`.
-pub fn container_of_process(text: &str) -> Option<ContainerRef> {
-    proc_paths(text).into_iter().find_map(container_in)
+/// The containers a process's `/proc/<pid>/cgroup` names, most telling first. Usually one; more
+/// when the node itself runs in a container (its id shows in the v2 line, the pod's in v1).
+pub fn containers_of_process(text: &str) -> Vec<ContainerRef> {
+    let mut found: Vec<ContainerRef> = Vec::new();
+    for c in proc_paths(text).into_iter().filter_map(container_in) {
+        if !found.contains(&c) {
+            found.push(c);
+        }
+    }
+    found
 }
 
 /// The cgroup v2 root under `mount`: `mount` itself on a unified host, `mount/unified` on a
@@ -311,7 +318,7 @@ mod tests {
              cri-containerd-{ID}.scope\n",
             UID.replace('-', "_")
         );
-        assert_eq!(container_of_process(&v2), c(ID, Some(UID)));
+        assert_eq!(containers_of_process(&v2), vec![c(ID, Some(UID)).unwrap()]);
 
         // cgroup v1 host, cgroupfs driver: every controller line names the container.
         let v1 = format!(
@@ -319,7 +326,7 @@ mod tests {
              11:memory:/kubepods/burstable/pod{UID}/{ID}\n\
              1:name=systemd:/kubepods/burstable/pod{UID}/{ID}\n"
         );
-        assert_eq!(container_of_process(&v1), c(ID, Some(UID)));
+        assert_eq!(containers_of_process(&v1), vec![c(ID, Some(UID)).unwrap()]);
 
         // Hybrid: the v2 line is the root (nothing lives in v2), a v1 line has the container.
         let hybrid = format!(
@@ -327,10 +334,23 @@ mod tests {
              4:memory:/some/where\n0::/\n"
         );
         assert_eq!(proc_paths(&hybrid)[0], "/");
-        assert_eq!(container_of_process(&hybrid), c(ID, Some(UID)));
+        assert_eq!(
+            containers_of_process(&hybrid),
+            vec![c(ID, Some(UID)).unwrap()]
+        );
 
-        assert_eq!(container_of_process("0::/user.slice\n1:cpu:/\n"), None);
-        assert_eq!(container_of_process("garbage\n"), None);
+        // A node that is a container itself: its own id (v2) and the pod's (v1) are candidates.
+        let node = "e".repeat(64);
+        let nested = format!(
+            "0::/system.slice/docker-{node}.scope\n3:pids:/kubepods/besteffort/pod{UID}/{ID}\n"
+        );
+        assert_eq!(
+            containers_of_process(&nested),
+            vec![c(&node, None).unwrap(), c(ID, Some(UID)).unwrap()]
+        );
+
+        assert!(containers_of_process("0::/user.slice\n1:cpu:/\n").is_empty());
+        assert!(containers_of_process("garbage\n").is_empty());
     }
 
     #[test]

@@ -173,8 +173,9 @@ impl Resolver {
 
     fn by_pid(&mut self, pid: u32, now: Instant) -> Option<Arc<Pod>> {
         let text = std::fs::read_to_string(self.proc.join(format!("{pid}/cgroup"))).ok()?;
-        let container = cgroup::container_of_process(&text)?;
-        self.logs.lookup(&container, now)
+        cgroup::containers_of_process(&text)
+            .iter()
+            .find_map(|c| self.logs.lookup(c, now))
     }
 
     fn ttl(found: &Option<Arc<Pod>>, hit: Duration) -> Duration {
