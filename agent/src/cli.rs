@@ -75,6 +75,17 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     pub classic_tracepoints: bool,
 
+    /// Add namespace, pod and container labels to the per-process series. `auto` turns it on
+    /// inside a pod (KUBERNETES_SERVICE_HOST is set) or on a node (the kubelet's log
+    /// directories exist under --pod-logs-root).
+    #[arg(long, value_enum, default_value_t = Switch::Auto)]
+    pub kubernetes: Switch,
+
+    /// Parent of the kubelet's `pods/` and `containers/` log directories, whose names map
+    /// container ids to pods (no API access needed).
+    #[arg(long, value_name = "PATH", default_value = "/var/log")]
+    pub pod_logs_root: PathBuf,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -141,6 +152,8 @@ mod tests {
         assert_eq!(run.probe_mode, ProbeModeArg::Auto);
         assert_eq!(run.max_sockets, 65536);
         assert!(run.port.is_empty() && run.comm.is_empty());
+        assert_eq!(run.kubernetes, Switch::Auto);
+        assert_eq!(run.pod_logs_root, PathBuf::from("/var/log"));
     }
 
     #[test]
@@ -154,6 +167,7 @@ mod tests {
             &["agent", "run", "--log-format", "xml"],
             &["agent", "run", "--detect-ebadf", "yes"],
             &["agent", "check", "--skip-hook", "tcp_nonsense"],
+            &["agent", "run", "--kubernetes", "maybe"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }

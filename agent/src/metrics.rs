@@ -12,6 +12,19 @@ const DELAY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Labels added to the per-process series on Kubernetes. Off Kubernetes the series do not have
+/// them at all (an empty label would still be a label to every query and recording rule).
+const POD_LABELS: [&str; 3] = ["namespace", "pod", "container"];
+
+/// `base` plus the pod labels when they are on.
+fn label_names(base: &[&'static str], pod_labels: bool) -> Vec<&'static str> {
+    let mut names = base.to_vec();
+    if pod_labels {
+        names.extend(POD_LABELS);
+    }
+    names
+}
+
 /// Totals read from the programs' per-CPU counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelStats {
@@ -36,18 +49,21 @@ pub struct Metrics {
     decode_errors: IntCounter,
     detector_enabled: IntGaugeVec,
     probe_mode: IntGaugeVec,
+    pod_labels: bool,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `pod_labels`: add namespace, pod and container to the per-process series (Kubernetes).
+    pub fn new(pod_labels: bool) -> Self {
         let registry = Registry::new();
+        let labels = |base: &[&'static str]| label_names(base, pod_labels);
         let m = Self {
             unanswered: IntCounterVec::new(
                 Opts::new(
                     "lostwrite_unanswered_closes_total",
                     "Connections closed by the local process after reading input it never answered.",
                 ),
-                &["comm", "port", "role"],
+                &labels(&["comm", "port", "role"]),
             )
             .expect("valid metric"),
             unanswered_delay: HistogramVec::new(
@@ -56,7 +72,7 @@ impl Metrics {
                     "Time from the last unanswered read to the close.",
                 )
                 .buckets(DELAY_BUCKETS.to_vec()),
-                &["comm", "port"],
+                &labels(&["comm", "port"]),
             )
             .expect("valid metric"),
             writes_after_close: IntCounterVec::new(
@@ -64,7 +80,7 @@ impl Metrics {
                     "lostwrite_writes_after_close_total",
                     "Write-family calls that failed because the connection was already torn down.",
                 ),
-                &["comm", "port", "role", "errno"],
+                &labels(&["comm", "port", "role", "errno"]),
             )
             .expect("valid metric"),
             writes_after_close_bytes: IntCounterVec::new(
@@ -72,7 +88,7 @@ impl Metrics {
                     "lostwrite_writes_after_close_bytes_total",
                     "Bytes those calls tried to write (only where the probe mode sees the size).",
                 ),
-                &["comm", "port", "role", "errno"],
+                &labels(&["comm", "port", "role", "errno"]),
             )
             .expect("valid metric"),
             undelivered_bytes: IntCounterVec::new(
@@ -80,7 +96,7 @@ impl Metrics {
                     "lostwrite_undelivered_bytes_total",
                     "Bytes write() accepted that the peer never acknowledged before an abortive end.",
                 ),
-                &["comm", "port", "role", "reason"],
+                &labels(&["comm", "port", "role", "reason"]),
             )
             .expect("valid metric"),
             aborted_connections: IntCounterVec::new(
@@ -88,7 +104,7 @@ impl Metrics {
                     "lostwrite_aborted_connections_total",
                     "Connections that ended abortively with data at stake.",
                 ),
-                &["comm", "port", "role", "reason"],
+                &labels(&["comm", "port", "role", "reason"]),
             )
             .expect("valid metric"),
             events_dropped: IntCounter::new(
@@ -130,6 +146,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            pod_labels,
         };
         let build = IntGaugeVec::new(
             Opts::new("lostwrite_build_info", "The agent's version."),
@@ -170,17 +187,23 @@ impl Metrics {
     pub fn record(&self, i: &Incident) {
         let port = i.port.to_string();
         let (comm, role) = (i.comm.as_str(), i.role.as_str());
+        // A process outside any pod, on Kubernetes, gets empty values (Prometheus drops them).
+        let pod = match (&i.pod, self.pod_labels) {
+            (_, false) => vec![],
+            (Some(p), true) => vec![p.namespace.as_str(), p.name.as_str(), p.container.as_str()],
+            (None, true) => vec![""; 3],
+        };
         match &i.detail {
             Detail::UnansweredClose { delay, .. } => {
                 self.unanswered
-                    .with_label_values(&[comm, &port, role])
+                    .with_label_values(&[&[comm, &port, role][..], &pod].concat())
                     .inc();
                 self.unanswered_delay
-                    .with_label_values(&[comm, &port])
+                    .with_label_values(&[&[comm, &port][..], &pod].concat())
                     .observe(delay.as_secs_f64());
             }
             Detail::WriteAfterClose { errno, attempted } => {
-                let labels = [comm, &port, role, errno.as_str()];
+                let labels = [&[comm, &port, role, errno.as_str()][..], &pod].concat();
                 self.writes_after_close.with_label_values(&labels).inc();
                 if let Some(n) = attempted {
                     self.writes_after_close_bytes
@@ -193,7 +216,7 @@ impl Metrics {
                 undelivered_bytes,
                 ..
             } => {
-                let labels = [comm, &port, role, reason.as_str()];
+                let labels = [&[comm, &port, role, reason.as_str()][..], &pod].concat();
                 self.aborted_connections.with_label_values(&labels).inc();
                 self.undelivered_bytes
                     .with_label_values(&labels)
@@ -240,7 +263,7 @@ mod tests {
 
     #[test]
     fn undelivered_counts_connections_and_bytes() {
-        let m = Metrics::new();
+        let m = Metrics::new(false);
         let i = samples::nginx_linger();
         m.record(&i);
         m.record(&i);
@@ -258,7 +281,7 @@ mod tests {
 
     #[test]
     fn exposition_has_the_spec_series() {
-        let m = Metrics::new();
+        let m = Metrics::new(false);
         m.set_probe_mode(
             "tracepoint",
             &[("unanswered_close", true), ("write_after_close", false)],
@@ -293,8 +316,40 @@ mod tests {
     }
 
     #[test]
+    fn pod_labels_on_kubernetes_only() {
+        let on = Metrics::new(true);
+        on.record(&samples::seed_in_pod());
+        // A host process on a Kubernetes node.
+        on.record(&samples::nginx_linger());
+        let text = on.render();
+        for line in [
+            r#"lostwrite_unanswered_closes_total{comm="seedsrv",container="api",namespace="shop",pod="checkout-7d9f8b6c5-x2x9q",port="8800",role="server"} 1"#,
+            r#"lostwrite_unanswered_close_delay_seconds_count{comm="seedsrv",container="api",namespace="shop",pod="checkout-7d9f8b6c5-x2x9q",port="8800"} 1"#,
+            r#"lostwrite_aborted_connections_total{comm="nginx",container="",namespace="",pod="",port="8800",reason="linger_zero",role="server"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+
+        let off = Metrics::new(false);
+        // Even an incident that carries a pod: the series shape is fixed at start.
+        off.record(&samples::seed_in_pod());
+        let text = off.render();
+        assert!(
+            text.lines().any(|l| l
+                == r#"lostwrite_unanswered_closes_total{comm="seedsrv",port="8800",role="server"} 1"#),
+            "{text}"
+        );
+        for label in ["namespace=", "pod=", "container="] {
+            assert!(!text.contains(label), "{label} in\n{text}");
+        }
+    }
+
+    #[test]
     fn kernel_counters_only_move_forward() {
-        let m = Metrics::new();
+        let m = Metrics::new(false);
         let k = KernelStats {
             events_dropped: 7,
             ..KernelStats::default()

@@ -35,6 +35,12 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     attempted_bytes: Option<u64>,
     cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
     peer_closed: bool,
     message: String,
 }
@@ -60,6 +66,9 @@ impl<'a> Record<'a> {
             unread_bytes: None,
             attempted_bytes: None,
             cgroup_id: i.cgroup_id,
+            namespace: i.pod.as_ref().map(|p| p.namespace.as_str()),
+            pod: i.pod.as_ref().map(|p| p.name.as_str()),
+            container: i.pod.as_ref().map(|p| p.container.as_str()),
             peer_closed: i.peer_closed,
             message: i.sentence(),
         };
@@ -106,9 +115,16 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
             add("unsent", r.unsent_bytes.map(|v| v.to_string()));
             add("unread", r.unread_bytes.map(|v| v.to_string()));
             add("attempted", r.attempted_bytes.map(|v| v.to_string()));
+            let mut pod = String::new();
+            if let Some(p) = &i.pod {
+                pod = format!(
+                    " namespace={} pod={} container={}",
+                    p.namespace, p.name, p.container
+                );
+            }
             format!(
                 "{} INCIDENT {}: {} [reason={} role={} port={} pid={} comm={} local={} remote={} \
-                 bytes_read={} bytes_written={}{extra} cgroup_id={} peer_closed={}]",
+                 bytes_read={} bytes_written={}{extra} cgroup_id={}{pod} peer_closed={}]",
                 r.ts,
                 r.kind,
                 r.message,
@@ -170,6 +186,36 @@ mod tests {
         );
         assert_eq!(v["unanswered_bytes"], 78);
         assert!(v.get("undelivered_bytes").is_none(), "{l}");
+    }
+
+    #[test]
+    fn pod_in_both_formats() {
+        let i = samples::seed_in_pod();
+        let v: serde_json::Value =
+            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
+        assert_eq!(v["namespace"], "shop");
+        assert_eq!(v["pod"], "checkout-7d9f8b6c5-x2x9q");
+        assert_eq!(v["container"], "api");
+        assert!(
+            v["message"].as_str().unwrap().starts_with(
+                "pid 4242 (seedsrv, container api of pod shop/checkout-7d9f8b6c5-x2x9q) read 78 \
+                 bytes on 127.0.0.1:8800"
+            ),
+            "{v}"
+        );
+        let l = line(LogFormat::Text, UNIX_EPOCH, &i);
+        assert!(
+            l.contains(" cgroup_id=1 namespace=shop pod=checkout-7d9f8b6c5-x2x9q container=api "),
+            "{l}"
+        );
+
+        // Without a pod the fields are absent, not empty.
+        let l = line(LogFormat::Json, UNIX_EPOCH, &samples::seed());
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        for k in ["namespace", "pod", "container"] {
+            assert!(v.get(k).is_none(), "{k} in {l}");
+        }
+        assert!(!line(LogFormat::Text, UNIX_EPOCH, &samples::seed()).contains("pod="));
     }
 
     #[test]

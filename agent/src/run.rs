@@ -17,6 +17,7 @@ use crate::{
     correlate::{Correlator, Filter, Incident},
     events::{self, Event},
     http::{self, AppState},
+    k8s,
     listeners::ProcListeners,
     metrics::Metrics,
     privileges,
@@ -41,6 +42,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             addr: args.listen,
             source,
         })?;
+    let pods = pod_resolver(&args)?;
     privileges::raise_memlock();
     let opts = LoadOptions {
         btf: &args.kernel.btf,
@@ -95,7 +97,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             probes.take_events()?,
             &mut probes,
             rst_reasons,
+            pods,
         ))
+}
+
+/// `--kubernetes`: the pod resolver, or None when the pod labels are off.
+fn pod_resolver(args: &RunArgs) -> Result<Option<k8s::Resolver>, k8s::K8sError> {
+    let required = match args.kubernetes {
+        Switch::Off => return Ok(None),
+        Switch::Auto if !k8s::detected(&args.pod_logs_root) => return Ok(None),
+        Switch::Auto => false,
+        Switch::On => true,
+    };
+    let paths = k8s::Paths::host(args.pod_logs_root.clone());
+    let resolver = k8s::Resolver::new(paths, required)?;
+    if resolver.has_logs() {
+        info!(sources = resolver.describe(), "pod attribution on");
+    } else {
+        warn!(
+            sources = resolver.describe(),
+            "pod attribution on, without pod names"
+        );
+    }
+    Ok(Some(resolver))
 }
 
 async fn serve(
@@ -104,8 +128,9 @@ async fn serve(
     events: RingBuf<MapData>,
     probes: &mut Probes,
     rst_reasons: HashMap<u32, String>,
+    pods: Option<k8s::Resolver>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(pods.is_some()));
     let detectors = probes.detectors().map(|(d, on)| (d.as_str(), on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     let stats = Mutex::new(probes.take_stats()?);
@@ -144,6 +169,7 @@ async fn serve(
         correlator,
         filter,
         metrics,
+        pods,
         args.log_format,
     ));
     state.ready.store(true, Ordering::Relaxed);
@@ -163,6 +189,7 @@ async fn read_events(
     mut correlator: Correlator,
     filter: Filter,
     metrics: Arc<Metrics>,
+    mut pods: Option<k8s::Resolver>,
     format: LogFormat,
 ) -> anyhow::Result<()> {
     // Held-back incidents (peer resets waiting for a local peer's record) are released here.
@@ -172,7 +199,7 @@ async fn read_events(
             guard = ring.readable_mut() => guard?,
             _ = tick.tick() => {
                 for i in correlator.expired(monotonic_ns()) {
-                    report_incident(&filter, &metrics, format, &i);
+                    report_incident(&filter, &metrics, &mut pods, format, i);
                 }
                 continue;
             }
@@ -190,17 +217,27 @@ async fn read_events(
                 }
             };
             if let Some(i) = incident {
-                report_incident(&filter, &metrics, format, &i);
+                report_incident(&filter, &metrics, &mut pods, format, i);
             }
         }
         guard.clear_ready();
     }
 }
 
-fn report_incident(filter: &Filter, metrics: &Metrics, format: LogFormat, i: &Incident) {
-    if filter.allows(i) {
-        metrics.record(i);
-        report::emit(format, i);
+fn report_incident(
+    filter: &Filter,
+    metrics: &Metrics,
+    pods: &mut Option<k8s::Resolver>,
+    format: LogFormat,
+    mut i: Incident,
+) {
+    if filter.allows(&i) {
+        // Only reported incidents are attributed: the lookup reads the filesystem (cached).
+        if let Some(pods) = pods {
+            i.pod = pods.resolve(i.cgroup_id, i.pid);
+        }
+        metrics.record(&i);
+        report::emit(format, &i);
     }
 }
 

@@ -27,10 +27,10 @@ enum Cmd {
     /// rust-src and rustfmt for the nightly toolchain, bpf-linker built against the nightly's
     /// libLLVM, and the Debian packages the end-to-end tests use.
     Setup,
-    /// Set up, then build the agent.
+    /// Install the build tools, then build the agent.
     ///
     /// The agent's build script builds the eBPF programs, with the nightly toolchain and
-    /// bpf-linker.
+    /// bpf-linker. The Debian packages the tests use are left to `setup` and `test`.
     Build {
         /// Build the debug profile instead of release.
         #[arg(long)]
@@ -99,9 +99,9 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Set up, build the agent and return the path of its binary.
+/// Install the build tools, build the agent and return the path of its binary.
 fn build(debug: bool) -> Result<PathBuf> {
-    let env = setup::all()?;
+    let env = setup::build_tools()?;
     let mut cmd = cargo();
     cmd.args(["build", "--package", "agent", "--bins"]);
     if !debug {
@@ -142,7 +142,7 @@ fn run(debug: bool, args: &[String]) -> Result<ExitCode> {
 
 /// Build the eBPF object on its own, the way the agent's build script does, and report its size.
 fn ebpf() -> Result<()> {
-    let env = setup::all()?;
+    let env = setup::build_tools()?;
     let mut cmd = ebpf_cargo("build");
     cmd.args(["--release"]);
     env.apply(&mut cmd);

@@ -29,10 +29,18 @@ impl Env {
     }
 }
 
+/// Everything: what building needs and the Debian packages the tests use.
 pub fn all() -> Result<Env> {
+    let env = build_tools()?;
+    apt_packages()?;
+    Ok(env)
+}
+
+/// What building the agent needs, and nothing the tests use: the container image build runs
+/// this (through `cargo xtask build`) and has no use for nginx or prometheus.
+pub fn build_tools() -> Result<Env> {
     nightly_components()?;
     let linker_bin = bpf_linker()?;
-    apt_packages()?;
     Ok(Env { linker_bin })
 }
 

@@ -1,8 +1,10 @@
 //! What the correlation produces: attributed incidents, and how they read to a person.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
+
+use crate::k8s::Pod;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -127,6 +129,9 @@ pub struct Incident {
     pub cgroup_id: u64,
     /// The peer had sent FIN before (a client that gave up waiting, for an unanswered close).
     pub peer_closed: bool,
+    /// The process's pod, on Kubernetes. The correlation leaves it empty; the agent attributes
+    /// the incident afterwards (it needs the filesystem, which correlation never touches).
+    pub pod: Option<Arc<Pod>>,
 }
 
 impl Incident {
@@ -152,7 +157,19 @@ impl Incident {
 
     /// One sentence a person understands.
     pub fn sentence(&self) -> String {
-        let who = format!("pid {} ({})", self.pid, self.comm);
+        let who = match &self.pod {
+            Some(p) if p.container.is_empty() => {
+                format!(
+                    "pid {} ({}, pod {}/{})",
+                    self.pid, self.comm, p.namespace, p.name
+                )
+            }
+            Some(p) => format!(
+                "pid {} ({}, container {} of pod {}/{})",
+                self.pid, self.comm, p.container, p.namespace, p.name
+            ),
+            None => format!("pid {} ({})", self.pid, self.comm),
+        };
         match &self.detail {
             Detail::UnansweredClose {
                 how,
@@ -256,6 +273,19 @@ pub mod samples {
             bytes_out: 0,
             cgroup_id: 1,
             peer_closed: false,
+            pod: None,
+        }
+    }
+
+    /// The seed, in a pod.
+    pub fn seed_in_pod() -> Incident {
+        Incident {
+            pod: Some(Arc::new(Pod {
+                namespace: "shop".into(),
+                name: "checkout-7d9f8b6c5-x2x9q".into(),
+                container: "api".into(),
+            })),
+            ..seed()
         }
     }
 

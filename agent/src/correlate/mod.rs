@@ -300,6 +300,7 @@ impl Correlator {
             bytes_out: s.bytes_out,
             cgroup_id: s.cgroup_id,
             peer_closed: s.flags & flag::PEER_FIN != 0,
+            pod: None,
         }
     }
 

@@ -277,6 +277,20 @@ impl Metrics {
             .sum()
     }
 
+    /// Sum over the samples of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
     /// Every label set of `name`, rendered, for failure messages.
     pub fn series(&self, name: &str) -> Vec<String> {
         self.scrape

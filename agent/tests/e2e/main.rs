@@ -10,6 +10,7 @@ mod errors;
 mod false_positives;
 mod harness;
 mod healthy;
+mod kubernetes;
 mod prometheus;
 mod servers;
 mod unanswered;

@@ -1,0 +1,187 @@
+//! Which pod an incident belongs to, on Kubernetes, without API credentials (SPEC §6).
+//!
+//! The chain: the socket owner's cgroup id (captured by the programs) gives a cgroup v2 path,
+//! or, where that names no container (cgroup v1 hosts, where every process is in the v2 root),
+//! the owner's `/proc/<pid>/cgroup` does; the path gives the container id ([`cgroup`]); the
+//! kubelet's log layout gives the pod ([`kubelet`]). Results are cached with expiry.
+
+mod cache;
+mod cgroup;
+mod kubelet;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cache::TtlCache;
+use cgroup::{CgroupTree, ContainerRef};
+use kubelet::LogIndex;
+
+/// Where an incident's process runs. `container` is empty when the pod has several containers
+/// and only its UID was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub container: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error(
+        "Kubernetes attribution is on, but {} has neither pods/ nor containers/ (the kubelet's \
+         log directories): mount the node's /var/log/pods and /var/log/containers into the agent, \
+         or point --pod-logs-root at their parent",
+        root.display()
+    )]
+    NoLogDirs { root: PathBuf },
+}
+
+/// `--kubernetes auto`: on inside a pod (the kubelet sets KUBERNETES_SERVICE_HOST in every
+/// container) or on a node (the kubelet's log directories exist).
+pub fn detected(logs_root: &Path) -> bool {
+    detect(
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        logs_root,
+    )
+}
+
+fn detect(in_pod: bool, logs_root: &Path) -> bool {
+    in_pod || LogIndex::new(logs_root.into()).present()
+}
+
+/// Where the resolver looks; real paths in the agent, scratch trees in tests.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// procfs of the host's pid namespace (the programs report host pids).
+    pub proc: PathBuf,
+    /// Where the cgroup hierarchies are mounted; v2 is there or in `unified/`.
+    pub cgroup_mount: PathBuf,
+    /// The parent of the kubelet's `pods/` and `containers/`.
+    pub logs: PathBuf,
+}
+
+impl Paths {
+    pub fn host(logs: PathBuf) -> Self {
+        Self {
+            proc: "/proc".into(),
+            cgroup_mount: "/sys/fs/cgroup".into(),
+            logs,
+        }
+    }
+}
+
+/// Resolves (cgroup id, pid) to a pod, caching what it found and, briefly, what it did not.
+#[derive(Debug)]
+pub struct Resolver {
+    proc: PathBuf,
+    cgroups: Option<CgroupTree>,
+    logs: LogIndex,
+    by_cgroup: TtlCache<u64, Option<Arc<Pod>>>,
+    by_pid: TtlCache<u32, Option<Arc<Pod>>>,
+}
+
+impl Resolver {
+    /// A cgroup id names one cgroup for the life of the host (kernfs ids are not reused on
+    /// 64-bit), and a container's cgroup never changes pods: its answer can be kept long.
+    const CGROUP_TTL: Duration = Duration::from_secs(600);
+    /// Pids are reused, so a pid's answer is kept briefly.
+    const PID_TTL: Duration = Duration::from_secs(10);
+    /// A miss may be a container whose log symlink the kubelet has not made yet.
+    const MISS_TTL: Duration = Duration::from_secs(5);
+    const MAX_ENTRIES: usize = 16_384;
+
+    /// `required`: fail when the kubelet's log directories are missing (`--kubernetes on`)
+    /// rather than run with pod labels that stay empty.
+    pub fn new(paths: Paths, required: bool) -> Result<Self, K8sError> {
+        let logs = LogIndex::new(paths.logs);
+        if required && !logs.present() {
+            return Err(K8sError::NoLogDirs {
+                root: logs.root().to_owned(),
+            });
+        }
+        Ok(Self {
+            proc: paths.proc,
+            cgroups: cgroup::find_v2_root(&paths.cgroup_mount).map(CgroupTree::new),
+            logs,
+            by_cgroup: TtlCache::new(Self::MAX_ENTRIES),
+            by_pid: TtlCache::new(Self::MAX_ENTRIES),
+        })
+    }
+
+    /// Whether the kubelet's log directories are there to name pods.
+    pub fn has_logs(&self) -> bool {
+        self.logs.present()
+    }
+
+    /// For the start-up log line.
+    pub fn describe(&self) -> String {
+        let v2 = self.cgroups.as_ref().map_or_else(
+            || "no cgroup v2 hierarchy (pods found from /proc/<pid>/cgroup)".to_owned(),
+            |t| format!("cgroup v2 at {}", t.root().display()),
+        );
+        let logs = if self.logs.present() {
+            format!("kubelet logs at {}", self.logs.root().display())
+        } else {
+            format!(
+                "no kubelet logs at {} (pod labels stay empty)",
+                self.logs.root().display()
+            )
+        };
+        format!("{v2}, {logs}")
+    }
+
+    /// The pod of the process that owns a socket: by its cgroup id, else by its pid (0 = unknown).
+    pub fn resolve(&mut self, cgroup_id: u64, pid: u32) -> Option<Arc<Pod>> {
+        self.resolve_at(cgroup_id, pid, Instant::now())
+    }
+
+    fn resolve_at(&mut self, cgroup_id: u64, pid: u32, now: Instant) -> Option<Arc<Pod>> {
+        if cgroup_id != 0 {
+            let found = match self.by_cgroup.get(&cgroup_id, now) {
+                Some(cached) => cached,
+                None => {
+                    let found = self.by_cgroup_id(cgroup_id, now);
+                    let ttl = Self::ttl(&found, Self::CGROUP_TTL);
+                    self.by_cgroup.insert(cgroup_id, found.clone(), ttl, now);
+                    found
+                }
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        if pid == 0 {
+            return None;
+        }
+        if let Some(cached) = self.by_pid.get(&pid, now) {
+            return cached;
+        }
+        let found = self.by_pid(pid, now);
+        let ttl = Self::ttl(&found, Self::PID_TTL);
+        self.by_pid.insert(pid, found.clone(), ttl, now);
+        found
+    }
+
+    fn by_cgroup_id(&mut self, id: u64, now: Instant) -> Option<Arc<Pod>> {
+        let path = self.cgroups.as_mut()?.path(id, now)?;
+        let container = cgroup::container_in(path)?;
+        self.logs.lookup(&container, now)
+    }
+
+    fn by_pid(&mut self, pid: u32, now: Instant) -> Option<Arc<Pod>> {
+        let text = std::fs::read_to_string(self.proc.join(format!("{pid}/cgroup"))).ok()?;
+        cgroup::containers_of_process(&text)
+            .iter()
+            .find_map(|c| self.logs.lookup(c, now))
+    }
+
+    fn ttl(found: &Option<Arc<Pod>>, hit: Duration) -> Duration {
+        if found.is_some() { hit } else { Self::MISS_TTL }
+    }
+}
+
+#[cfg(test)]
+mod tests;

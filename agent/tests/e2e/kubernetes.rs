@@ -1,0 +1,381 @@
+//! Pod attribution on the real kernel: the seed server runs in a cgroup shaped like a kubelet
+//! container's, next to a kubelet-style log directory in a scratch root, and its unanswered
+//! close carries the pod's namespace, name and container on /metrics and in the incident log.
+
+use std::{
+    ffi::CString,
+    io,
+    os::unix::{fs::symlink, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    harness::{Agent, Process, root_or_skip, scratch, wait_listening},
+    servers::{SEED_PORT, curl, rust_server_reads_and_closes, seedsrv_binary},
+};
+
+const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
+const NAMESPACE: &str = "shop";
+const POD: &str = "checkout-7d9f8b6c5-x2x9q";
+const CONTAINER: &str = "api";
+
+/// A pod UID and a container id, different for every run so that leftovers of an interrupted
+/// run never match.
+fn fresh_ids() -> (String, String) {
+    let mut x = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ (u64::from(std::process::id()) << 32);
+    let mut hex = String::new();
+    while hex.len() < 96 {
+        // splitmix64
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        hex.push_str(&format!("{:016x}", z ^ (z >> 31)));
+    }
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    (uid, hex[32..96].to_owned())
+}
+
+/// The cgroup v2 hierarchy: /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a
+/// hybrid one.
+fn cgroup_v2_root() -> PathBuf {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").is_file())
+        .expect("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+}
+
+/// Cgroup directories made for a test, removed innermost first on drop (also when the test
+/// fails). Directories that already existed are left alone.
+struct Cgroups {
+    created: Vec<PathBuf>,
+    leaf: PathBuf,
+}
+
+impl Cgroups {
+    fn create(base: &Path, rel: &str) -> Self {
+        let mut created = Vec::new();
+        let mut dir = base.to_owned();
+        for part in rel.split('/') {
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => created.push(dir.clone()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("mkdir {}: {e}", dir.display()),
+            }
+        }
+        Self { created, leaf: dir }
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            // The last process may still be leaving (EBUSY) for a moment after it was reaped.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Err(e) = std::fs::remove_dir(dir) {
+                if Instant::now() > deadline {
+                    eprintln!("could not remove {}: {e}", dir.display());
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A private, controller-less cgroup v1 hierarchy (`name=`), for a cgroup v1 layout on any
+/// host. Unmounted on drop, after its cgroups are removed.
+struct NamedV1 {
+    mount: PathBuf,
+    cgroups: Option<Cgroups>,
+}
+
+impl NamedV1 {
+    fn mount(name: &str) -> Self {
+        let mount = scratch(name);
+        nix::mount::mount(
+            Some("cgroup"),
+            &mount,
+            Some("cgroup"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("none,name={name}").as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount a named cgroup v1 hierarchy: {e}"));
+        Self {
+            mount,
+            cgroups: None,
+        }
+    }
+}
+
+impl Drop for NamedV1 {
+    fn drop(&mut self) {
+        drop(self.cgroups.take());
+        if let Err(e) = nix::mount::umount(&self.mount) {
+            eprintln!("could not unmount {}: {e}", self.mount.display());
+        }
+    }
+}
+
+/// Starts the seed server inside `cgroup` (it joins before exec, so every byte it ever reads
+/// is read from there) and waits until it accepts connections.
+fn start_seedsrv_in(cgroup: &Path) -> (Process, u32) {
+    let procs = CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(seedsrv_binary());
+    cmd.args(["-addr", &format!("127.0.0.1:{SEED_PORT}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec this only makes async-signal-safe calls (open, write,
+    // close) on memory prepared before the fork. Writing "0" moves the writing process.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = libc::write(fd, c"0".as_ptr().cast(), 1);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if n == 1 { Ok(()) } else { Err(err) }
+        });
+    }
+    let child = cmd.spawn().expect("start seedsrv in its cgroup");
+    let pid = child.id();
+    let server = Process(child);
+    wait_listening(([127, 0, 0, 1], SEED_PORT).into());
+    (server, pid)
+}
+
+/// The kubelet's log layout for one container under `root`:
+/// `pods/<ns>_<pod>_<uid>/<container>/0.log` and the `containers/` symlink naming its id.
+fn kubelet_logs(root: &Path, uid: &str, container_id: &str) {
+    let dir = root.join(format!("pods/{NAMESPACE}_{POD}_{uid}/{CONTAINER}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0.log"), "").unwrap();
+    std::fs::create_dir_all(root.join("containers")).unwrap();
+    symlink(
+        dir.join("0.log"),
+        root.join(format!(
+            "containers/{POD}_{NAMESPACE}_{CONTAINER}-{container_id}.log"
+        )),
+    )
+    .unwrap();
+}
+
+/// The seed incident, then exact counts: the pod's series has 1, and no other seedsrv series
+/// counted it. (Other processes on the host are not this test's business: the agent sees the
+/// whole host.)
+fn seed_incident(agent: &Agent, labels: &[(&str, &str)]) -> crate::harness::Metrics {
+    let (code, _, stderr) = curl(&[format!("http://127.0.0.1:{SEED_PORT}/")]);
+    assert_eq!(code, Some(52), "curl should get an empty reply: {stderr}");
+    let m = agent.settled(
+        "the seed's unanswered close with its pod labels",
+        Duration::from_secs(5),
+        UNANSWERED,
+        labels,
+    );
+    assert_eq!(
+        m.value(UNANSWERED, labels),
+        Some(1.0),
+        "{:?}",
+        m.series(UNANSWERED)
+    );
+    assert_eq!(
+        m.sum(UNANSWERED, &[("comm", "seedsrv")]),
+        1.0,
+        "{:?}",
+        m.series(UNANSWERED)
+    );
+    m
+}
+
+/// The incident lines of the seed server.
+fn seed_incidents(agent: &Agent) -> Vec<serde_json::Value> {
+    let all = agent.incidents();
+    all.into_iter().filter(|i| i["comm"] == "seedsrv").collect()
+}
+
+fn pod_labels() -> [(&'static str, &'static str); 6] {
+    [
+        ("comm", "seedsrv"),
+        ("port", "8800"),
+        ("role", "server"),
+        ("namespace", NAMESPACE),
+        ("pod", POD),
+        ("container", CONTAINER),
+    ]
+}
+
+#[test]
+fn containerd_scope_on_cgroup_v2_is_labelled_with_its_pod() {
+    if !root_or_skip("containerd_scope_on_cgroup_v2_is_labelled_with_its_pod") {
+        return;
+    }
+    let (uid, id) = fresh_ids();
+    let logs = scratch("k8s-logs-v2");
+    kubelet_logs(&logs, &uid, &id);
+    // The systemd cgroup driver's layout for a BestEffort pod's containerd container.
+    let scope = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
+         cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    );
+    let cgroups = Cgroups::create(&cgroup_v2_root(), &scope);
+
+    let agent = Agent::start(&[
+        "--kubernetes",
+        "on",
+        "--pod-logs-root",
+        logs.to_str().unwrap(),
+    ]);
+    let (_server, pid) = start_seedsrv_in(&cgroups.leaf);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        own.lines().any(|l| l == format!("0::/{scope}")),
+        "seedsrv is not in the scope: {own}"
+    );
+
+    let m = seed_incident(&agent, &pod_labels());
+    let delay = [
+        ("comm", "seedsrv"),
+        ("namespace", NAMESPACE),
+        ("pod", POD),
+        ("container", CONTAINER),
+    ];
+    assert_eq!(
+        m.value("lostwrite_unanswered_close_delay_seconds_count", &delay),
+        Some(1.0)
+    );
+
+    let incidents = seed_incidents(&agent);
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let i = &incidents[0];
+    assert_eq!(i["pid"], pid);
+    assert_eq!(i["namespace"], NAMESPACE, "{i}");
+    assert_eq!(i["pod"], POD, "{i}");
+    assert_eq!(i["container"], CONTAINER, "{i}");
+    let msg = i["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(&format!(
+            "pid {pid} (seedsrv, container {CONTAINER} of pod {NAMESPACE}/{POD}) read "
+        )),
+        "{msg}"
+    );
+
+    // A process outside any pod on the same node: the labels are there, and empty.
+    let (port, _) = rust_server_reads_and_closes();
+    let port = port.to_string();
+    let host = [
+        ("comm", "rustsrv"),
+        ("port", port.as_str()),
+        ("namespace", ""),
+        ("pod", ""),
+        ("container", ""),
+    ];
+    let m = agent.settled(
+        "the host process's unanswered close",
+        Duration::from_secs(2),
+        UNANSWERED,
+        &host,
+    );
+    assert_eq!(
+        m.value(UNANSWERED, &host),
+        Some(1.0),
+        "{:?}",
+        m.series(UNANSWERED)
+    );
+}
+
+#[test]
+fn cgroup_v1_crio_container_is_found_from_the_pid() {
+    if !root_or_skip("cgroup_v1_crio_container_is_found_from_the_pid") {
+        return;
+    }
+    let (uid, id) = fresh_ids();
+    let logs = scratch("k8s-logs-v1");
+    kubelet_logs(&logs, &uid, &id);
+    // The cgroupfs driver's layout for a Burstable pod's CRI-O container, on a v1 hierarchy.
+    // The server's v2 cgroup (the cgroup id the programs capture) names no container, so the
+    // agent has to read /proc/<pid>/cgroup, as on a cgroup v1 node.
+    let mut v1 = NamedV1::mount("lostwrite-e2e-v1");
+    let path = format!("kubepods/burstable/pod{uid}/crio-{id}");
+    let leaf = v1
+        .cgroups
+        .insert(Cgroups::create(&v1.mount, &path))
+        .leaf
+        .clone();
+
+    // auto: the log layout under --pod-logs-root turns attribution on.
+    let agent = Agent::start(&["--pod-logs-root", logs.to_str().unwrap()]);
+    let (_server, pid) = start_seedsrv_in(&leaf);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        own.lines()
+            .any(|l| l.ends_with(&format!(":name=lostwrite-e2e-v1:/{path}"))),
+        "seedsrv is not in the v1 cgroup: {own}"
+    );
+
+    seed_incident(&agent, &pod_labels());
+    let i = &seed_incidents(&agent)[0];
+    assert_eq!(i["pod"], POD, "{i}");
+}
+
+#[test]
+fn off_kubernetes_the_labels_are_absent() {
+    if !root_or_skip("off_kubernetes_the_labels_are_absent") {
+        return;
+    }
+    // Everything a pod would have, but attribution off: the series must not have the labels
+    // at all (not even empty), and the incident log has no pod fields.
+    let (uid, id) = fresh_ids();
+    let logs = scratch("k8s-logs-off");
+    kubelet_logs(&logs, &uid, &id);
+    let scope = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
+         cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    );
+    let cgroups = Cgroups::create(&cgroup_v2_root(), &scope);
+    let agent = Agent::start(&[
+        "--kubernetes",
+        "off",
+        "--pod-logs-root",
+        logs.to_str().unwrap(),
+    ]);
+    let (_server, _) = start_seedsrv_in(&cgroups.leaf);
+
+    seed_incident(
+        &agent,
+        &[("comm", "seedsrv"), ("port", "8800"), ("role", "server")],
+    );
+    let text = agent.metrics_text();
+    for label in ["namespace=", "pod=", "container="] {
+        assert!(!text.contains(label), "{label} on /metrics:\n{text}");
+    }
+    let i = &seed_incidents(&agent)[0];
+    for key in ["namespace", "pod", "container"] {
+        assert!(i.get(key).is_none(), "{key} in {i}");
+    }
+}
