@@ -228,21 +228,27 @@ fn pod_labels() -> [(&'static str, &'static str); 6] {
     ]
 }
 
-#[test]
-fn containerd_scope_on_cgroup_v2_is_labelled_with_its_pod() {
-    if !root_or_skip("containerd_scope_on_cgroup_v2_is_labelled_with_its_pod") {
-        return;
-    }
+/// A fresh pod's kubelet log layout (under scratch dir `logs`) and its containerd container's
+/// cgroup v2 scope, in the systemd driver's layout for a BestEffort pod: (logs, scope, cgroups).
+fn containerd_pod(logs: &str) -> (PathBuf, String, Cgroups) {
     let (uid, id) = fresh_ids();
-    let logs = scratch("k8s-logs-v2");
+    let logs = scratch(logs);
     kubelet_logs(&logs, &uid, &id);
-    // The systemd cgroup driver's layout for a BestEffort pod's containerd container.
     let scope = format!(
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
          cri-containerd-{id}.scope",
         uid.replace('-', "_")
     );
     let cgroups = Cgroups::create(&cgroup_v2_root(), &scope);
+    (logs, scope, cgroups)
+}
+
+#[test]
+fn containerd_scope_on_cgroup_v2_is_labelled_with_its_pod() {
+    if !root_or_skip("containerd_scope_on_cgroup_v2_is_labelled_with_its_pod") {
+        return;
+    }
+    let (logs, scope, cgroups) = containerd_pod("k8s-logs-v2");
 
     let agent = Agent::start(&[
         "--kubernetes",
@@ -349,15 +355,7 @@ fn off_kubernetes_the_labels_are_absent() {
     }
     // Everything a pod would have, but attribution off: the series must not have the labels
     // at all (not even empty), and the incident log has no pod fields.
-    let (uid, id) = fresh_ids();
-    let logs = scratch("k8s-logs-off");
-    kubelet_logs(&logs, &uid, &id);
-    let scope = format!(
-        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
-         cri-containerd-{id}.scope",
-        uid.replace('-', "_")
-    );
-    let cgroups = Cgroups::create(&cgroup_v2_root(), &scope);
+    let (logs, _, cgroups) = containerd_pod("k8s-logs-off");
     let agent = Agent::start(&[
         "--kubernetes",
         "off",
