@@ -199,7 +199,7 @@ impl Incident {
                 )
             }
             Detail::WriteAfterClose { errno, attempted } => {
-                let size = attempted.map_or(String::new(), |n| format!(" of {n} bytes"));
+                let size = attempted.map_or(String::new(), |n| format!(" {n} bytes"));
                 format!(
                     "{who} wrote{size} on {} to {} after the connection was torn down, and the \
                      write failed with {}",
