@@ -5,10 +5,10 @@ use std::{
     process::{Command, Output},
 };
 
-use crate::harness::{AGENT, root_or_skip};
+use crate::harness::{agent_bin, root_or_skip};
 
 fn agent(args: &[&str]) -> Output {
-    Command::new(AGENT)
+    Command::new(agent_bin())
         .args(args)
         .output()
         .expect("run the agent")
@@ -91,11 +91,9 @@ fn not_root() {
             "--inh-caps=-all",
             "--bounding-set=-all",
             "--",
-            AGENT,
-            "run",
-            "--listen",
-            "127.0.0.1:0",
         ])
+        .arg(agent_bin())
+        .args(["run", "--listen", "127.0.0.1:0"])
         .output()
         .expect("run setpriv (util-linux)");
     assert_clean_failure(

@@ -1,9 +1,10 @@
 //! Running the real agent against the real kernel, and reading what it reports.
 
 use std::{
+    ffi::OsString,
     io::{BufRead as _, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -12,7 +13,30 @@ use std::{
 
 use prometheus_parse::{Scrape, Value};
 
-pub const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+/// A path cargo fixes at build time, unless the environment variable `var` overrides it. The
+/// overrides let the test binary run where cargo's paths do not exist: inside the kernel-matrix
+/// guests of `cargo xtask vm-test`.
+fn path_from_env(var: &str, built_in: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(built_in),
+    }
+}
+
+/// The agent binary (`LOSTWRITE_AGENT` overrides cargo's).
+pub fn agent_bin() -> PathBuf {
+    path_from_env("LOSTWRITE_AGENT", env!("CARGO_BIN_EXE_agent"))
+}
+
+/// The probe mode every `Agent::start` asks for: `LOSTWRITE_PROBE_MODE`, or `tracepoint` (the
+/// only mode this host's kernel allows). `cargo xtask vm-test` runs the same tests in the other
+/// modes inside virtual machines.
+pub fn probe_mode() -> String {
+    std::env::var("LOSTWRITE_PROBE_MODE")
+        .ok()
+        .filter(|mode| !mode.is_empty())
+        .unwrap_or_else(|| "tracepoint".to_owned())
+}
 
 /// Whether this process may run root e2e tests. Under `LOSTWRITE_E2E=1` (CI, `cargo xtask test`)
 /// not being root is a failure, never a skip.
@@ -42,7 +66,7 @@ pub fn free_port() -> u16 {
 
 /// A scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let dir = path_from_env("LOSTWRITE_TMPDIR", env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
@@ -99,18 +123,25 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent (JSON incident log) and waits until /healthz says the probes are
-    /// attached and /metrics shows the tracepoint mode in use.
+    /// Starts the agent (JSON incident log) in [`probe_mode`] unless `extra` names its own
+    /// `--probe-mode`, and waits until /healthz says the probes are attached and /metrics shows
+    /// that mode in use.
     pub fn start(extra: &[&str]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(AGENT)
-            .args([
-                "run",
-                "--listen",
-                &listen.to_string(),
-                "--log-format",
-                "json",
-            ])
+        let mode = match extra.iter().position(|a| *a == "--probe-mode") {
+            Some(i) => extra.get(i + 1).copied().unwrap_or_default().to_owned(),
+            None => probe_mode(),
+        };
+        let mut args: Vec<OsString> = ["run", "--listen", &listen.to_string()]
+            .iter()
+            .chain(&["--log-format", "json"])
+            .map(OsString::from)
+            .collect();
+        if !extra.contains(&"--probe-mode") {
+            args.extend(["--probe-mode".into(), OsString::from(&mode)]);
+        }
+        let mut child = Command::new(agent_bin())
+            .args(args)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -133,8 +164,8 @@ impl Agent {
                 _ => None,
             }
         });
-        agent.assert_attached();
-        if !extra.contains(&"--classic-tracepoints") {
+        agent.assert_attached(&mode);
+        if mode == "tracepoint" && !extra.contains(&"--classic-tracepoints") {
             // Every hook attaches as a BTF tracepoint on this kernel; a silent fallback to the
             // (7x dearer) classic tracepoint would be a regression.
             let hooks = agent.hooks();
@@ -151,13 +182,21 @@ impl Agent {
         format!("http://{}{path}", self.listen)
     }
 
-    /// Asserts the probes are attached: a silent agent must fail every e2e test.
-    pub fn assert_attached(&mut self) {
+    /// Asserts the probes are attached in `mode` (any mode for `auto`): a silent agent must fail
+    /// every e2e test.
+    pub fn assert_attached(&mut self, mode: &str) {
         let s = self.scrape();
+        let info = "lostwrite_probe_mode_info";
+        let in_use = if mode == "auto" {
+            Some(s.total(info))
+        } else {
+            s.value(info, &[("mode", mode)])
+        };
         assert_eq!(
-            s.value("lostwrite_probe_mode_info", &[("mode", "tracepoint")]),
+            in_use,
             Some(1.0),
-            "probe mode not reported: {}",
+            "probe mode {mode} not reported: {:?}\n{}",
+            s.series(info),
             self.stderr_text()
         );
         let stderr = self.stderr_text();

@@ -16,9 +16,13 @@ use crate::harness::{Process, wait_listening};
 pub const SEED_PORT: u16 = 8800;
 
 /// Builds tests/servers/seedsrv once per test run; the binary name is the comm the agent reports.
+/// `LOSTWRITE_SEEDSRV` names a prebuilt one instead (the kernel-matrix guests have no Go).
 pub fn seedsrv_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(prebuilt) = std::env::var_os("LOSTWRITE_SEEDSRV").filter(|p| !p.is_empty()) {
+            return PathBuf::from(prebuilt);
+        }
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-bin");
         std::fs::create_dir_all(&out).unwrap();
         let bin = out.join("seedsrv");
