@@ -3,6 +3,7 @@
 mod cmd;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -52,6 +53,12 @@ enum Cmd {
     Test,
     /// Build only the eBPF object with the nightly toolchain and print its path and size.
     Ebpf,
+    /// Run the end-to-end scenarios in each probe mode on Debian kernels booted under qemu.
+    ///
+    /// Downloads the kernels once (cached in target/vm/kernels), builds an initramfs with the
+    /// agent and the e2e tests, and prints a kernel × mode × scenario table. Exits non-zero when
+    /// any scenario fails or prints no result.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +69,7 @@ fn main() -> ExitCode {
         Cmd::Run { debug, args } => run(debug, &args),
         Cmd::Test => test::run(),
         Cmd::Ebpf => ebpf().map(|_| ExitCode::SUCCESS),
+        Cmd::VmTest(args) => vm::run(args),
     };
     match result {
         Ok(code) => code,
@@ -80,7 +88,7 @@ pub fn workspace_root() -> &'static Path {
 }
 
 /// Cargo's target directory for this workspace.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => workspace_root().join(dir),
         _ => workspace_root().join("target"),

@@ -192,6 +192,9 @@ const APT_PACKAGES: &[&[&str]] = &[
     ],
     &["wrk"],
     &["python3"],
+    // `cargo xtask vm-test`: the emulator, and a static busybox for the guests' initramfs.
+    &["qemu-system-x86"],
+    &["busybox-static"],
 ];
 
 fn apt_packages() -> Result<()> {

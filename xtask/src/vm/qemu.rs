@@ -1,0 +1,247 @@
+//! Booting one guest under qemu's TCG emulation, watching its serial console, and reading the
+//! results the guest's init prints.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{guest::MARK, kernels::Kernel};
+use crate::cmd;
+
+/// Console lines that mean the guest kernel is broken, whatever the scenarios print.
+const KERNEL_FAULTS: &[&str] = &[
+    "Kernel panic",
+    "BUG: ",
+    "Oops: ",
+    "soft lockup",
+    "hard LOCKUP",
+    "general protection fault",
+    "detected stalls on CPU",
+    "WARNING: CPU: ",
+];
+
+/// How long to keep reading after a fault line, so the log holds the whole backtrace.
+const FAULT_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Boot<'a> {
+    pub kernel: &'a Kernel,
+    pub initramfs: &'a Path,
+    pub log: PathBuf,
+    /// Wall-clock limit for the whole guest; qemu is killed after it.
+    pub timeout: Duration,
+    pub cpus: u32,
+    pub memory_mib: u32,
+}
+
+/// What one scenario in one mode did in the guest.
+pub struct Outcome {
+    pub passed: bool,
+    /// The console lines between the scenario's start and its result (for failures).
+    pub output: Vec<String>,
+}
+
+pub struct GuestRun {
+    /// By (mode, scenario name).
+    pub results: BTreeMap<(String, String), Outcome>,
+    /// A kernel fault, a timeout, or a guest that ended without finishing.
+    pub problem: Option<String>,
+    pub wall: Duration,
+    /// When the guest's init started, since qemu started.
+    pub booted_after: Option<Duration>,
+    pub check_exit: Option<String>,
+}
+
+/// Boots the guest, streams its console into `boot.log`, and collects its result lines.
+pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
+    let append = [
+        "console=ttyS0",
+        // Any panic powers the guest off at once (-no-reboot turns the reboot into an exit).
+        "panic=-1",
+        "softlockup_panic=1",
+        // Warnings and worse reach the console (for the fault watch), routine messages do not.
+        "loglevel=5",
+        // Speculation mitigations only slow emulation down (page-table isolation flushes TCG's
+        // software TLB on every system call); nothing here measures or depends on them.
+        "mitigations=off",
+    ]
+    .join(" ");
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-nographic", "-no-reboot", "-nic", "none"])
+        .args(["-smp", &boot.cpus.to_string()])
+        .args(["-m", &format!("{}M", boot.memory_mib)])
+        .arg("-kernel")
+        .arg(&boot.kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(boot.initramfs)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd::echo(&qemu);
+
+    let started = Instant::now();
+    let mut child = qemu
+        .spawn()
+        .with_context(|| format!("failed to start `{}`", cmd::display(&qemu)))?;
+    let (tx, rx) = mpsc::channel();
+    for pipe in [
+        Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("piped")),
+    ] {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut log =
+        fs::File::create(&boot.log).with_context(|| format!("creating {}", boot.log.display()))?;
+    let deadline = started + boot.timeout;
+    let mut parser = Parser::new(boot.kernel);
+    let mut fault_deadline: Option<Instant> = None;
+    let mut problem = None;
+    loop {
+        let until = fault_deadline.map_or(deadline, |f| f.min(deadline));
+        let line = match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            // Both pipes closed: qemu has exited.
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                if fault_deadline.is_none() {
+                    problem = Some(format!(
+                        "timed out after {} s (wall clock)",
+                        boot.timeout.as_secs()
+                    ));
+                }
+                let _ = child.kill();
+                break;
+            }
+        };
+        writeln!(log, "{line}")?;
+        if let Some(fault) = KERNEL_FAULTS.iter().find(|f| line.contains(*f))
+            && fault_deadline.is_none()
+        {
+            eprintln!("vm-test: {} kernel fault: {line}", boot.kernel.line.name);
+            problem = Some(format!("kernel fault ({fault}): {line}"));
+            fault_deadline = Some(Instant::now() + FAULT_GRACE);
+        }
+        if let Some(report) = parser.line(&line, started) {
+            println!("vm-test: {} {report}", boot.kernel.line.name);
+        }
+    }
+    let status = child.wait().context("waiting for qemu")?;
+    let wall = started.elapsed();
+    if problem.is_none() && !parser.done {
+        problem = Some(format!("the guest stopped before finishing ({status})"));
+    }
+    Ok(GuestRun {
+        results: parser.results,
+        problem,
+        wall,
+        booted_after: parser.booted_after,
+        check_exit: parser.check_exit,
+    })
+}
+
+/// Reads the init script's lines (see `guest::init_script`).
+struct Parser<'a> {
+    kernel: &'a Kernel,
+    results: BTreeMap<(String, String), Outcome>,
+    /// Lines since the current scenario began.
+    current: Vec<String>,
+    seconds: Option<f64>,
+    booted_after: Option<Duration>,
+    check_exit: Option<String>,
+    done: bool,
+}
+
+impl<'a> Parser<'a> {
+    fn new(kernel: &'a Kernel) -> Self {
+        Self {
+            kernel,
+            results: BTreeMap::new(),
+            current: Vec::new(),
+            seconds: None,
+            booted_after: None,
+            check_exit: None,
+            done: false,
+        }
+    }
+
+    /// Takes one console line; returns a progress message for a result line.
+    fn line(&mut self, line: &str, started: Instant) -> Option<String> {
+        // A kernel message may land on the same console line before the marker.
+        let Some(at) = line.find(MARK) else {
+            self.current.push(line.to_owned());
+            return None;
+        };
+        let words: Vec<&str> = line[at..].split_whitespace().collect();
+        match words.as_slice() {
+            [tag, rest @ ..] if *tag == format!("{MARK}-BOOTED") => {
+                self.booted_after = Some(started.elapsed());
+                Some(format!("booted: {}", rest.join(" ")))
+            }
+            [tag, exit] if *tag == format!("{MARK}-CHECK") => {
+                self.check_exit = Some(exit.trim_start_matches("exit=").to_owned());
+                Some(format!("agent check {exit}"))
+            }
+            [tag, _, _] if *tag == format!("{MARK}-BEGIN") => {
+                self.current.clear();
+                self.seconds = None;
+                None
+            }
+            [tag, _, _, t0, t1] if *tag == format!("{MARK}-TIME") => {
+                self.seconds = t0
+                    .parse::<f64>()
+                    .ok()
+                    .zip(t1.parse::<f64>().ok())
+                    .map(|(a, b)| b - a);
+                None
+            }
+            [tag] if *tag == format!("{MARK}-DONE") => {
+                self.done = true;
+                None
+            }
+            [tag, release, mode, scenario, result] if *tag == MARK => {
+                // The guest must run the kernel the host booted, or the row would be a lie.
+                let passed = *result == "PASS" && *release == self.kernel.release;
+                let mut output = std::mem::take(&mut self.current);
+                if *release != self.kernel.release {
+                    output.push(format!(
+                        "guest kernel {release}, expected {}",
+                        self.kernel.release
+                    ));
+                }
+                let seconds = self.seconds.take();
+                self.results.insert(
+                    (mode.to_string(), scenario.to_string()),
+                    Outcome { passed, output },
+                );
+                let took = seconds.map(|s| format!(" ({s:.1} s)")).unwrap_or_default();
+                Some(format!(
+                    "{mode} {scenario} {}{took}",
+                    if passed { "PASS" } else { "FAIL" }
+                ))
+            }
+            _ => {
+                self.current.push(line.to_owned());
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The matrix's summary on stdout and the support table for the README.
+
+use std::{fmt::Write as _, fs, io, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    kernels::Kernel,
+    qemu::{GuestRun, Outcome},
+    scenarios::{Detector, Scenario},
+};
+
+const BEGIN: &str = "<!-- support-table:begin -->";
+const END: &str = "<!-- support-table:end -->";
+/// Lines of a failed scenario's output repeated in the summary (the full log is on disk).
+const FAILURE_TAIL: usize = 40;
+
+pub struct Matrix<'a> {
+    pub modes: &'a [String],
+    pub scenarios: &'a [&'static Scenario],
+    pub runs: &'a [(&'a Kernel, GuestRun)],
+}
+
+impl Matrix<'_> {
+    fn outcome<'r>(run: &'r GuestRun, mode: &str, scenario: &Scenario) -> Option<&'r Outcome> {
+        run.results
+            .get(&(mode.to_owned(), scenario.name.to_owned()))
+    }
+
+    /// A scenario passes only with a PASS line, from a guest that had no kernel fault, hang or
+    /// early stop: a missing line is a failure, never a skip.
+    fn passed(run: &GuestRun, mode: &str, scenario: &Scenario) -> bool {
+        run.problem.is_none() && Self::outcome(run, mode, scenario).is_some_and(|o| o.passed)
+    }
+
+    /// Prints the summary and each failure's output; returns whether everything passed.
+    pub fn print_summary(&self) -> bool {
+        let mut out = String::new();
+        let columns: Vec<String> = self
+            .runs
+            .iter()
+            .flat_map(|(k, _)| self.modes.iter().map(|m| format!("{}/{m}", k.line.name)))
+            .collect();
+        let width = columns.iter().map(String::len).max().unwrap_or(0).max(4);
+        let _ = write!(out, "\n{:<26} {:<18}", "scenario", "detector");
+        for c in &columns {
+            let _ = write!(out, " {c:>width$}");
+        }
+        out.push('\n');
+        let (mut passed, mut failed) = (0, 0);
+        for sc in self.scenarios {
+            let _ = write!(out, "{:<26} {:<18}", sc.name, sc.detector.to_string());
+            for (_, run) in self.runs {
+                for mode in self.modes {
+                    let ok = Self::passed(run, mode, sc);
+                    if ok {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    let _ = write!(out, " {:>width$}", if ok { "PASS" } else { "FAIL" });
+                }
+            }
+            out.push('\n');
+        }
+
+        let _ = writeln!(
+            out,
+            "\n{:<6} {:<22} {:<20} {:>6} {:>6} {:>7}  problem",
+            "kernel", "release", "package version", "check", "init s", "wall s"
+        );
+        for (kernel, run) in self.runs {
+            let booted = run
+                .booted_after
+                .map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64()));
+            let _ = writeln!(
+                out,
+                "{:<6} {:<22} {:<20} {:>6} {booted:>6} {:>7.1}  {}",
+                kernel.line.name,
+                kernel.release,
+                kernel.version,
+                run.check_exit.as_deref().unwrap_or("-"),
+                run.wall.as_secs_f64(),
+                run.problem.as_deref().unwrap_or("-")
+            );
+        }
+
+        for (kernel, run) in self.runs {
+            for mode in self.modes {
+                for sc in self.scenarios {
+                    if Self::passed(run, mode, sc) {
+                        continue;
+                    }
+                    let _ = writeln!(out, "\n--- FAIL {} {mode} {}", kernel.line.name, sc.name);
+                    match Self::outcome(run, mode, sc) {
+                        None => {
+                            let _ = writeln!(out, "no result line from the guest");
+                        }
+                        Some(o) if o.passed => {
+                            let _ = writeln!(out, "passed, but the guest failed as a whole");
+                        }
+                        Some(o) => {
+                            let skip = o.output.len().saturating_sub(FAILURE_TAIL);
+                            for line in &o.output[skip..] {
+                                let _ = writeln!(out, "| {line}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let _ = writeln!(out, "\nvm-test: {passed} passed, {failed} failed");
+        print!("{out}");
+        failed == 0
+    }
+
+    /// The markdown table: one row per kernel and mode, one column per detector.
+    fn support_table(&self) -> String {
+        let mut t = String::from("| kernel | Debian package | probe mode |");
+        for d in Detector::ALL {
+            let _ = write!(t, " {} |", d.heading());
+        }
+        t.push_str("\n|---|---|---|");
+        t.push_str(&"---|".repeat(Detector::ALL.len()));
+        t.push('\n');
+        for (kernel, run) in self.runs {
+            let upstream = kernel.version.split('-').next().unwrap_or(&kernel.version);
+            for mode in self.modes {
+                let _ = write!(
+                    t,
+                    "| {upstream} | `linux-image-{}` {} | {mode} |",
+                    kernel.release, kernel.version
+                );
+                for d in Detector::ALL {
+                    let scenarios: Vec<_> =
+                        self.scenarios.iter().filter(|s| s.detector == d).collect();
+                    let cell = if scenarios.is_empty() {
+                        "–"
+                    } else if scenarios.iter().all(|s| Self::passed(run, mode, s)) {
+                        "✓"
+                    } else {
+                        "✗"
+                    };
+                    let _ = write!(t, " {cell} |");
+                }
+                t.push('\n');
+            }
+        }
+        t
+    }
+
+    /// Writes the support table to `path`, or between the markers when the file has them.
+    pub fn write_support_table(&self, path: &Path) -> Result<()> {
+        let table = self.support_table();
+        let existing = match fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        let text = match existing {
+            None => table,
+            Some(text) => replace_between_markers(&text, &table).with_context(|| {
+                format!(
+                    "{} exists but has no {BEGIN} … {END} section",
+                    path.display()
+                )
+            })?,
+        };
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn replace_between_markers(text: &str, table: &str) -> Result<String> {
+    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("markers missing");
+    };
+    if end < begin {
+        bail!("{END} comes before {BEGIN}");
+    }
+    let head = &text[..begin + BEGIN.len()];
+    let tail = &text[end..];
+    Ok(format!("{head}\n{table}{tail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_marked_section_changes() {
+        let readme = format!("intro\n{BEGIN}\nold table\n{END}\noutro\n");
+        let new = replace_between_markers(&readme, "| new |\n").unwrap();
+        assert_eq!(new, format!("intro\n{BEGIN}\n| new |\n{END}\noutro\n"));
+        assert_eq!(replace_between_markers(&new, "| new |\n").unwrap(), new);
+        assert!(replace_between_markers("no markers", "x").is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! The end-to-end tests the kernel matrix runs, and which detector each one proves.
+//!
+//! Only tests that need nothing beyond the test binary, the agent, the prebuilt Go seed server
+//! and curl: the guests have no Python, nginx, wrk, Prometheus or network namespaces.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Detector {
+    UnansweredClose,
+    UndeliveredBytes,
+    WriteAfterClose,
+    /// Healthy traffic that must count nothing.
+    FalsePositive,
+}
+
+impl Detector {
+    pub const ALL: [Self; 4] = [
+        Self::UnansweredClose,
+        Self::UndeliveredBytes,
+        Self::WriteAfterClose,
+        Self::FalsePositive,
+    ];
+
+    /// The column heading in the support table.
+    pub fn heading(self) -> &'static str {
+        match self {
+            Self::UnansweredClose => "unanswered close",
+            Self::UndeliveredBytes => "undelivered bytes",
+            Self::WriteAfterClose => "write after close",
+            Self::FalsePositive => "no false positives",
+        }
+    }
+}
+
+impl fmt::Display for Detector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::UnansweredClose => "unanswered_close",
+            Self::UndeliveredBytes => "undelivered_bytes",
+            Self::WriteAfterClose => "write_after_close",
+            Self::FalsePositive => "false_positive",
+        })
+    }
+}
+
+pub struct Scenario {
+    /// Short name, used on the command line, in result lines and in the summary.
+    pub name: &'static str,
+    /// The test's full path in the e2e binary (for `--exact`).
+    pub test: &'static str,
+    pub detector: Detector,
+    /// The test runs the Go seed server and curl.
+    pub seed: bool,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "seed-go-write-timeout",
+        test: "unanswered::seed_go_write_timeout_counts_exactly_one",
+        detector: Detector::UnansweredClose,
+        seed: true,
+    },
+    Scenario {
+        name: "rust-read-and-close",
+        test: "unanswered::rust_server_that_reads_and_closes_counts_one",
+        detector: Detector::UnansweredClose,
+        seed: false,
+    },
+    Scenario {
+        name: "ipv6-read-and-close",
+        test: "unanswered::ipv6_server_that_reads_and_closes_counts_one",
+        detector: Detector::UnansweredClose,
+        seed: false,
+    },
+    Scenario {
+        name: "linger-zero",
+        test: "aborts::linger_zero_close_with_megabytes_queued",
+        detector: Detector::UndeliveredBytes,
+        seed: false,
+    },
+    Scenario {
+        name: "epipe-after-close",
+        test: "writes::client_writing_after_the_server_closed_gets_epipe",
+        detector: Detector::WriteAfterClose,
+        seed: false,
+    },
+    Scenario {
+        name: "write-family-after-reset",
+        test: "writes::every_write_family_call_after_reset_is_counted",
+        detector: Detector::WriteAfterClose,
+        seed: false,
+    },
+    Scenario {
+        name: "healthy-seed",
+        test: "healthy::healthy_traffic_on_the_seed_server_counts_zero",
+        detector: Detector::FalsePositive,
+        seed: true,
+    },
+    Scenario {
+        name: "udp-unix-listen",
+        test: "false_positives::udp_unix_and_listening_sockets",
+        detector: Detector::FalsePositive,
+        seed: false,
+    },
+];
+
+pub fn by_name(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_every_detector_has_a_scenario() {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            assert!(
+                SCENARIOS[i + 1..].iter().all(|o| o.name != s.name),
+                "{}",
+                s.name
+            );
+            // The guest's init script splits result lines on spaces.
+            assert!(!s.name.contains(char::is_whitespace), "{}", s.name);
+        }
+        for d in Detector::ALL {
+            assert!(SCENARIOS.iter().any(|s| s.detector == d), "{d}");
+        }
+    }
+}
