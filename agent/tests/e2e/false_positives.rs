@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     harness::{Agent, root_or_skip},
-    servers::{Nginx, curl, start_nginx},
+    servers::{Nginx, curl, start_nginx, start_rust_http},
 };
 
 const LOSSES: [&str; 5] = [
@@ -186,5 +186,66 @@ fn udp_unix_and_listening_sockets() {
         s.read_exact(&mut [0u8; 2]).unwrap();
         s.write_all(b"ok").unwrap();
         c.read_exact(&mut [0u8; 2]).unwrap();
+    });
+}
+
+#[test]
+fn http_shapes_against_a_rust_server() {
+    if !root_or_skip("http_shapes_against_a_rust_server") {
+        return;
+    }
+    // The nginx tests' shapes against a server that needs nothing installed, so that the
+    // kernel-matrix guests (which have no nginx) check them in every probe mode too.
+    let srv = start_rust_http();
+    let port = srv.port;
+    assert_no_loss("rust http shapes", 16.0, || {
+        let req = b"GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
+        let read_response = |s: &mut TcpStream| {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while !buf[..got].ends_with(&[b'a'; 16]) {
+                got += s.read(&mut buf[got..]).unwrap();
+            }
+        };
+        // Idle keep-alive, closed by the server (1 s idle timeout) and by the client.
+        let mut by_server = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        by_server.write_all(req).unwrap();
+        read_response(&mut by_server);
+        let mut by_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        by_client.write_all(req).unwrap();
+        read_response(&mut by_client);
+        drop(by_client);
+        let mut rest = Vec::new();
+        by_server.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the server closed the idle connection");
+        // Half-close with the response delivered.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /1k HTTP/1.0\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert!(all.ends_with(&[b'a'; 1024]));
+        // HTTP/1.0: the server closes after the body.
+        let (code, body, err) = curl(&["--http1.0".into(), http(port, "/1k")]);
+        assert_eq!((code, body.len()), (Some(0), 1024), "{err}");
+        // Pipelined: three requests in one write, three responses.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let one = "GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
+        s.write_all(
+            format!("{one}{one}GET /1k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert_eq!(String::from_utf8_lossy(&all).matches("200 OK").count(), 3);
+        // A 20 MiB download that completes.
+        let (code, body, err) = curl(&[http(port, "/big")]);
+        assert_eq!((code, body.len()), (Some(0), 20 * 1024 * 1024), "{err}");
+        // Clients that close right after reading the full response.
+        for _ in 0..3 {
+            let (code, _, err) = curl(&[http(port, "/1k")]);
+            assert_eq!(code, Some(0), "{err}");
+        }
     });
 }

@@ -6,7 +6,10 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::OnceLock,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::Duration,
 };
@@ -107,6 +110,82 @@ pub fn rust_server_reads_and_closes_on(bind: &str, comm: &str) -> (u16, usize) {
         .expect("read until the server closes");
     server.join().unwrap();
     (port, reply.len())
+}
+
+/// A small HTTP/1.x server in this process (threads named `rusthttp`), for the healthy shapes
+/// where nginx is not installed (the kernel-matrix guests). It serves `/1k` (1 KiB of `a`) and
+/// `/big` (20 MiB of `n`) with Content-Length, keeps HTTP/1.1 connections alive for 1 s of
+/// idleness like nginx's `keepalive_timeout 1s`, closes after the response for HTTP/1.0 or
+/// `Connection: close`, and answers pipelined requests in order. Stopped on drop.
+pub struct RustHttp {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+pub fn start_rust_http() -> RustHttp {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    thread::Builder::new()
+        .name("rusthttp".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    thread::Builder::new()
+                        .name("rusthttp".into())
+                        .spawn(move || serve_http(conn))
+                        .unwrap();
+                }
+            }
+        })
+        .unwrap();
+    RustHttp { port, stop }
+}
+
+impl Drop for RustHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_http(mut conn: TcpStream) {
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end + 4);
+            let close = head.contains(" http/1.0") || head.contains("\r\nconnection: close");
+            let (status, body) = match head.split_whitespace().nth(1) {
+                Some("/1k") => ("200 OK", vec![b'a'; 1024]),
+                Some("/big") => ("200 OK", vec![b'n'; 20 * 1024 * 1024]),
+                _ => ("404 Not Found", Vec::new()),
+            };
+            let header = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+                body.len(),
+                if close { "close" } else { "keep-alive" }
+            );
+            if conn.write_all(header.as_bytes()).is_err() || conn.write_all(&body).is_err() {
+                return;
+            }
+            if close {
+                return;
+            }
+        }
+        match conn.read(&mut chunk) {
+            // The client closed, or the connection was idle for a second: close it.
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// nginx on a free loopback port serving `root` (html/ in a scratch dir, with a 1 KiB and a

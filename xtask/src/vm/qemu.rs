@@ -40,6 +40,8 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Extra kernel command-line arguments.
+    pub append: Option<&'a str>,
 }
 
 /// What one scenario in one mode did in the guest.
@@ -74,6 +76,10 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
         "mitigations=off",
     ]
     .join(" ");
+    let append = match boot.append {
+        Some(extra) => format!("{append} {extra}"),
+        None => append,
+    };
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg", "-nographic", "-no-reboot", "-nic", "none"])
         .args(["-smp", &boot.cpus.to_string()])
@@ -112,7 +118,7 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
     let mut log =
         fs::File::create(&boot.log).with_context(|| format!("creating {}", boot.log.display()))?;
     let deadline = started + boot.timeout;
-    let mut parser = Parser::new(boot.kernel);
+    let mut parser = Parser::new(&boot.kernel.release);
     let mut fault_deadline: Option<Instant> = None;
     let mut problem = None;
     loop {
@@ -133,14 +139,14 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
             }
         };
         writeln!(log, "{line}")?;
-        if let Some(fault) = KERNEL_FAULTS.iter().find(|f| line.contains(*f))
+        if let Some(fault) = kernel_fault(&line)
             && fault_deadline.is_none()
         {
             eprintln!("vm-test: {} kernel fault: {line}", boot.kernel.line.name);
             problem = Some(format!("kernel fault ({fault}): {line}"));
             fault_deadline = Some(Instant::now() + FAULT_GRACE);
         }
-        if let Some(report) = parser.line(&line, started) {
+        if let Some(report) = parser.line(&line, started.elapsed()) {
             println!("vm-test: {} {report}", boot.kernel.line.name);
         }
     }
@@ -158,9 +164,14 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
     })
 }
 
+fn kernel_fault(line: &str) -> Option<&'static str> {
+    KERNEL_FAULTS.iter().copied().find(|f| line.contains(f))
+}
+
 /// Reads the init script's lines (see `guest::init_script`).
 struct Parser<'a> {
-    kernel: &'a Kernel,
+    /// The release the host booted (`uname -r` in the guest).
+    release: &'a str,
     results: BTreeMap<(String, String), Outcome>,
     /// Lines since the current scenario began.
     current: Vec<String>,
@@ -171,9 +182,9 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn new(kernel: &'a Kernel) -> Self {
+    fn new(release: &'a str) -> Self {
         Self {
-            kernel,
+            release,
             results: BTreeMap::new(),
             current: Vec::new(),
             seconds: None,
@@ -184,7 +195,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Takes one console line; returns a progress message for a result line.
-    fn line(&mut self, line: &str, started: Instant) -> Option<String> {
+    fn line(&mut self, line: &str, elapsed: Duration) -> Option<String> {
         // A kernel message may land on the same console line before the marker.
         let Some(at) = line.find(MARK) else {
             self.current.push(line.to_owned());
@@ -193,7 +204,7 @@ impl<'a> Parser<'a> {
         let words: Vec<&str> = line[at..].split_whitespace().collect();
         match words.as_slice() {
             [tag, rest @ ..] if *tag == format!("{MARK}-BOOTED") => {
-                self.booted_after = Some(started.elapsed());
+                self.booted_after = Some(elapsed);
                 Some(format!("booted: {}", rest.join(" ")))
             }
             [tag, exit] if *tag == format!("{MARK}-CHECK") => {
@@ -219,13 +230,10 @@ impl<'a> Parser<'a> {
             }
             [tag, release, mode, scenario, result] if *tag == MARK => {
                 // The guest must run the kernel the host booted, or the row would be a lie.
-                let passed = *result == "PASS" && *release == self.kernel.release;
+                let passed = *result == "PASS" && *release == self.release;
                 let mut output = std::mem::take(&mut self.current);
-                if *release != self.kernel.release {
-                    output.push(format!(
-                        "guest kernel {release}, expected {}",
-                        self.kernel.release
-                    ));
+                if *release != self.release {
+                    output.push(format!("guest kernel {release}, expected {}", self.release));
                 }
                 let seconds = self.seconds.take();
                 self.results.insert(
@@ -243,5 +251,56 @@ impl<'a> Parser<'a> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(parser: &mut Parser<'_>, lines: &str) {
+        for line in lines.lines() {
+            parser.line(line, Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn results_with_their_output() {
+        let mut p = Parser::new("6.1.0-50-amd64");
+        feed(
+            &mut p,
+            "LOSTWRITE-VM-BOOTED 6.1.0-50-amd64 #1 SMP\n\
+             LOSTWRITE-VM-CHECK exit=2\n\
+             LOSTWRITE-VM-BEGIN fentry a\n\
+             LOSTWRITE-VM-TIME fentry a 1.00 3.50\n\
+             LOSTWRITE-VM 6.1.0-50-amd64 fentry a PASS\n\
+             LOSTWRITE-VM-BEGIN fentry b\n\
+             thread 'b' panicked\n\
+             LOSTWRITE-VM-TIME fentry b 3.50 4.00\n\
+             [   12.3] some kernel line LOSTWRITE-VM 6.1.0-50-amd64 fentry b FAIL\n\
+             LOSTWRITE-VM-BEGIN kprobe a\n\
+             LOSTWRITE-VM 5.10.0-32-amd64 kprobe a PASS\n\
+             LOSTWRITE-VM-DONE\n",
+        );
+        assert_eq!(p.check_exit.as_deref(), Some("2"));
+        assert!(p.done);
+        let get = |m: &str, s: &str| &p.results[&(m.to_owned(), s.to_owned())];
+        assert!(get("fentry", "a").passed);
+        assert!(!get("fentry", "b").passed);
+        assert_eq!(get("fentry", "b").output, ["thread 'b' panicked"]);
+        // A PASS from a kernel other than the one booted does not count.
+        assert!(!get("kprobe", "a").passed);
+        assert_eq!(p.results.len(), 3);
+    }
+
+    #[test]
+    fn faults_are_recognised() {
+        assert!(
+            kernel_fault("[ 5.1] Kernel panic - not syncing: Attempted to kill init!").is_some()
+        );
+        assert!(kernel_fault("[ 9.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!").is_some());
+        assert!(kernel_fault("[ 3.2] Oops: 0000 [#1] PREEMPT SMP NOPTI").is_some());
+        assert!(kernel_fault("thread 'x' panicked at harness.rs").is_none());
+        assert!(kernel_fault("LOSTWRITE-VM 6.1 fentry a PASS").is_none());
     }
 }

@@ -44,14 +44,21 @@ impl fmt::Display for Detector {
     }
 }
 
+/// Programs a scenario runs besides the agent and the test binary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// The Go seed server (prebuilt on the host).
+    SeedServer,
+    Curl,
+}
+
 pub struct Scenario {
     /// Short name, used on the command line, in result lines and in the summary.
     pub name: &'static str,
     /// The test's full path in the e2e binary (for `--exact`).
     pub test: &'static str,
     pub detector: Detector,
-    /// The test runs the Go seed server and curl.
-    pub seed: bool,
+    pub needs: &'static [Need],
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -59,49 +66,55 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "seed-go-write-timeout",
         test: "unanswered::seed_go_write_timeout_counts_exactly_one",
         detector: Detector::UnansweredClose,
-        seed: true,
+        needs: &[Need::SeedServer, Need::Curl],
     },
     Scenario {
         name: "rust-read-and-close",
         test: "unanswered::rust_server_that_reads_and_closes_counts_one",
         detector: Detector::UnansweredClose,
-        seed: false,
+        needs: &[],
     },
     Scenario {
         name: "ipv6-read-and-close",
         test: "unanswered::ipv6_server_that_reads_and_closes_counts_one",
         detector: Detector::UnansweredClose,
-        seed: false,
+        needs: &[],
     },
     Scenario {
         name: "linger-zero",
         test: "aborts::linger_zero_close_with_megabytes_queued",
         detector: Detector::UndeliveredBytes,
-        seed: false,
+        needs: &[],
     },
     Scenario {
         name: "epipe-after-close",
         test: "writes::client_writing_after_the_server_closed_gets_epipe",
         detector: Detector::WriteAfterClose,
-        seed: false,
+        needs: &[],
     },
     Scenario {
         name: "write-family-after-reset",
         test: "writes::every_write_family_call_after_reset_is_counted",
         detector: Detector::WriteAfterClose,
-        seed: false,
+        needs: &[],
     },
     Scenario {
         name: "healthy-seed",
         test: "healthy::healthy_traffic_on_the_seed_server_counts_zero",
         detector: Detector::FalsePositive,
-        seed: true,
+        needs: &[Need::SeedServer, Need::Curl],
+    },
+    Scenario {
+        name: "http-shapes",
+        test: "false_positives::http_shapes_against_a_rust_server",
+        detector: Detector::FalsePositive,
+        needs: &[Need::Curl],
     },
     Scenario {
         name: "udp-unix-listen",
         test: "false_positives::udp_unix_and_listening_sockets",
         detector: Detector::FalsePositive,
-        seed: false,
+        needs: &[],
     },
 ];
 
