@@ -100,8 +100,10 @@ impl Matrix<'_> {
                             let _ = writeln!(out, "passed, but the guest failed as a whole");
                         }
                         Some(o) => {
-                            let skip = o.output.len().saturating_sub(FAILURE_TAIL);
-                            for line in &o.output[skip..] {
+                            let lines: Vec<&String> =
+                                o.output.iter().filter(|l| !l.trim().is_empty()).collect();
+                            let skip = lines.len().saturating_sub(FAILURE_TAIL);
+                            for line in &lines[skip..] {
                                 let _ = writeln!(out, "| {line}");
                             }
                         }
