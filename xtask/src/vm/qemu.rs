@@ -60,6 +60,8 @@ pub struct GuestRun {
     /// When the guest's init started, since qemu started.
     pub booted_after: Option<Duration>,
     pub check_exit: Option<String>,
+    /// What `agent check` printed.
+    pub check_output: Vec<String>,
 }
 
 /// Boots the guest, streams its console into `boot.log`, and collects its result lines.
@@ -161,6 +163,7 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
         wall,
         booted_after: parser.booted_after,
         check_exit: parser.check_exit,
+        check_output: parser.check_output,
     })
 }
 
@@ -178,6 +181,7 @@ struct Parser<'a> {
     seconds: Option<f64>,
     booted_after: Option<Duration>,
     check_exit: Option<String>,
+    check_output: Vec<String>,
     done: bool,
 }
 
@@ -190,6 +194,7 @@ impl<'a> Parser<'a> {
             seconds: None,
             booted_after: None,
             check_exit: None,
+            check_output: Vec::new(),
             done: false,
         }
     }
@@ -205,10 +210,12 @@ impl<'a> Parser<'a> {
         match words.as_slice() {
             [tag, rest @ ..] if *tag == format!("{MARK}-BOOTED") => {
                 self.booted_after = Some(elapsed);
+                self.current.clear();
                 Some(format!("booted: {}", rest.join(" ")))
             }
             [tag, exit] if *tag == format!("{MARK}-CHECK") => {
                 self.check_exit = Some(exit.trim_start_matches("exit=").to_owned());
+                self.check_output = std::mem::take(&mut self.current);
                 Some(format!("agent check {exit}"))
             }
             [tag, _, _] if *tag == format!("{MARK}-BEGIN") => {
@@ -270,6 +277,7 @@ mod tests {
         feed(
             &mut p,
             "LOSTWRITE-VM-BOOTED 6.1.0-50-amd64 #1 SMP\n\
+             unanswered_close  yes  fentry, kprobe\n\
              LOSTWRITE-VM-CHECK exit=2\n\
              LOSTWRITE-VM-BEGIN fentry a\n\
              LOSTWRITE-VM-TIME fentry a 1.00 3.50\n\
@@ -283,6 +291,7 @@ mod tests {
              LOSTWRITE-VM-DONE\n",
         );
         assert_eq!(p.check_exit.as_deref(), Some("2"));
+        assert_eq!(p.check_output, ["unanswered_close  yes  fentry, kprobe"]);
         assert!(p.done);
         let get = |m: &str, s: &str| &p.results[&(m.to_owned(), s.to_owned())];
         assert!(get("fentry", "a").passed);

@@ -140,6 +140,8 @@ impl Matrix<'_> {
                         "–"
                     } else if scenarios.iter().all(|s| Self::passed(run, mode, s)) {
                         "✓"
+                    } else if reported_off(&run.check_output, d, mode) {
+                        "off"
                     } else {
                         "✗"
                     };
@@ -172,6 +174,32 @@ impl Matrix<'_> {
     }
 }
 
+/// Whether the guest's `agent check` said that `detector` is unavailable in `mode` on that
+/// kernel (its detector table: `unanswered_close  yes  fentry, kprobe`). Such a failure is the
+/// agent degrading as it said it would, not a broken mode; anything unparsable counts as not
+/// reported, so the cell stays ✗.
+fn reported_off(check: &[String], detector: Detector, mode: &str) -> bool {
+    if detector == Detector::FalsePositive {
+        return false;
+    }
+    let name = detector.to_string();
+    check.iter().any(|line| {
+        let mut words = line.split_whitespace();
+        if words.next() != Some(name.as_str()) {
+            return false;
+        }
+        match words.next() {
+            Some("no") => true,
+            Some("yes") => {
+                let modes = words.collect::<Vec<_>>().join(" ");
+                let modes = modes.split('(').next().unwrap_or_default();
+                !modes.split(',').any(|m| m.trim() == mode)
+            }
+            _ => false,
+        }
+    })
+}
+
 fn replace_between_markers(text: &str, table: &str) -> Result<String> {
     let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
         bail!("markers missing");
@@ -187,6 +215,25 @@ fn replace_between_markers(text: &str, table: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detectors_reported_off_by_agent_check() {
+        let check: Vec<String> = [
+            "detector                 available  modes",
+            "unanswered_close         yes        fentry, kprobe",
+            "write_after_close        no         -",
+            "undelivered_bytes        yes        fentry, kprobe, tracepoint (note, tracepoint)",
+        ]
+        .map(str::to_owned)
+        .into();
+        let off = |d, m| reported_off(&check, d, m);
+        assert!(!off(Detector::UnansweredClose, "fentry"));
+        assert!(off(Detector::UnansweredClose, "tracepoint"));
+        assert!(off(Detector::WriteAfterClose, "fentry"));
+        assert!(!off(Detector::UndeliveredBytes, "tracepoint"));
+        assert!(!off(Detector::FalsePositive, "tracepoint"));
+        assert!(!reported_off(&[], Detector::UnansweredClose, "fentry"));
+    }
 
     #[test]
     fn only_the_marked_section_changes() {
