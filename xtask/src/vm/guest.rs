@@ -148,7 +148,7 @@ ip link set lo up
 kernel=$(uname -r)
 echo "{MARK}-BOOTED $kernel $(uname -v)"
 uptime_s() {{ cut -d' ' -f1 /proc/uptime; }}
-{GUEST_AGENT} check
+timeout {timeout} {GUEST_AGENT} check
 echo "{MARK}-CHECK exit=$?"
 run() {{
     echo "{MARK}-BEGIN $1 $2"
