@@ -583,9 +583,19 @@ fn write_after_close_by_errno_name() {
             attempted: Some(500)
         }
     );
-    assert!(i.sentence().contains(") wrote 500 bytes on "), "{}", i.sentence());
-    let unknown = c.write_error(&write_ev(Conn::client(), errno::EPIPE, true)).unwrap();
-    assert!(unknown.sentence().contains(") wrote on "), "{}", unknown.sentence());
+    assert!(
+        i.sentence().contains(") wrote 500 bytes on "),
+        "{}",
+        i.sentence()
+    );
+    let unknown = c
+        .write_error(&write_ev(Conn::client(), errno::EPIPE, true))
+        .unwrap();
+    assert!(
+        unknown.sentence().contains(") wrote on "),
+        "{}",
+        unknown.sentence()
+    );
 }
 
 #[test]

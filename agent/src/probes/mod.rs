@@ -312,8 +312,9 @@ impl Probes {
             failed,
             ebadf: false,
         };
+        // A "fentry" mode without a single trampoline would be another mode misnamed.
         let own = |a: &Attached| mode.own_hooks().iter().any(|h| h.target == a.name);
-        let nothing_own = !mode.runs_without_own_hooks() && !probes.attached.iter().any(own);
+        let nothing_own = !probes.attached.iter().any(own);
         let no_detector = probes
             .detectors()
             .iter()

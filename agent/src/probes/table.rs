@@ -39,13 +39,6 @@ impl ProbeMode {
         }
     }
 
-    /// Whether the mode is worth running with none of its own hooks attached. Tracepoint mode
-    /// still gives undelivered bytes before Linux 6.3 (no `sock:sock_*_length` yet); a
-    /// "fentry" mode without a single trampoline would only be tracepoint mode misnamed.
-    pub(super) fn runs_without_own_hooks(self) -> bool {
-        self == Self::Tracepoint
-    }
-
     /// Whether `--detect-ebadf auto` turns the EBADF hooks on. In every mode they are raw
     /// syscall tracepoints, which cost 2.4-3.7 % of wrk->nginx throughput here (every syscall of
     /// every task takes the tracing slow path), over the 1 % budget.
@@ -183,21 +176,23 @@ const fn tracepoint(
     }
 }
 
-/// `sock:sock_{send,recv}_length` exist since Linux 6.3.
+/// `sock:sock_{send,recv}_length` exist since Linux 6.3. Every detector needs them here: they
+/// are where this mode learns which process owns an accepted socket (the handshake completes in
+/// softirq), so without them an undelivered-bytes count could not name its process.
 const TRACEPOINT_HOOKS: &[Hook] = &[
     tracepoint(
         "sock",
         "sock_recv_length",
         "btf_sock_recv_length",
         "tp_sock_recv_length",
-        &[UnansweredClose],
+        &[UnansweredClose, UndeliveredBytes],
     ),
     tracepoint(
         "sock",
         "sock_send_length",
         "btf_sock_send_length",
         "tp_sock_send_length",
-        &[UnansweredClose, WriteAfterClose],
+        &[UnansweredClose, WriteAfterClose, UndeliveredBytes],
     ),
 ];
 

@@ -159,23 +159,23 @@ fn check_reports_modes_detectors_and_exit_status() {
     }
     assert!(line("verdict:").contains("uses tracepoint"), "{text}");
 
-    // Without the send/recv tracepoints (as before Linux 6.3) only undelivered bytes work:
-    // exit 2, and the other detectors say so.
+    // Without the reset tracepoints only undelivered bytes are off: exit 2, and the detector
+    // says so.
     let out = agent(&[
         "check",
         "--skip-hook",
-        "sock_send_length",
+        "tcp_send_reset",
         "--skip-hook",
-        "sock_recv_length",
+        "tcp_receive_reset",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}{}", stderr(&out));
     assert!(
-        text.contains("undelivered_bytes        yes        tracepoint"),
+        text.contains("unanswered_close         yes        tracepoint"),
         "{text}"
     );
     assert!(
-        text.contains("unanswered_close         no         -"),
+        text.contains("undelivered_bytes        no         -"),
         "{text}"
     );
     assert!(text.contains("verdict: partial"), "{text}");
