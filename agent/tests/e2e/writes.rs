@@ -76,10 +76,16 @@ fn client_writing_after_the_server_closed_gets_epipe() {
     assert_eq!(epipe["reason"], "EPIPE");
     // fentry and kprobe modes hook tcp_sendmsg and see the size the call attempted; tracepoint
     // mode only sees the call's result.
+    let bytes = m.value("lostwrite_writes_after_close_bytes_total", &labels);
     let wrote = if probe_mode() == "tracepoint" {
+        assert_eq!(
+            bytes, None,
+            "the size is unknown here, so no bytes are claimed"
+        );
         "wrote on"
     } else {
         assert_eq!(epipe["attempted_bytes"], 500, "{epipe}");
+        assert_eq!(bytes, Some(500.0));
         "wrote 500 bytes on"
     };
     assert!(

@@ -178,9 +178,15 @@ impl Matrix<'_> {
 /// kernel (its detector table: `unanswered_close  yes  fentry, kprobe`). Such a failure is the
 /// agent degrading as it said it would, not a broken mode; anything unparsable counts as not
 /// reported, so the cell stays ✗.
+///
+/// A mode that gives no detector at all does not run, so it has no false positives to count
+/// either: that column is off too.
 fn reported_off(check: &[String], detector: Detector, mode: &str) -> bool {
     if detector == Detector::FalsePositive {
-        return false;
+        return Detector::ALL
+            .iter()
+            .filter(|d| **d != Detector::FalsePositive)
+            .all(|d| reported_off(check, *d, mode));
     }
     let name = detector.to_string();
     check.iter().any(|line| {
@@ -232,6 +238,14 @@ mod tests {
         assert!(off(Detector::WriteAfterClose, "fentry"));
         assert!(!off(Detector::UndeliveredBytes, "tracepoint"));
         assert!(!off(Detector::FalsePositive, "tracepoint"));
+        // A mode with every detector off does not run at all.
+        let none = [
+            "unanswered_close         yes        fentry".to_owned(),
+            "write_after_close        yes        fentry".to_owned(),
+            "undelivered_bytes        yes        fentry".to_owned(),
+        ];
+        assert!(reported_off(&none, Detector::FalsePositive, "tracepoint"));
+        assert!(!reported_off(&none, Detector::FalsePositive, "fentry"));
         assert!(!reported_off(&[], Detector::UnansweredClose, "fentry"));
     }
 
