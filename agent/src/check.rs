@@ -137,6 +137,7 @@ fn probe_modes(args: &KernelArgs) -> Vec<ModeRow> {
         btf: &args.btf,
         tracefs: &args.tracefs,
         max_sockets: 1024,
+        events_ring_bytes: None,
         force_classic: false,
         detect_ebadf: Some(true),
         skip_hooks: &args.skip_hook,

@@ -86,6 +86,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", default_value = "/var/log")]
     pub pod_logs_root: PathBuf,
 
+    /// Size of the kernel-to-agent ring buffer in bytes, a power of two of at least a page
+    /// (tests shrink it to make it overflow; the default is the eBPF object's own).
+    #[arg(long, hide = true, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    pub events_ring_bytes: Option<u32>,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -117,6 +122,21 @@ fn parse_hook(s: &str) -> Result<String, String> {
         Ok(s.to_owned())
     } else {
         Err(format!("unknown hook; one of: {}", known.join(", ")))
+    }
+}
+
+/// The kernel wants a BPF ring buffer's size to be a power of two and a multiple of the page
+/// size (kernel/bpf/ringbuf.c, ringbuf_map_alloc).
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if n.is_power_of_two() && n >= page && n <= 1 << 30 {
+        Ok(n)
+    } else {
+        Err(format!(
+            "a power of two from the page size ({page}) to 1 GiB"
+        ))
     }
 }
 
@@ -166,6 +186,8 @@ mod tests {
             &["agent", "run", "--max-sockets", "10"],
             &["agent", "run", "--log-format", "xml"],
             &["agent", "run", "--detect-ebadf", "yes"],
+            &["agent", "run", "--events-ring-bytes", "5000"],
+            &["agent", "run", "--events-ring-bytes", "1024"],
             &["agent", "check", "--skip-hook", "tcp_nonsense"],
             &["agent", "run", "--kubernetes", "maybe"],
         ] {

@@ -32,6 +32,8 @@ pub struct KernelStats {
     pub events_sent: u64,
     pub sockets_tracked: u64,
     pub sockets_released: u64,
+    /// Entries in the SOCKS map right now, when they could be counted.
+    pub sockets_live: Option<u64>,
 }
 
 pub struct Metrics {
@@ -46,6 +48,7 @@ pub struct Metrics {
     kernel_events: IntCounter,
     sockets_observed: IntCounter,
     tracked_sockets: IntGauge,
+    socket_evictions: IntCounter,
     decode_errors: IntCounter,
     detector_enabled: IntGaugeVec,
     probe_mode: IntGaugeVec,
@@ -127,6 +130,13 @@ impl Metrics {
                 "TCP sockets currently tracked in kernel memory.",
             )
             .expect("valid metric"),
+            socket_evictions: IntCounter::new(
+                "lostwrite_socket_evictions_total",
+                "Sockets dropped from kernel memory before they closed, because --max-sockets was \
+                 reached (the least recently used go first); their connections are no longer \
+                 watched.",
+            )
+            .expect("valid metric"),
             decode_errors: IntCounter::new(
                 "lostwrite_decode_errors_total",
                 "Kernel records the agent could not decode.",
@@ -165,6 +175,7 @@ impl Metrics {
             Box::new(m.kernel_events.clone()),
             Box::new(m.sockets_observed.clone()),
             Box::new(m.tracked_sockets.clone()),
+            Box::new(m.socket_evictions.clone()),
             Box::new(m.decode_errors.clone()),
             Box::new(m.detector_enabled.clone()),
             Box::new(m.probe_mode.clone()),
@@ -234,7 +245,17 @@ impl Metrics {
         catch_up(&self.events_dropped, k.events_dropped);
         catch_up(&self.kernel_events, k.events_sent);
         catch_up(&self.sockets_observed, k.sockets_tracked);
-        let live = k.sockets_tracked.saturating_sub(k.sockets_released);
+        // Every entry that entered the map was released at socket destruction, was evicted, or
+        // is still there (see probes::stats). Without a count of the map, tracked - released is
+        // the best estimate of what it holds.
+        let not_released = k.sockets_tracked.saturating_sub(k.sockets_released);
+        let live = match k.sockets_live {
+            Some(live) => {
+                catch_up(&self.socket_evictions, not_released.saturating_sub(live));
+                live
+            }
+            None => not_released,
+        };
         self.tracked_sockets
             .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
@@ -292,6 +313,7 @@ mod tests {
             events_sent: 5,
             sockets_tracked: 10,
             sockets_released: 4,
+            sockets_live: None,
         });
         let text = m.render();
         for line in [
@@ -345,6 +367,33 @@ mod tests {
         for label in ["namespace=", "pod=", "container="] {
             assert!(!text.contains(label), "{label} in\n{text}");
         }
+    }
+
+    #[test]
+    fn evictions_are_what_left_the_map_unreleased() {
+        let m = Metrics::new(false);
+        let k = KernelStats {
+            sockets_tracked: 100,
+            sockets_released: 30,
+            sockets_live: Some(50),
+            ..KernelStats::default()
+        };
+        m.set_kernel(k);
+        assert_eq!(m.socket_evictions.get(), 20);
+        assert_eq!(m.tracked_sockets.get(), 50);
+        // A walk that saw entries whose tracking was not counted yet never makes it go back.
+        m.set_kernel(KernelStats {
+            sockets_live: Some(75),
+            ..k
+        });
+        assert_eq!(m.socket_evictions.get(), 20);
+        assert_eq!(m.tracked_sockets.get(), 75);
+        let text = m.render();
+        assert!(
+            text.lines()
+                .any(|l| l == "lostwrite_socket_evictions_total 20"),
+            "{text}"
+        );
     }
 
     #[test]

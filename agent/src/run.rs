@@ -48,6 +48,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         btf: &args.kernel.btf,
         tracefs: &args.kernel.tracefs,
         max_sockets: args.max_sockets,
+        events_ring_bytes: args.events_ring_bytes,
         force_classic: args.classic_tracepoints,
         detect_ebadf: match args.detect_ebadf {
             Switch::On => Some(true),
@@ -134,6 +135,7 @@ async fn serve(
     let detectors = probes.detectors().map(|(d, on)| (d.as_str(), on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     let stats = Mutex::new(probes.take_stats()?);
+    // Walking SOCKS takes a few syscalls; concurrent scrapes take turns on the lock.
     let state = Arc::new(AppState {
         metrics: metrics.clone(),
         kernel_stats: Box::new(move || stats.lock().expect("stats lock").read()),

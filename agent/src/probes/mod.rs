@@ -4,21 +4,23 @@
 //! and which detector needs which hook. Support is probed by loading and attaching for real, and
 //! every failure keeps the verifier's words.
 
+mod stats;
 mod table;
 
 use std::{collections::HashMap, fmt, path::Path};
 
-use agent_common::{Config, TracepointFields, names, stat};
+use agent_common::{Config, TracepointFields, names};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
 };
+pub use stats::StatsReader;
 pub use table::ProbeMode;
 use table::{Attach, EBADF_HOOKS, Hook};
 use tracing::{debug, info, warn};
 
-use crate::{btf, metrics::KernelStats, tracefs};
+use crate::{btf, tracefs};
 
 /// The object built from agent-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lostwrite"));
@@ -168,6 +170,9 @@ pub struct LoadOptions<'a> {
     pub btf: &'a Path,
     pub tracefs: &'a Path,
     pub max_sockets: u32,
+    /// Size of the EVENTS ring buffer in bytes (a power of two, at least a page); `None` keeps
+    /// the object's own size.
+    pub events_ring_bytes: Option<u32>,
     /// Skip BTF tracepoints and attach the classic ones (to exercise the fallback).
     pub force_classic: bool,
     /// Attach the EBADF detector's syscall hooks; `None` leaves it to the mode's default.
@@ -270,10 +275,15 @@ impl Probes {
         mode: ProbeMode,
         opts: &LoadOptions<'_>,
     ) -> Result<Self, ProbeError> {
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&kernel.aya_btf))
             .override_global(names::CONFIG, &kernel.config, true)
-            .map_max_entries(names::SOCKS, opts.max_sockets)
+            .map_max_entries(names::SOCKS, opts.max_sockets);
+        if let Some(bytes) = opts.events_ring_bytes {
+            loader.map_max_entries(names::EVENTS, bytes);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         let mut attached = Vec::new();
@@ -408,14 +418,18 @@ impl Probes {
         RingBuf::try_from(map).map_err(|_| ProbeError::Map(names::EVENTS))
     }
 
-    /// Reader for the programs' per-CPU counters.
+    /// Reader for the programs' per-CPU counters and the SOCKS map's occupancy.
     pub fn take_stats(&mut self) -> Result<StatsReader, ProbeError> {
         let map = self
             .ebpf
             .take_map(names::STATS)
             .ok_or(ProbeError::Map(names::STATS))?;
         let array = PerCpuArray::try_from(map).map_err(|_| ProbeError::Map(names::STATS))?;
-        Ok(StatsReader { array })
+        let socks = match self.ebpf.take_map(names::SOCKS) {
+            Some(Map::LruHashMap(data)) => data,
+            _ => return Err(ProbeError::Map(names::SOCKS)),
+        };
+        Ok(StatsReader::new(array, socks))
     }
 
     /// Starts forwarding the programs' aya-log records to this process's logger.
@@ -423,27 +437,6 @@ impl Probes {
         aya_log::EbpfLogger::init(&mut self.ebpf)
             .inspect_err(|e| warn!("kernel-side logs unavailable: {e}"))
             .ok()
-    }
-}
-
-pub struct StatsReader {
-    array: PerCpuArray<MapData, u64>,
-}
-
-impl StatsReader {
-    pub fn read(&self) -> KernelStats {
-        let total = |idx: u32| -> u64 {
-            self.array
-                .get(&idx, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
-        KernelStats {
-            events_dropped: total(stat::EVENTS_DROPPED),
-            events_sent: total(stat::EVENTS_SENT),
-            sockets_tracked: total(stat::SOCKETS_TRACKED),
-            sockets_released: total(stat::SOCKETS_RELEASED),
-        }
     }
 }
 
