@@ -6,6 +6,7 @@ mod cli;
 mod correlate;
 mod events;
 mod http;
+mod ingest;
 mod k8s;
 mod listeners;
 mod metrics;

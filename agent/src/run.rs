@@ -15,9 +15,8 @@ use tracing::{info, warn};
 use crate::{
     cli::{LogFormat, ProbeModeArg, RunArgs, Switch},
     correlate::{Correlator, Filter, Incident},
-    events::{self, Event},
     http::{self, AppState},
-    k8s,
+    ingest, k8s,
     listeners::ProcListeners,
     metrics::Metrics,
     privileges,
@@ -208,17 +207,7 @@ async fn read_events(
         };
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
-            let incident = match events::decode(&item) {
-                Ok(Event::Teardown(ev)) => correlator.teardown(&ev, &ProcListeners),
-                Ok(Event::Abort(ev)) => correlator.abort(&ev),
-                Ok(Event::WriteError(ev)) => correlator.write_error(&ev),
-                Err(e) => {
-                    metrics.decode_error();
-                    warn!("dropping a malformed kernel record: {e}");
-                    None
-                }
-            };
-            if let Some(i) = incident {
+            if let Some(i) = ingest::record(&item, &mut correlator, &ProcListeners, &metrics) {
                 report_incident(&filter, &metrics, &mut pods, format, i);
             }
         }
