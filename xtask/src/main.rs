@@ -1,5 +1,6 @@
 //! Developer tasks for lostwrite, run as `cargo xtask <command>` from anywhere in the workspace.
 
+mod bench;
 mod cmd;
 mod setup;
 mod test;
@@ -59,6 +60,9 @@ enum Cmd {
     /// agent and the e2e tests, and prints a kernel × mode × scenario table. Exits non-zero when
     /// any scenario fails or prints no result.
     VmTest(vm::VmArgs),
+    /// Build, then measure the agent's overhead (agent off vs on, alternating) and write
+    /// BENCHMARKS.md. Needs root; exits 2 when a target is missed.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Cmd::Test => test::run(),
         Cmd::Ebpf => ebpf().map(|_| ExitCode::SUCCESS),
         Cmd::VmTest(args) => vm::run(args),
+        Cmd::Bench(opts) => bench::run(opts),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,332 @@
+//! The agent under measurement: started in its default configuration for each agent-on run, and
+//! read from the outside (/proc and its own /metrics) so the reading costs it nothing.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Run,
+    workload::{Measured, Steady},
+};
+
+/// A workload, run with a hook at its steady window's start and end.
+pub type Work<'a> = &'a dyn Fn(Steady<'_>) -> Result<Measured>;
+
+/// What one agent-on run cost the agent, and what it received.
+#[derive(Clone, Debug, Default)]
+pub struct AgentRun {
+    /// User + system CPU seconds of the agent process during the workload.
+    pub cpu_seconds: f64,
+    /// VmHWM at the end of the run, KiB.
+    pub peak_rss_kib: u64,
+    /// VmRSS at the end of the run, KiB.
+    pub rss_kib: u64,
+    /// Ring-buffer records the programs submitted during the steady window.
+    pub records_sent: u64,
+    /// Ring-buffer records lost (ring full) during the steady window.
+    pub records_dropped: u64,
+    /// Workload units done in the steady window.
+    pub steady_units: f64,
+    /// `lostwrite_probe_mode_info`'s mode.
+    pub probe_mode: String,
+}
+
+impl AgentRun {
+    /// Every record the programs tried to emit.
+    pub fn records(&self) -> u64 {
+        self.records_sent + self.records_dropped
+    }
+}
+
+/// Probe invocations and their kernel time, from `kernel.bpf_stats_enabled` (the kernel then
+/// times every BPF program run, which costs a little itself: these figures come from a separate
+/// run, never from the measured pairs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BpfStats {
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+/// One agent-on run: start the agent, run `work`, read the agent, stop it.
+pub fn measure(binary: &Path, dir: &Path, work: Work<'_>) -> Result<(Run, AgentRun)> {
+    let agent = Agent::start(binary, dir)?;
+    let mode = agent.probe_mode()?;
+    let cpu0 = agent.cpu_seconds()?;
+    let mut marks = Vec::new();
+    let measured = work(&mut |_| {
+        marks.push(agent.kernel_records()?);
+        Ok(())
+    })?;
+    let cpu1 = agent.cpu_seconds()?;
+    let [k0, k1] = marks[..] else {
+        bail!(
+            "the workload marked its steady window {} times",
+            marks.len()
+        );
+    };
+    let stats = AgentRun {
+        cpu_seconds: cpu1 - cpu0,
+        peak_rss_kib: agent.status_kib("VmHWM:")?,
+        rss_kib: agent.status_kib("VmRSS:")?,
+        records_sent: k1.0 - k0.0,
+        records_dropped: k1.1 - k0.1,
+        steady_units: measured.steady_units,
+        probe_mode: mode,
+    };
+    agent.stop()?;
+    Ok((measured.run, stats))
+}
+
+/// One agent-on run with BPF statistics on, summing run counts and times over the agent's own
+/// programs (found through its fds, so other BPF users on the host are left out).
+pub fn measure_probe_stats(binary: &Path, dir: &Path, work: Work<'_>) -> Result<(Run, BpfStats)> {
+    let _stats_on = StatsEnabled::new()?;
+    let agent = Agent::start(binary, dir)?;
+    let mut marks = Vec::new();
+    let measured = work(&mut |_| {
+        marks.push(agent.bpf_stats()?);
+        Ok(())
+    })?;
+    agent.stop()?;
+    let [before, after] = marks[..] else {
+        bail!(
+            "the workload marked its steady window {} times",
+            marks.len()
+        );
+    };
+    // Per steady-window unit, like the ring-buffer figures.
+    let run = Run {
+        units: measured.steady_units as u64,
+        seconds: measured.run.seconds,
+    };
+    Ok((
+        run,
+        BpfStats {
+            run_cnt: after.run_cnt - before.run_cnt,
+            run_time_ns: after.run_time_ns - before.run_time_ns,
+        },
+    ))
+}
+
+struct Agent {
+    child: Child,
+    listen: SocketAddr,
+}
+
+impl Agent {
+    fn start(binary: &Path, dir: &Path) -> Result<Self> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let log = fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new(binary)
+            .args(["run", "--listen", &listen.to_string()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut agent = Self { child, listen };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = agent.child.try_wait()? {
+                bail!(
+                    "the agent exited ({status}): {}",
+                    fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+                );
+            }
+            if matches!(agent.get("/healthz"), Ok((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the agent's /healthz did not answer 200 within 30 s");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        // The agent parsed BTF and loaded its programs before it answered; let that CPU burst
+        // and its page-cache effects pass before anything is measured.
+        thread::sleep(Duration::from_millis(500));
+        Ok(agent)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A minimal HTTP/1.0 GET (the xtask has no HTTP client, and needs none for this).
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.listen, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.listen)?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status line")?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((status, body.to_owned()))
+    }
+
+    fn metrics(&self) -> Result<String> {
+        match self.get("/metrics")? {
+            (200, body) => Ok(body),
+            (status, body) => bail!("/metrics answered {status}: {body}"),
+        }
+    }
+
+    /// (records sent, records dropped) so far.
+    fn kernel_records(&self) -> Result<(u64, u64)> {
+        let text = self.metrics()?;
+        Ok((
+            sample(&text, "lostwrite_kernel_events_total")? as u64,
+            sample(&text, "lostwrite_events_dropped_total")? as u64,
+        ))
+    }
+
+    fn probe_mode(&self) -> Result<String> {
+        let text = self.metrics()?;
+        text.lines()
+            .filter(|l| l.ends_with(" 1"))
+            .find_map(|l| l.strip_prefix("lostwrite_probe_mode_info{mode=\""))
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .context("no lostwrite_probe_mode_info in /metrics")
+    }
+
+    /// utime + stime of the agent, from /proc/<pid>/stat (fields 14 and 15, in clock ticks).
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // The comm field may hold spaces; everything after its closing parenthesis is fixed.
+        let rest = stat.rsplit_once(')').context("malformed /proc/pid/stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .context("malformed /proc/pid/stat")
+        };
+        // Field 14 is utime; `rest` starts at field 3.
+        let total = ticks(14 - 3)? + ticks(15 - 3)?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        Ok(total as f64 / hz as f64)
+    }
+
+    /// A `kB` field of /proc/<pid>/status.
+    fn status_kib(&self, field: &str) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/pid/status"))
+    }
+
+    /// Sums `run_cnt` and `run_time_ns` over the BPF programs the agent holds fds of.
+    fn bpf_stats(&self) -> Result<BpfStats> {
+        let mut total = BpfStats::default();
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        for entry in fs::read_dir(&dir)? {
+            let Ok(info) = fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            if !info.lines().any(|l| l.starts_with("prog_tag:")) {
+                continue;
+            }
+            let field = |name: &str| -> u64 {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            total.run_cnt += field("run_cnt:");
+            total.run_time_ns += field("run_time_ns:");
+        }
+        Ok(total)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("the agent exited with {status} on SIGTERM");
+                }
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        bail!("the agent did not exit within 10 s of SIGTERM")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of an unlabelled sample in a text exposition.
+fn sample(text: &str, name: &str) -> Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {name} in /metrics"))
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `kernel.bpf_stats_enabled = 1` while alive, restored on drop.
+struct StatsEnabled {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl StatsEnabled {
+    fn new() -> Result<Self> {
+        let previous = fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.previous);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_unlabelled_samples() {
+        let text = "# HELP x\nlostwrite_events_dropped_total 3\nlostwrite_kernel_events_total 12\n";
+        assert_eq!(sample(text, "lostwrite_kernel_events_total").unwrap(), 12.0);
+        assert_eq!(sample(text, "lostwrite_events_dropped_total").unwrap(), 3.0);
+        assert!(sample(text, "lostwrite_kernel_events").is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! `cargo xtask bench`: what the agent costs, measured as agent-off versus agent-on runs of the
+//! same workload, alternating (off, on, off, on, …) in one invocation so that drift on a shared
+//! machine hits both sides alike. Never a timed test: it reports, and `BENCHMARKS.md` keeps the
+//! report.
+//!
+//! Three cases (SPEC §7): 64-byte writes over loopback, wrk against nginx with keep-alive, and
+//! connection churn. For the agent-on runs it also reads the agent's CPU time and peak RSS from
+//! /proc and the ring-buffer records it got from its own /metrics.
+
+mod agent;
+mod machine;
+mod report;
+mod workload;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+
+use self::{
+    agent::{AgentRun, BpfStats},
+    machine::Quiet,
+    workload::Nginx,
+};
+use crate::workspace_root;
+
+#[derive(Args)]
+pub struct Options {
+    /// Off/on pairs per case (the medians need many on a noisy 2-core VM).
+    #[arg(long, default_value_t = 12)]
+    pairs: usize,
+    /// Seconds each run measures.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Cases to run (repeatable); all three by default.
+    #[arg(long = "case", value_enum)]
+    cases: Vec<Case>,
+    /// Where to write the report; `-` prints it only.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: String,
+    /// Wait up to this many minutes for a quiet machine (1-minute load < 0.5, no compiler or VM
+    /// running) before measuring; without it the bench only warns.
+    #[arg(long, value_name = "MINUTES")]
+    wait_quiet: Option<u64>,
+    /// Skip the extra agent-on run per case with `kernel.bpf_stats_enabled`, which counts probe
+    /// invocations and their kernel time.
+    #[arg(long)]
+    no_probe_stats: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Case {
+    /// 64-byte write() in a loop over loopback TCP, with a reader draining the other end.
+    Writes,
+    /// wrk against nginx, keep-alive, 1 KiB body.
+    Http,
+    /// Short connections: connect, one request answered by nginx, close.
+    Churn,
+}
+
+impl Case {
+    const ALL: [Self; 3] = [Self::Writes, Self::Http, Self::Churn];
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Writes => "64-byte write() loop, loopback TCP",
+            Self::Http => "wrk -> nginx, keep-alive, 1 KiB body",
+            Self::Churn => "connection churn (connect, 1 request, close)",
+        }
+    }
+
+    /// What one workload unit is; also the "event" the agent's CPU is reported per.
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Writes => "write",
+            Self::Http => "request",
+            Self::Churn => "connection",
+        }
+    }
+
+    /// The loss budget, as a fraction of throughput (SPEC §7, issue targets).
+    fn budget(self) -> f64 {
+        match self {
+            Self::Http => 0.01,
+            Self::Writes | Self::Churn => 0.02,
+        }
+    }
+}
+
+/// One measured run of a workload.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    /// Workload units done (writes, requests, connections).
+    pub units: u64,
+    pub seconds: f64,
+}
+
+impl Run {
+    /// Units per second: the throughput every ratio is taken on.
+    pub fn rate(&self) -> f64 {
+        self.units as f64 / self.seconds
+    }
+}
+
+/// One off/on pair.
+pub struct Pair {
+    pub off: Run,
+    pub on: Run,
+    pub agent: AgentRun,
+}
+
+pub struct CaseResult {
+    pub case: Case,
+    pub pairs: Vec<Pair>,
+    /// From the extra run with BPF statistics on, if it was made.
+    pub probe_stats: Option<(Run, BpfStats)>,
+}
+
+pub fn run(opts: Options) -> Result<ExitCode> {
+    if !crate::is_root() {
+        bail!("the bench loads the agent's eBPF programs: run it as root");
+    }
+    if opts.pairs == 0 || opts.seconds.is_nan() || opts.seconds <= 0.0 {
+        bail!("--pairs and --seconds must be positive");
+    }
+    let cases = if opts.cases.is_empty() {
+        Case::ALL.to_vec()
+    } else {
+        opts.cases.clone()
+    };
+    // nginx and wrk come with the test packages.
+    crate::setup::all()?;
+    let binary = crate::build(false)?;
+    let dir = crate::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+
+    let mut quiet = Quiet::default();
+    quiet.settle(opts.wait_quiet.map(|m| Duration::from_secs(m * 60)))?;
+    let started = machine::now_utc();
+    let nginx = if cases.iter().any(|c| *c != Case::Writes) {
+        Some(Nginx::start(&dir)?)
+    } else {
+        None
+    };
+    let duration = Duration::from_secs_f64(opts.seconds);
+    let mut results = Vec::new();
+    let mut probe_mode = None;
+    for case in cases {
+        eprintln!(
+            "bench: {} ({} pairs of {:?})",
+            case.title(),
+            opts.pairs,
+            duration
+        );
+        let work =
+            |steady: workload::Steady<'_>| workload::run(case, duration, nginx.as_ref(), steady);
+        let unobserved = || work(&mut |_| Ok(())).map(|m| m.run);
+        // One unmeasured run warms caches, nginx's worker and the page cache.
+        unobserved()?;
+        let mut pairs = Vec::new();
+        for i in 0..opts.pairs {
+            quiet.sample();
+            let off = unobserved()?;
+            let (on, agent) = agent::measure(&binary, &dir, &work)?;
+            probe_mode.get_or_insert_with(|| agent.probe_mode.clone());
+            eprintln!(
+                "bench: {:>5} pair {:>2}: off {:>12.1}/s  on {:>12.1}/s  ratio {:.4}  \
+                 records {}",
+                case.unit(),
+                i + 1,
+                off.rate(),
+                on.rate(),
+                on.rate() / off.rate(),
+                agent.records()
+            );
+            pairs.push(Pair { off, on, agent });
+        }
+        let probe_stats = if opts.no_probe_stats {
+            None
+        } else {
+            Some(agent::measure_probe_stats(&binary, &dir, &work)?)
+        };
+        results.push(CaseResult {
+            case,
+            pairs,
+            probe_stats,
+        });
+    }
+    quiet.sample();
+    drop(nginx);
+
+    let text = report::render(&report::Context {
+        results: &results,
+        machine: &machine::describe(probe_mode.unwrap_or_default()),
+        quiet: &quiet,
+        pairs: opts.pairs,
+        seconds: opts.seconds,
+        started,
+    });
+    if opts.output == "-" {
+        println!("{text}");
+    } else {
+        let path = PathBuf::from(&opts.output);
+        let path = if path.is_absolute() {
+            path
+        } else {
+            workspace_root().join(path)
+        };
+        std::fs::write(&path, &text)?;
+        println!("{}", report::summary(&results));
+        println!("bench: wrote {}", path.display());
+    }
+    let missed = results.iter().any(|r| !report::Verdict::of(r).met());
+    Ok(if missed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
+}
