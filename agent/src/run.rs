@@ -86,6 +86,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let rst_reasons = kernel.rst_reasons.clone();
     drop(kernel);
+    // The kernel's BTF, parsed to resolve offsets and again to attach, was most of the heap;
+    // hand the freed pages back rather than keep them resident for the agent's whole life
+    // (about 20 MiB steady without this, 8 MiB with it).
+    // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
+    unsafe { libc::malloc_trim(0) };
 
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
