@@ -6,12 +6,15 @@
 //! an agent that silently observes nothing fails.
 
 mod aborts;
+mod bpf_objects;
 mod errors;
 mod false_positives;
+mod faults;
 mod harness;
 mod healthy;
 mod kubernetes;
 mod prometheus;
+mod scale;
 mod servers;
 mod unanswered;
 mod writes;
