@@ -117,6 +117,9 @@ pub fn measure_probe_stats(binary: &Path, dir: &Path, work: Work<'_>) -> Result<
     ))
 }
 
+/// Pause between the agent's /healthz answering and the measurement.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
 struct Agent {
     child: Child,
     listen: SocketAddr,
@@ -151,8 +154,8 @@ impl Agent {
             thread::sleep(Duration::from_millis(50));
         }
         // The agent parsed BTF and loaded its programs before it answered; let that CPU burst
-        // and its page-cache effects pass before anything is measured.
-        thread::sleep(Duration::from_millis(500));
+        // and the kernel's reclaim of the freed memory pass before anything is measured.
+        thread::sleep(SETTLE);
         Ok(agent)
     }
 

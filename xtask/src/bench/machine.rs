@@ -82,16 +82,25 @@ pub struct Quiet {
     pub loads: Vec<f64>,
     /// Compilers and VMs seen running (other than this bench's own cargo).
     pub competitors: BTreeSet<String>,
+    /// Until when to wait for quiet before a pair (`--wait-quiet`); `None`: never wait.
+    deadline: Option<Instant>,
+    /// Pairs that had to wait for the machine to calm down first.
+    pub waited: usize,
+    /// Pairs measured again because a competitor started during them.
+    pub discarded: usize,
 }
 
 /// Programs whose presence means the CPUs are shared with a build or a VM (exact comm names).
 const COMPETITORS: &[&str] = &["rustc", "cargo", "cc1", "ld", "go", "bpf-linker"];
 
+/// CPU use by others above which a pair is not started (the bench itself is idle between runs).
+const BUSY_CPU: f64 = 0.10;
+
 impl Quiet {
     /// Waits (up to `wait`) for a 1-minute load under 0.5 with no competitor running; without
-    /// `wait`, checks once and warns.
+    /// `wait`, checks once and warns. `wait` also bounds the waits before each pair.
     pub fn settle(&mut self, wait: Option<Duration>) -> Result<()> {
-        let deadline = Instant::now() + wait.unwrap_or_default();
+        self.deadline = wait.map(|w| Instant::now() + w);
         loop {
             let load = load1();
             let others = competitors();
@@ -100,10 +109,10 @@ impl Quiet {
                 return Ok(());
             }
             let why = format!("load {load:.2}, running: {}", list(&others));
-            if wait.is_none() {
+            let Some(deadline) = self.deadline else {
                 eprintln!("bench: WARNING: the machine is busy ({why}); numbers will be noisy");
                 return Ok(());
-            }
+            };
             if Instant::now() > deadline {
                 bail!("the machine did not get quiet in time ({why})");
             }
@@ -112,10 +121,77 @@ impl Quiet {
         }
     }
 
+    /// Before a pair: with `--wait-quiet`, waits while a competitor runs or the CPUs are busy
+    /// (the 1-minute load lags too much to judge a 3-second run by). Then records the load and
+    /// whatever competes anyway.
     pub fn sample(&mut self) {
+        if let Some(deadline) = self.deadline {
+            let mut waited = false;
+            while Instant::now() < deadline {
+                let others = competitors();
+                let cpu = cpu_busy(Duration::from_millis(500));
+                if others.is_empty() && cpu < BUSY_CPU {
+                    break;
+                }
+                if !waited {
+                    eprintln!(
+                        "bench: pausing, the machine is busy (CPU {:.0} %, running: {})",
+                        cpu * 100.0,
+                        list(&others)
+                    );
+                    waited = true;
+                }
+                thread::sleep(Duration::from_secs(5));
+            }
+            self.waited += usize::from(waited);
+        }
         self.loads.push(load1());
         self.competitors.extend(competitors());
     }
+}
+
+impl Quiet {
+    /// After a pair: with `--wait-quiet`, whether a compiler or VM started meanwhile (the pair
+    /// is then measured again). Counted.
+    pub fn disturbed(&mut self) -> bool {
+        if self.deadline.is_none_or(|d| Instant::now() > d) {
+            return false;
+        }
+        let others = competitors();
+        if others.is_empty() {
+            return false;
+        }
+        eprintln!(
+            "bench: {} started during the pair; measuring it again",
+            list(&others)
+        );
+        self.discarded += 1;
+        true
+    }
+}
+
+/// The fraction of all CPUs busy over `window`, from /proc/stat.
+fn cpu_busy(window: Duration) -> f64 {
+    let read = || -> Option<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // idle + iowait are the 4th and 5th fields.
+        let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
+        Some((cpu.iter().sum(), idle))
+    };
+    let before = read();
+    thread::sleep(window);
+    let (Some((t0, i0)), Some((t1, i1))) = (before, read()) else {
+        return 0.0;
+    };
+    let total = t1.saturating_sub(t0).max(1);
+    1.0 - i1.saturating_sub(i0) as f64 / total as f64
 }
 
 fn list(set: &BTreeSet<String>) -> String {

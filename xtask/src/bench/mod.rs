@@ -159,9 +159,14 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         unobserved()?;
         let mut pairs = Vec::new();
         for i in 0..opts.pairs {
-            quiet.sample();
-            let off = unobserved()?;
-            let (on, agent) = agent::measure(&binary, &dir, &work)?;
+            let (off, on, agent) = loop {
+                quiet.sample();
+                let off = unobserved()?;
+                let (on, agent) = agent::measure(&binary, &dir, &work)?;
+                if !quiet.disturbed() {
+                    break (off, on, agent);
+                }
+            };
             probe_mode.get_or_insert_with(|| agent.probe_mode.clone());
             eprintln!(
                 "bench: {:>5} pair {:>2}: off {:>12.1}/s  on {:>12.1}/s  ratio {:.4}  \

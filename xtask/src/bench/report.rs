@@ -132,10 +132,15 @@ pub fn render(cx: &Context<'_>) -> String {
     let max_load = loads.iter().copied().fold(f64::NAN, f64::max);
     let _ = writeln!(
         w,
-        "\nDuring the runs the 1-minute load average was {:.2} (median) to {:.2} (max) before the \
-         pairs; compilers or VMs seen running: {}.\n",
+        "\nBefore the pairs the 1-minute load average was {:.2} (median) to {:.2} (max); {} of \
+         the pairs waited for other work on the machine to stop first (with `--wait-quiet`, each \
+         pair starts only when no compiler or VM runs and the CPUs are under 10 % busy, and \
+         is measured again when one started during it: {} times here); compilers or VMs seen \
+         running anyway: {}.\n",
         median(loads.clone()),
         max_load,
+        cx.quiet.waited,
+        cx.quiet.discarded,
         if cx.quiet.competitors.is_empty() {
             "none".to_owned()
         } else {
@@ -153,12 +158,14 @@ pub fn render(cx: &Context<'_>) -> String {
         w,
         "Each case runs {} pairs of {:.1} s runs, agent off then agent on, alternating in one \
          invocation, after one unmeasured warm-up run. For each agent-on run the agent is started \
-         fresh in its default configuration, measured only after its `/healthz` answers and 0.5 s \
+         fresh in its default configuration, measured only after its `/healthz` answers and {:.1} s \
          more, and stopped with SIGTERM afterwards. **on/off** is the median over pairs of (agent-on \
          throughput / agent-off throughput of the same pair); the spread is the interquartile range \
          and the extremes of those per-pair ratios. A loss inside the spread is within this \
          machine's noise.\n",
-        cx.pairs, cx.seconds
+        cx.pairs,
+        cx.seconds,
+        super::agent::SETTLE.as_secs_f64()
     );
     let _ = writeln!(
         w,
