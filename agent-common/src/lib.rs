@@ -130,7 +130,6 @@ pub struct SockState {
     pub first_in_ns: u64,
     pub first_out_ns: u64,
     pub last_in_ns: u64,
-    pub last_out_ns: u64,
     /// `bytes_in` when the last output happened: `bytes_in - bytes_in_at_last_out` is the input
     /// that is still unanswered.
     pub bytes_in_at_last_out: u64,
@@ -156,8 +155,11 @@ impl SockState {
     }
 
     /// Input arrived after the last output (or there was no output at all).
+    ///
+    /// Told from the byte counters, not from times: a send then needs no clock read, which was
+    /// the largest part of the per-send cost (`cargo xtask bench`, BENCHMARKS.md).
     pub const fn input_after_last_output(&self) -> bool {
-        self.last_in_ns != 0 && self.last_in_ns > self.last_out_ns
+        self.bytes_in > self.bytes_in_at_last_out
     }
 
     /// The kernel-side pre-filter for a teardown record: the local side may be the responder on

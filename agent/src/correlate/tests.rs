@@ -66,7 +66,6 @@ impl Conn {
             if self.st.first_out_ns == 0 {
                 self.st.first_out_ns = t;
             }
-            self.st.last_out_ns = t;
         }
         self
     }
