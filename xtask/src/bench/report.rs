@@ -203,6 +203,14 @@ pub fn render(cx: &Context<'_>) -> String {
         );
     }
 
+    if cx.results.iter().any(|r| !Verdict::of(r).met()) {
+        let _ = writeln!(
+            w,
+            "\nA missed target is explained, with its profile and what would close the gap, in \
+             the README's \"Overhead and bounds\" section."
+        );
+    }
+
     let _ = writeln!(w, "\n## The agent\n");
     let _ = writeln!(
         w,
@@ -220,7 +228,9 @@ pub fn render(cx: &Context<'_>) -> String {
          cost shows as the throughput loss above, not in the agent's CPU. The probe columns come \
          from one extra agent-on run per case with `kernel.bpf_stats_enabled=1` (which adds its \
          own timing cost, so it is kept apart from the pairs): `run_cnt` and `run_time_ns` summed \
-         over the agent's programs.\n"
+         over the agent's programs. They time the program bodies only (not the tracepoint's \
+         dispatch) and include two clock reads per run of their own, so they are an indication, \
+         not the loss.\n"
     );
     let _ = writeln!(
         w,
