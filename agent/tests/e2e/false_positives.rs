@@ -123,6 +123,33 @@ fn half_close_with_the_response_delivered() {
     });
 }
 
+/// HTTP/1.0 (the server closes after the body), three pipelined requests, a 20 MiB download
+/// and clients closing right after the full response, against a server on `port` serving
+/// `/1k` and `/big`.
+fn close_delimited_pipelined_large_and_close_after_read(port: u16) {
+    // HTTP/1.0: the server closes after the body.
+    let (code, body, err) = curl(&["--http1.0".into(), http(port, "/1k")]);
+    assert_eq!((code, body.len()), (Some(0), 1024), "{err}");
+    // Pipelined: three requests in one write, three responses.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let one = "GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(
+        format!("{one}{one}GET /1k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    assert_eq!(String::from_utf8_lossy(&all).matches("200 OK").count(), 3);
+    // A 20 MiB download that completes.
+    let (code, body, err) = curl(&[http(port, "/big")]);
+    assert_eq!((code, body.len()), (Some(0), 20 * 1024 * 1024), "{err}");
+    // Clients that close right after reading the full response.
+    for _ in 0..3 {
+        let (code, _, err) = curl(&[http(port, "/1k")]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+}
+
 #[test]
 fn http_1_0_close_delimited_pipelined_large_and_close_after_read() {
     if !root_or_skip("http_1_0_close_delimited_pipelined_large_and_close_after_read") {
@@ -130,28 +157,7 @@ fn http_1_0_close_delimited_pipelined_large_and_close_after_read() {
     }
     let n = nginx("fp-shapes");
     assert_no_loss("http shapes", 10.0, || {
-        // HTTP/1.0: the server closes after the body.
-        let (code, body, err) = curl(&["--http1.0".into(), http(n.port, "/1k")]);
-        assert_eq!((code, body.len()), (Some(0), 1024), "{err}");
-        // Pipelined: three requests in one write, three responses.
-        let mut s = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
-        let one = "GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
-        s.write_all(
-            format!("{one}{one}GET /1k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
-        assert_eq!(String::from_utf8_lossy(&all).matches("200 OK").count(), 3);
-        // A 20 MiB download that completes.
-        let (code, body, err) = curl(&[http(n.port, "/big")]);
-        assert_eq!((code, body.len()), (Some(0), 20 * 1024 * 1024), "{err}");
-        // Clients that close right after reading the full response.
-        for _ in 0..3 {
-            let (code, _, err) = curl(&[http(n.port, "/1k")]);
-            assert_eq!(code, Some(0), "{err}");
-        }
+        close_delimited_pipelined_large_and_close_after_read(n.port);
     });
 }
 
@@ -225,27 +231,6 @@ fn http_shapes_against_a_rust_server() {
         let mut all = Vec::new();
         s.read_to_end(&mut all).unwrap();
         assert!(all.ends_with(&[b'a'; 1024]));
-        // HTTP/1.0: the server closes after the body.
-        let (code, body, err) = curl(&["--http1.0".into(), http(port, "/1k")]);
-        assert_eq!((code, body.len()), (Some(0), 1024), "{err}");
-        // Pipelined: three requests in one write, three responses.
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let one = "GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
-        s.write_all(
-            format!("{one}{one}GET /1k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
-        assert_eq!(String::from_utf8_lossy(&all).matches("200 OK").count(), 3);
-        // A 20 MiB download that completes.
-        let (code, body, err) = curl(&[http(port, "/big")]);
-        assert_eq!((code, body.len()), (Some(0), 20 * 1024 * 1024), "{err}");
-        // Clients that close right after reading the full response.
-        for _ in 0..3 {
-            let (code, _, err) = curl(&[http(port, "/1k")]);
-            assert_eq!(code, Some(0), "{err}");
-        }
+        close_delimited_pipelined_large_and_close_after_read(port);
     });
 }
