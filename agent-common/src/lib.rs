@@ -84,20 +84,24 @@ pub mod role {
 /// `SockState::flags` bits.
 pub mod flag {
     /// The peer sent FIN (we saw ESTABLISHED -> CLOSE_WAIT).
-    pub const PEER_FIN: u8 = 1 << 0;
+    pub const PEER_FIN: u16 = 1 << 0;
     /// The peer sent RST (`tcp:tcp_receive_reset`).
-    pub const PEER_RESET: u8 = 1 << 1;
+    pub const PEER_RESET: u16 = 1 << 1;
     /// The local side started its close (FIN or abortive close) and it was examined.
-    pub const LOCAL_CLOSE: u8 = 1 << 2;
+    pub const LOCAL_CLOSE: u16 = 1 << 2;
     /// An abort record was already sent for this socket.
-    pub const ABORTED: u8 = 1 << 3;
+    pub const ABORTED: u16 = 1 << 3;
     /// The connection reached ESTABLISHED (before that, the SYN is the only "unacked" byte).
-    pub const ESTABLISHED: u8 = 1 << 4;
+    pub const ESTABLISHED: u16 = 1 << 4;
     /// The local side sent its FIN, which takes one sequence number but carries no data.
-    pub const FIN_SENT: u8 = 1 << 5;
+    pub const FIN_SENT: u16 = 1 << 5;
     /// The process called close() on it (fentry/kprobe `tcp_close`; tracepoint mode cannot
     /// tell close() from shutdown()).
-    pub const CLOSE_CALLED: u8 = 1 << 6;
+    pub const CLOSE_CALLED: u16 = 1 << 6;
+    /// The process wrote to it at least once (`SockState::copied_at_last_out` is set).
+    pub const SENT: u16 = 1 << 7;
+    /// The process had read input before its first write: the peer spoke first.
+    pub const PEER_FIRST: u16 = 1 << 8;
 }
 
 /// TCP states, from include/net/tcp_states.h.
@@ -119,23 +123,33 @@ pub const COMM_LEN: usize = 16;
 
 /// Per-socket state, the value of the `SOCKS` LRU map (keyed by the `struct sock` address).
 ///
-/// Timestamps are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC); 0 means "never".
+/// No program runs when the process reads: what it read, and when the input arrived, are told
+/// from the socket's own receive side (`copied_seq`, `rcv_nxt`, `bytes_received`,
+/// `icsk_ack.lrcvtime`) at the moment a record is written. The write path keeps one marker,
+/// `copied_seq` after the last write ([`SockState::record_send`]), and [`SockState::settle`]
+/// turns the markers into the byte counts and the time a record carries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockState {
     pub cgroup_id: u64,
+    /// Data bytes the process read (the peer's FIN not counted). Set by `settle`.
     pub bytes_in: u64,
+    /// Bytes the process's writes queued (the sum of what its send calls returned).
     pub bytes_out: u64,
-    pub first_in_ns: u64,
-    pub first_out_ns: u64,
+    /// `bpf_ktime_get_ns()` time when the last input arrived, at the kernel's tick resolution
+    /// (1/HZ). Set by `settle`.
     pub last_in_ns: u64,
-    /// `bytes_in` when the last output happened: `bytes_in - bytes_in_at_last_out` is the input
-    /// that is still unanswered.
-    pub bytes_in_at_last_out: u64,
-    /// Process that first read or wrote the socket (in its own context).
+    /// Bytes the process read after its last write (all it read since tracking began if it
+    /// never wrote). Set by `settle`.
+    pub unanswered_in: u64,
+    /// Process that first wrote or closed the socket (in its own context).
     pub tgid: u32,
     pub pid: u32,
+    /// `tcp_sock.copied_seq` when tracking began (connection established, or socket adopted).
+    pub copied_at_start: u32,
+    /// `tcp_sock.copied_seq` at the process's last write (valid with [`flag::SENT`]).
+    pub copied_at_last_out: u32,
     pub comm: [u8; COMM_LEN],
     /// Network byte order, IPv4 in the first 4 bytes for AF_INET.
     pub laddr: [u8; 16],
@@ -144,22 +158,64 @@ pub struct SockState {
     pub lport: u16,
     pub rport: u16,
     pub family: u16,
+    /// [`flag`] bits.
+    pub flags: u16,
+    /// One of [`role`].
     pub role: u8,
-    pub flags: u8,
+    pub _pad: [u8; 7],
 }
 
 impl SockState {
-    /// The peer's bytes came first on this connection: the local side is the one being asked.
-    pub const fn peer_spoke_first(&self) -> bool {
-        self.first_in_ns != 0 && (self.first_out_ns == 0 || self.first_in_ns < self.first_out_ns)
+    /// A write of the process queued `sent` bytes; `copied` is the socket's `copied_seq` now
+    /// (everything the process had read, as a sequence number).
+    pub fn record_send(&mut self, sent: u64, copied: u32) {
+        if self.flags & flag::SENT == 0 {
+            self.flags |= flag::SENT;
+            if copied != self.copied_at_start {
+                self.flags |= flag::PEER_FIRST;
+            }
+        }
+        self.bytes_out += sent;
+        self.copied_at_last_out = copied;
     }
 
-    /// Input arrived after the last output (or there was no output at all).
-    ///
-    /// Told from the byte counters, not from times: a send then needs no clock read, which was
-    /// the largest part of the per-send cost (`cargo xtask bench`, BENCHMARKS.md).
+    /// Fills the derived fields (`bytes_in`, `unanswered_in`, `last_in_ns`) from the socket's
+    /// receive side now: `copied` and `rcv_nxt` are `tcp_sock` sequence numbers, `received` is
+    /// `tcp_sock.bytes_received` (which, like `rcv_nxt`, counts the peer's FIN as one byte), and
+    /// `last_in_ns` is when the last input arrived.
+    pub fn settle(&mut self, copied: u32, rcv_nxt: u32, received: u64, last_in_ns: u64) {
+        // Reading the end of file steps copied_seq over the peer's FIN; that is not input.
+        let fin_read = self.flags & flag::PEER_FIN != 0 && copied == rcv_nxt;
+        let unread = rcv_nxt.wrapping_sub(copied) as u64;
+        self.bytes_in = received
+            .saturating_sub(unread)
+            .saturating_sub(fin_read as u64);
+        let read_to = copied.wrapping_sub(fin_read as u32);
+        let since = if self.flags & flag::SENT != 0 {
+            self.copied_at_last_out
+        } else {
+            self.copied_at_start
+        };
+        // Signed: an end of file read before the last write leaves `read_to` one short of it.
+        let after = read_to.wrapping_sub(since) as i32;
+        self.unanswered_in = if after > 0 { after as u64 } else { 0 };
+        self.last_in_ns = last_in_ns;
+    }
+
+    /// The peer's bytes came first on this connection: the local side is the one being asked.
+    /// Meaningful after `settle`.
+    pub const fn peer_spoke_first(&self) -> bool {
+        if self.flags & flag::SENT != 0 {
+            self.flags & flag::PEER_FIRST != 0
+        } else {
+            self.bytes_in > 0
+        }
+    }
+
+    /// The process read input after its last write (or read and never wrote). Meaningful after
+    /// `settle`.
     pub const fn input_after_last_output(&self) -> bool {
-        self.bytes_in > self.bytes_in_at_last_out
+        self.unanswered_in > 0
     }
 
     /// The kernel-side pre-filter for a teardown record: the local side may be the responder on
@@ -289,7 +345,12 @@ pub struct SockOffsets {
     pub sk_lingertime: u32,
     /// Bit number of SOCK_LINGER in `sk_flags` (`enum sock_flags`).
     pub sock_linger_bit: u32,
-    pub _pad: u32,
+    /// `u64 tcp_sock.bytes_received`.
+    pub tcp_bytes_received: u32,
+    /// `u32 inet_connection_sock.icsk_ack.lrcvtime` (jiffies).
+    pub icsk_lrcvtime: u32,
+    /// `int sock.sk_lock.owned`: a process holds the socket (it is in a socket call).
+    pub sk_lock_owned: u32,
 }
 
 /// Where a classic (tracefs) tracepoint keeps the fields the programs read, from its `format`.
@@ -297,7 +358,7 @@ pub struct SockOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointFields {
-    /// `sock:sock_{send,recv}_length`: sk, ret, flags.
+    /// `sock:sock_send_length`: sk, ret, flags.
     pub len_sk: u32,
     pub len_ret: u32,
     pub len_flags: u32,
@@ -354,6 +415,9 @@ pub struct Config {
     pub sock: SockOffsets,
     pub tp: TracepointFields,
     pub fd: FdOffsets,
+    /// Nanoseconds per jiffy (1/HZ), to place `icsk_ack.lrcvtime` on the monotonic clock.
+    pub jiffy_ns: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -1,6 +1,6 @@
 //! Entry points for the `fentry` probe mode: BPF trampolines on the TCP functions themselves.
 //!
-//! Cheaper than kprobes and, unlike `sock:sock_{send,recv}_length`, available before Linux 6.3.
+//! Cheaper than kprobes and, unlike `sock:sock_send_length`, available before Linux 6.3.
 //! fexit programs read the return value as the argument after the last parameter (the helper
 //! `bpf_get_func_ret` needs 5.17), so a function whose parameter list changed between kernels
 //! gets one program per arity and the agent loads the one matching this kernel's BTF.
@@ -26,30 +26,6 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
 pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
     let size: u64 = ctx.arg(3);
     state::on_send(&ctx, ctx.arg(0), ctx.arg(5), size);
-    0
-}
-
-// int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags), Linux 6.16+
-// (the `addr_len` parameter went away).
-#[fexit(function = "tcp_recvmsg")]
-pub fn fexit_tcp_recvmsg4(ctx: FExitContext) -> i32 {
-    state::on_recv(&ctx, ctx.arg(0), ctx.arg(4), ctx.arg(3));
-    0
-}
-
-// int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len),
-// Linux 5.19 to 6.15.
-#[fexit(function = "tcp_recvmsg")]
-pub fn fexit_tcp_recvmsg5(ctx: FExitContext) -> i32 {
-    state::on_recv(&ctx, ctx.arg(0), ctx.arg(5), ctx.arg(3));
-    0
-}
-
-// int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags,
-//                 int *addr_len), before Linux 5.19.
-#[fexit(function = "tcp_recvmsg")]
-pub fn fexit_tcp_recvmsg6(ctx: FExitContext) -> i32 {
-    state::on_recv(&ctx, ctx.arg(0), ctx.arg(6), ctx.arg(4));
     0
 }
 

@@ -46,7 +46,7 @@ pub fn fill_identity(sk: u64, st: &mut SockState) {
     }
 }
 
-/// `sock:sock_{send,recv}_length` fields of a classic tracepoint record: (sk, ret, flags).
+/// `sock:sock_send_length` fields of a classic tracepoint record: (sk, ret, flags).
 #[inline(always)]
 pub fn len_args(ctx: &TracePointContext) -> Option<(u64, i32, i32)> {
     let (sk, ret, flags) = (
@@ -98,4 +98,27 @@ pub fn sk_err(sk: u64) -> u32 {
     read::<i32>(sk, config!(sock.sk_err))
         .unwrap_or(0)
         .unsigned_abs()
+}
+
+/// `tcp_sock.copied_seq`: the sequence number of the next byte the process will read.
+#[inline(always)]
+pub fn copied_seq(sk: u64) -> u32 {
+    read(sk, config!(sock.tcp_copied_seq)).unwrap_or(0)
+}
+
+/// The receive side now: (`copied_seq`, `rcv_nxt`, `bytes_received`).
+#[inline(always)]
+pub fn receive_side(sk: u64) -> (u32, u32, u64) {
+    (
+        copied_seq(sk),
+        read(sk, config!(sock.tcp_rcv_nxt)).unwrap_or(0),
+        read(sk, config!(sock.tcp_bytes_received)).unwrap_or(0),
+    )
+}
+
+/// `sk->sk_lock.owned`: a process holds the socket, so the current task is the one acting on it
+/// (softirq and timers only touch a socket no process holds).
+#[inline(always)]
+pub fn owned_by_user(sk: u64) -> bool {
+    read::<i32>(sk, config!(sock.sk_lock_owned)).unwrap_or(0) != 0
 }

@@ -13,12 +13,12 @@ use aya_ebpf::{
 
 use crate::state;
 
-/// Arguments of a send or receive in flight on one thread.
+/// Arguments of a send in flight on one thread.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Call {
     sk: u64,
-    /// Bytes asked for (send) or the MSG_* flags (receive).
+    /// Bytes asked for.
     arg: u64,
 }
 
@@ -63,28 +63,6 @@ pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
 pub fn kretprobe_tcp_send(ctx: RetProbeContext) -> u32 {
     if let Some(call) = take() {
         state::on_send(&ctx, call.sk, ctx.ret(), call.arg);
-    }
-    0
-}
-
-// tcp_recvmsg(sk, msg, len, flags[, addr_len]), Linux 5.19+ (addr_len went away in 6.16).
-#[kprobe]
-pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
-    park(ctx.arg(0), ctx.arg(3));
-    0
-}
-
-// tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len), before Linux 5.19.
-#[kprobe]
-pub fn kprobe_tcp_recvmsg_nonblock(ctx: ProbeContext) -> u32 {
-    park(ctx.arg(0), ctx.arg(4));
-    0
-}
-
-#[kretprobe]
-pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
-    if let Some(call) = take() {
-        state::on_recv(&ctx, call.sk, ctx.ret(), call.arg as i32);
     }
     0
 }

@@ -1,9 +1,11 @@
 //! lostwrite's kernel side: per-socket bookkeeping and teardown records.
 //!
-//! The programs decide nothing about loss. They keep byte counts and timestamps per socket in an
-//! LRU map and emit a record only when the local side closes a connection that still owes its
-//! peer an answer (the pre-filter shared with userspace, `SockState::may_owe_answer`). Healthy
-//! traffic therefore costs one map lookup per send/recv and never touches the ring buffer.
+//! The programs decide nothing about loss. They keep a little state per socket in an LRU map and
+//! emit a record only when the local side closes a connection that still owes its peer an answer
+//! (the pre-filter shared with userspace, `SockState::may_owe_answer`), or when data is lost to an
+//! abort or a failed write. No program runs when a process reads: what it read is taken from the
+//! socket's own sequence numbers when a record is written. Healthy traffic therefore costs one map
+//! lookup per send, a few per connection, and never touches the ring buffer.
 //!
 //! Every tracepoint has two entry points, a BTF one (`tp_btf`, typed arguments, ~7x cheaper here)
 //! and a classic one that reads its fields at the offsets the agent parsed from tracefs. Both call
@@ -57,22 +59,6 @@ static CLOSED_FDS: LruHashMap<u64, ClosedFd> = LruHashMap::with_max_entries(1638
 /// Counters, see `agent_common::stat`.
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-// --- sock:sock_recv_length (struct sock *sk, int ret, int flags) ---
-
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn btf_sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    state::on_recv(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    0
-}
-
-#[tracepoint]
-pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
-    if let Some((sk, ret, flags)) = kernel::len_args(&ctx) {
-        state::on_recv(&ctx, sk, ret, flags);
-    }
-    0
-}
 
 // --- sock:sock_send_length (struct sock *sk, int ret, int flags) ---
 

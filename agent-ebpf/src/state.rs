@@ -1,13 +1,14 @@
 //! Per-socket bookkeeping shared by every probe mode's entry points.
 
 use agent_common::{
-    AbortEvent, COMM_LEN, EventHeader, MSG_PEEK, NO_REASON, SIZE_UNKNOWN, SockState, TeardownEvent,
+    AbortEvent, COMM_LEN, EventHeader, NO_REASON, SIZE_UNKNOWN, SockState, TeardownEvent,
     WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
 };
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64,
+        bpf_ktime_get_ns,
     },
 };
 use aya_log_ebpf::debug;
@@ -28,8 +29,9 @@ pub fn bump(idx: u32) {
     }
 }
 
-/// Records the current task as the socket's owner. Only called from send/recv, which run in the
-/// process's own context (unlike state changes, which often run in softirq).
+/// Records the current task as the socket's owner. Only called where the current task is the one
+/// using the socket: a send, `tcp_close`, or a state change made while a process holds the socket
+/// lock (state changes in softirq or timers run with it released).
 #[inline(always)]
 fn claim(st: &mut SockState) {
     if st.tgid != 0 {
@@ -47,7 +49,7 @@ fn claim(st: &mut SockState) {
 /// the stack instead, its 128 bytes pushed the fexit programs' call chain over the verifier's
 /// 512-byte combined stack limit.
 #[inline(always)]
-fn fresh(role: u8, flags: u8) -> Option<&'static mut SockState> {
+fn fresh(role: u8, flags: u16) -> Option<&'static mut SockState> {
     let st = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, used by one program at a time; zeroing then setting fields in
     // place builds nothing on the stack.
@@ -83,6 +85,7 @@ fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
     }
     let st = fresh(role::UNKNOWN, flag::ESTABLISHED)?;
     kernel::fill_identity(sk, st);
+    st.copied_at_start = kernel::copied_seq(sk);
     let st: &SockState = st;
     // BPF_NOEXIST: a concurrent adopter on another CPU wins, we then use its entry.
     if SOCKS.insert(sk, st, 1).is_ok() {
@@ -98,25 +101,6 @@ fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
         );
     }
     SOCKS.get_ptr_mut(sk)
-}
-
-pub fn on_recv<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, flags: i32) {
-    // 0 (EOF) and errors (EAGAIN, ...) are not input; a peek consumes nothing.
-    if ret <= 0 || flags & MSG_PEEK != 0 {
-        return;
-    }
-    let Some(st) = lookup_or_adopt(ctx, sk) else {
-        return;
-    };
-    // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
-    let st = unsafe { &mut *st };
-    let t = now();
-    claim(st);
-    st.bytes_in += ret as u64;
-    if st.first_in_ns == 0 {
-        st.first_in_ns = t;
-    }
-    st.last_in_ns = t;
 }
 
 /// A send on `sk` returned `ret` (bytes queued or -errno). `attempted` is the size asked for, or
@@ -138,16 +122,11 @@ pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
     let Some(st) = lookup_or_adopt(ctx, sk) else {
         return;
     };
-    // SAFETY: see on_recv.
+    // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
     let st = unsafe { &mut *st };
     claim(st);
-    st.bytes_out += ret as u64;
-    st.bytes_in_at_last_out = st.bytes_in;
-    // The clock is read once per socket on this side: ordering needs only the byte counters
-    // (`SockState::input_after_last_output`), and a clock read per send was most of its cost.
-    if st.first_out_ns == 0 {
-        st.first_out_ns = now();
-    }
+    // Where the process's reading stood at this write: input read after it is unanswered.
+    st.record_send(ret as u64, kernel::copied_seq(sk));
 }
 
 /// The process closes `sk` (fentry/kprobe `tcp_close`, in the caller's context). The teardown
@@ -157,84 +136,135 @@ pub fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
     let Some(st) = lookup_or_adopt(ctx, sk) else {
         return;
     };
-    // SAFETY: see on_recv.
+    // SAFETY: see on_send.
     let st = unsafe { &mut *st };
     claim(st);
     st.flags |= flag::CLOSE_CALLED;
 }
 
 pub fn on_state(sk: u64, old: u32, new: u32) {
-    if new == tcp_state::SYN_SENT {
-        // connect() runs in the caller's context: the one moment a client socket's owner is
-        // known before any byte moves (an RST can arrive before the first send returns).
-        if kernel::is_inet_tcp(sk)
-            && let Some(st) = fresh(role::CLIENT, 0)
-        {
-            claim(st);
-            track(sk, st);
+    match new {
+        tcp_state::SYN_SENT => on_connect(sk),
+        tcp_state::ESTABLISHED => on_established(sk, old),
+        tcp_state::CLOSE_WAIT => {
+            if let Some(st) = SOCKS.get_ptr_mut(sk) {
+                // SAFETY: see on_send.
+                unsafe { (*st).flags |= flag::PEER_FIN };
+            }
         }
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE => on_closing(sk, old, new),
+        // FIN_WAIT2, TIME_WAIT, CLOSING, SYN_RECV, LISTEN: nothing to learn, not even a lookup
+        // (a short connection goes through ten state changes).
+        _ => {}
+    }
+}
+
+/// connect() runs in the caller's context: the one moment a client socket's owner is known before
+/// any byte moves (an RST can arrive before the first send returns).
+#[inline(always)]
+fn on_connect(sk: u64) {
+    if kernel::is_inet_tcp(sk)
+        && let Some(st) = fresh(role::CLIENT, 0)
+    {
+        claim(st);
+        track(sk, st);
+    }
+}
+
+/// The handshake completed, in softirq: ports, addresses and the first sequence number to read
+/// are final now; the current task is not the owner.
+#[inline(always)]
+fn on_established(sk: u64, old: u32) {
+    let role = match old {
+        tcp_state::SYN_RECV => role::SERVER,
+        tcp_state::SYN_SENT => role::CLIENT,
+        _ => return,
+    };
+    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+        // SAFETY: see on_send.
+        let st = unsafe { &mut *st };
+        kernel::fill_identity(sk, st);
+        st.copied_at_start = kernel::copied_seq(sk);
+        st.flags |= flag::ESTABLISHED;
         return;
     }
-    if new == tcp_state::ESTABLISHED {
-        let role = match old {
-            tcp_state::SYN_RECV => role::SERVER,
-            tcp_state::SYN_SENT => role::CLIENT,
-            _ => return,
-        };
-        // The handshake completes in softirq: ports and addresses are final now, the current
-        // task is not the owner.
-        if let Some(st) = SOCKS.get_ptr_mut(sk) {
-            // SAFETY: see on_recv.
-            let st = unsafe { &mut *st };
-            kernel::fill_identity(sk, st);
-            st.flags |= flag::ESTABLISHED;
-            return;
-        }
-        // MPTCP's meta socket also reports state changes here; its TCP subflows are the sockets
-        // that carry bytes through sock_{send,recv}_length only when MPTCP fell back to TCP.
-        if !kernel::is_inet_tcp(sk) {
-            return;
-        }
-        if let Some(st) = fresh(role, flag::ESTABLISHED) {
-            kernel::fill_identity(sk, st);
-            track(sk, st);
-        }
+    // MPTCP's meta socket also reports state changes here; only its TCP subflows are tracked.
+    if !kernel::is_inet_tcp(sk) {
+        return;
+    }
+    if let Some(st) = fresh(role, flag::ESTABLISHED) {
+        kernel::fill_identity(sk, st);
+        st.copied_at_start = kernel::copied_seq(sk);
+        track(sk, st);
+    }
+}
+
+/// The connection is going away: FIN_WAIT1 and LAST_ACK are a local close() or shutdown();
+/// CLOSE is an abortive close, a timeout, a reset, or the end of an orderly close.
+#[inline(always)]
+fn on_closing(sk: u64, old: u32, new: u32) {
+    let open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
+    // Retransmission/keepalive timeouts set sk_err and go to CLOSE without an RST of their own
+    // (tcp_write_err -> tcp_done_with_error). Anything else that reaches CLOSE from a closing
+    // state is the orderly end: no lookup.
+    let failed = new == tcp_state::CLOSE && kernel::sk_err(sk) != 0;
+    if !open && !failed {
         return;
     }
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return;
     };
-    // SAFETY: see on_recv.
+    // SAFETY: see on_send.
     let st = unsafe { &mut *st };
-    if new == tcp_state::CLOSE_WAIT {
-        st.flags |= flag::PEER_FIN;
-        return;
-    }
-    // Retransmission/keepalive timeouts set sk_err and go to CLOSE without an RST of their own
-    // (tcp_write_err -> tcp_done_with_error); a peer RST was already seen by tcp_receive_reset.
-    if new == tcp_state::CLOSE && st.flags & flag::PEER_RESET == 0 && kernel::sk_err(sk) != 0 {
+    // A peer RST was already reported by tcp_receive_reset.
+    if failed && st.flags & flag::PEER_RESET == 0 {
         abort(sk, st, trigger::ERROR, NO_REASON);
     }
-    let open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
-    let closing =
-        new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK || new == tcp_state::CLOSE;
-    if !open || !closing || st.flags & flag::LOCAL_CLOSE != 0 {
+    if !open || st.flags & flag::LOCAL_CLOSE != 0 {
         return;
     }
     st.flags |= flag::LOCAL_CLOSE;
     if new != tcp_state::CLOSE {
         st.flags |= flag::FIN_SENT;
     }
+    // The task holding the socket lock is the one closing it; without the lock this is a timer or
+    // a received segment, and no task closed it.
+    let closer = if kernel::owned_by_user(sk) {
+        claim(st);
+        (bpf_get_current_pid_tgid() >> 32) as u32
+    } else {
+        0
+    };
+    settle(sk, st);
     if st.may_owe_answer() {
-        emit_teardown(sk, st, old, new);
+        emit_teardown(sk, st, closer, old, new);
     }
+}
+
+/// Fills a state's derived fields from the socket's receive side now (see `SockState::settle`).
+#[inline(always)]
+fn settle(sk: u64, st: &mut SockState) {
+    let (copied, rcv_nxt, received) = kernel::receive_side(sk);
+    st.settle(copied, rcv_nxt, received, last_input_ns(sk));
+}
+
+/// When the last input arrived: `icsk_ack.lrcvtime` (jiffies) placed on the monotonic clock.
+#[inline(always)]
+fn last_input_ns(sk: u64) -> u64 {
+    let Some(lrcv) = kernel::read::<u32>(sk, config!(sock.icsk_lrcvtime)) else {
+        return 0;
+    };
+    // SAFETY: plain helper call.
+    let jiffies = unsafe { bpf_jiffies64() } as u32;
+    let ago = jiffies.wrapping_sub(lrcv) as u64 * config!(jiffy_ns) as u64;
+    now().saturating_sub(ago)
 }
 
 pub fn on_receive_reset(sk: u64) {
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return;
     };
-    // SAFETY: see on_recv.
+    // SAFETY: see on_send.
     let st = unsafe { &mut *st };
     st.flags |= flag::PEER_RESET;
     abort(sk, st, trigger::RECEIVE_RESET, NO_REASON);
@@ -246,8 +276,14 @@ pub fn on_send_reset(sk: u64, reason: u32) {
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return;
     };
-    // SAFETY: see on_recv.
-    abort(sk, unsafe { &mut *st }, trigger::SEND_RESET, reason);
+    // SAFETY: see on_send.
+    let st = unsafe { &mut *st };
+    // An abortive close() (unread input, SO_LINGER{1,0}) runs with the process holding the
+    // socket; a reset answering a segment runs in softirq.
+    if kernel::owned_by_user(sk) {
+        claim(st);
+    }
+    abort(sk, st, trigger::SEND_RESET, reason);
 }
 
 /// Emits one abort record per socket when data was at stake: bytes the peer never acknowledged,
@@ -273,6 +309,7 @@ fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
         return;
     }
     st.flags |= flag::ABORTED;
+    settle(sk, st);
     let Some(mut entry) = EVENTS.reserve::<AbortEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -307,6 +344,7 @@ fn on_write_error(sk: u64, e: u32, attempted: u64) {
         Some(st) => {
             // SAFETY: a live map value, copied out.
             *sock = unsafe { *st };
+            settle(sk, sock);
             true
         }
         None => {
@@ -369,7 +407,7 @@ pub fn on_destroy(sk: u64) {
 }
 
 #[inline(always)]
-fn emit_teardown(sk: u64, st: &SockState, old: u32, new: u32) {
+fn emit_teardown(sk: u64, st: &SockState, closer: u32, old: u32, new: u32) {
     let Some(mut entry) = EVENTS.reserve::<TeardownEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -380,7 +418,7 @@ fn emit_teardown(sk: u64, st: &SockState, old: u32, new: u32) {
         (*ev).header = header(kind::TEARDOWN, core::mem::size_of::<TeardownEvent>());
         (*ev).sock = *st;
         (*ev).sk = sk;
-        (*ev).closer_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*ev).closer_tgid = closer;
         (*ev).oldstate = old;
         (*ev).newstate = new;
         (*ev)._pad = 0;

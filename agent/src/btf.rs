@@ -77,7 +77,9 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         sk_flags: sk("sk_flags").or_else(|_| sk("skc_flags"))?,
         sk_lingertime: sk("sk_lingertime")?,
         sock_linger_bit: enum_value(btf, "sock_flags", "SOCK_LINGER")?,
-        _pad: 0,
+        tcp_bytes_received: tcp("bytes_received")?,
+        icsk_lrcvtime: tcp("lrcvtime")?,
+        sk_lock_owned: sk("sk_lock")? + field_offset(btf, "socket_lock_t", "owned")?,
     })
 }
 
@@ -167,6 +169,11 @@ pub fn field_offset(btf: &Btf, ty: &str, field: &str) -> Result<u32, BtfError> {
         .into_iter()
         .find_map(|t| match t {
             Type::Struct(s) => Some(s),
+            // `socket_lock_t` and friends: a typedef of an anonymous struct.
+            Type::Typedef(td) => match btf.resolve_chained_type(&td).ok()? {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            },
             _ => None,
         })
         .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
@@ -281,6 +288,13 @@ mod tests {
             off.skc_dport + 2 == off.skc_num,
             "skc_dport and skc_num share skc_portpair"
         );
+        // icsk_ack sits in inet_connection_sock, between struct sock and tcp_sock's own fields;
+        // sk_lock is struct sock's, `owned` right after the spinlock (4 bytes without lockdep).
+        let btf = kernel_btf();
+        let sk_lock = field_offset(&btf, "sock", "sk_lock").unwrap();
+        assert!(off.icsk_lrcvtime > off.sk_protocol && off.icsk_lrcvtime < off.tcp_write_seq);
+        assert!(off.tcp_bytes_received > off.icsk_lrcvtime);
+        assert_eq!(off.sk_lock_owned, sk_lock + 4);
     }
 
     #[test]
@@ -316,7 +330,7 @@ mod tests {
         assert_eq!(tracepoint_arity(&btf, "tcp_destroy_sock"), Some(1));
         assert_eq!(tracepoint_arity(&btf, "no_such_tracepoint"), None);
         // net/ipv4/tcp.c on this 6.18 kernel: tcp_sendpage is gone since 6.5, tcp_recvmsg lost
-        // `nonblock` in 5.19 and `addr_len` in 6.16.
+        // `nonblock` in 5.19 and `addr_len` in 6.16 (function_arity reads any function).
         assert_eq!(function_arity(&btf, "tcp_sendmsg"), Some(3));
         assert_eq!(function_arity(&btf, "tcp_recvmsg"), Some(4));
         assert_eq!(function_arity(&btf, "tcp_close"), Some(2));

@@ -31,7 +31,7 @@ pub struct KernelArgs {
     #[arg(long, value_name = "PATH", default_value = "/sys/kernel/tracing")]
     pub tracefs: PathBuf,
 
-    /// Leave out a hook (kernel function or tracepoint, e.g. tcp_recvmsg), as if this kernel
+    /// Leave out a hook (kernel function or tracepoint, e.g. tcp_send_reset), as if this kernel
     /// lacked it: the detectors that need it are reported off. Repeatable.
     #[arg(long, value_name = "HOOK", value_parser = parse_hook)]
     pub skip_hook: Vec<String>,

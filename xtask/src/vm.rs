@@ -39,7 +39,7 @@ pub struct VmArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     kernel: Vec<String>,
     /// Probe modes to run (comma-separated): fentry, kprobe, tracepoint, or all. Tracepoint mode
-    /// only has every hook on kernels ≥6.3 (sock:sock_send_length/sock_recv_length).
+    /// only has every hook on kernels ≥6.3 (sock:sock_send_length).
     #[arg(long, value_delimiter = ',', default_value = "fentry,kprobe")]
     mode: Vec<String>,
     /// Only these scenarios (comma-separated names from the summary); all by default.

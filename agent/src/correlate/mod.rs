@@ -171,7 +171,7 @@ impl Correlator {
             } else {
                 CloseHow::Fin
             },
-            unanswered_bytes: s.bytes_in.saturating_sub(s.bytes_in_at_last_out),
+            unanswered_bytes: s.unanswered_in,
             delay: Duration::from_nanos(ev.header.ts_ns.saturating_sub(s.last_in_ns)),
         };
         Some(self.incident(s, role, s.tgid, comm(&s.comm), detail))

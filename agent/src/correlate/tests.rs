@@ -9,10 +9,19 @@ use super::*;
 const SEC: u64 = 1_000_000_000;
 const OWNER: u32 = 4242;
 
-/// A model of one socket as the kernel programs see it (agent-ebpf/src/state.rs): the same
-/// updates per recv/send/state change, and the same emit rule at the local close.
+/// The first sequence number the peer's data takes; close to the wrap, so that every test also
+/// crosses it.
+const PEER_ISN: u32 = u32::MAX - 100;
+
+/// A model of one socket as the kernel and the programs see it (agent-ebpf/src/state.rs): the
+/// socket's receive side (`copied_seq`, `rcv_nxt`, `bytes_received`, the last arrival), the same
+/// `SockState` updates per send and state change, and the same emit rule at the local close.
 struct Conn {
     st: SockState,
+    copied: u32,
+    rcv_nxt: u32,
+    received: u64,
+    last_arrival: u64,
 }
 
 impl Conn {
@@ -22,11 +31,18 @@ impl Conn {
             family: AF_INET,
             lport,
             rport,
+            copied_at_start: PEER_ISN,
             ..SockState::default()
         };
         st.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         st.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        Self { st }
+        Self {
+            st,
+            copied: PEER_ISN,
+            rcv_nxt: PEER_ISN,
+            received: 0,
+            last_arrival: 0,
+        }
     }
 
     fn server() -> Self {
@@ -45,32 +61,34 @@ impl Conn {
         }
     }
 
-    /// sock_recv_length: `ret` bytes (or 0 = EOF, <0 = error).
+    /// `ret` bytes arrive at `t` and the process reads them (0 = it reads the end of file after
+    /// the peer's FIN, <0 = an error such as EAGAIN).
     fn recv(mut self, t: u64, ret: i64) -> Self {
         if ret > 0 {
-            self.claim();
-            self.st.bytes_in += ret as u64;
-            if self.st.first_in_ns == 0 {
-                self.st.first_in_ns = t;
-            }
-            self.st.last_in_ns = t;
+            self.rcv_nxt = self.rcv_nxt.wrapping_add(ret as u32);
+            self.received += ret as u64;
+            self.copied = self.copied.wrapping_add(ret as u32);
+            self.last_arrival = t;
+        } else if ret == 0 && self.st.flags & flag::PEER_FIN != 0 {
+            // Reading the end of file steps copied_seq over the FIN.
+            self.copied = self.rcv_nxt;
         }
         self
     }
 
-    fn send(mut self, t: u64, ret: i64) -> Self {
+    /// A write that returned `ret` (the programs see only successful ones here).
+    fn send(mut self, _t: u64, ret: i64) -> Self {
         if ret > 0 {
             self.claim();
-            self.st.bytes_out += ret as u64;
-            self.st.bytes_in_at_last_out = self.st.bytes_in;
-            if self.st.first_out_ns == 0 {
-                self.st.first_out_ns = t;
-            }
+            self.st.record_send(ret as u64, self.copied);
         }
         self
     }
 
+    /// The peer's FIN arrives: it takes a sequence number, and the socket goes to CLOSE_WAIT.
     fn peer_fin(mut self) -> Self {
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        self.received += 1;
         self.st.flags |= flag::PEER_FIN;
         self
     }
@@ -80,16 +98,20 @@ impl Conn {
         self
     }
 
-    /// The local close transition at time `t`, run by task `closer`. Returns the record the
-    /// kernel would emit (None when its pre-filter drops it).
-    fn close_by(self, t: u64, newstate: u32, closer: u32) -> Option<TeardownEvent> {
+    /// The local close transition at time `t`, run by task `closer` (0: no task held the
+    /// socket). Returns the record the kernel would emit (None when its pre-filter drops it).
+    fn close_by(mut self, t: u64, newstate: u32, closer: u32) -> Option<TeardownEvent> {
         let old = if self.st.flags & flag::PEER_FIN != 0 {
             tcp_state::CLOSE_WAIT
         } else {
             tcp_state::ESTABLISHED
         };
+        if closer == OWNER {
+            self.claim();
+        }
         let mut st = self.st;
         st.flags |= flag::LOCAL_CLOSE;
+        st.settle(self.copied, self.rcv_nxt, self.received, self.last_arrival);
         st.may_owe_answer().then_some(TeardownEvent {
             header: EventHeader {
                 kind: kind::TEARDOWN,

@@ -211,6 +211,8 @@ impl Kernel {
             sock: offsets,
             tp: classic.as_ref().copied().unwrap_or_default(),
             fd: fd_offsets.unwrap_or_default(),
+            jiffy_ns: jiffy_ns(),
+            _pad: 0,
         };
         let arities = ProbeMode::ALL
             .iter()
@@ -618,17 +620,26 @@ where
         .map_err(|e| HookError::load(chain(&e)))
 }
 
+/// Nanoseconds per jiffy (1/HZ): the coarse clocks tick once per jiffy, and their resolution
+/// says so without privileges or a kernel config file.
+fn jiffy_ns() -> u32 {
+    use nix::time::{ClockId, clock_getres};
+    clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
+        .ok()
+        .and_then(|t| u32::try_from(t.tv_sec() * 1_000_000_000 + t.tv_nsec()).ok())
+        // HZ=250, the most common build, if the clock cannot say.
+        .unwrap_or(4_000_000)
+}
+
 /// Record layouts of the classic tracepoints, from tracefs.
 fn classic_fields(tracefs_path: &Path) -> Result<TracepointFields, tracefs::TracefsError> {
     if tracefs::ensure_mounted(tracefs_path)? {
         info!("mounted tracefs at {}", tracefs_path.display());
     }
     let f = |cat, name, fields: &[&str]| tracefs::field_offsets(tracefs_path, cat, name, fields);
-    // sock_send_length and sock_recv_length share one event class (sock_msg_length in
-    // include/trace/events/sock.h), so one layout serves both.
-    // Linux 6.3+; without them the other tracepoints still serve every mode's state hooks.
-    let len = f("sock", "sock_recv_length", &["sk", "ret", "flags"])
-        .inspect_err(|e| debug!("no classic send/recv tracepoints: {e}"))
+    // Linux 6.3+; without it the other tracepoints still serve every mode's state hooks.
+    let len = f("sock", "sock_send_length", &["sk", "ret", "flags"])
+        .inspect_err(|e| debug!("no classic sock_send_length tracepoint: {e}"))
         .unwrap_or_else(|_| vec![0; 3]);
     let state = f(
         "sock",

@@ -80,8 +80,8 @@ pub(super) struct Hook {
     pub if_present: bool,
 }
 
-/// tcp_recvmsg has had three parameter lists: `(sk, msg, len, nonblock, flags, addr_len)` until
-/// Linux 5.19, `(sk, msg, len, flags, addr_len)` until 6.16, `(sk, msg, len, flags)` since.
+/// No mode hooks a receive: what a process read is taken from the socket's own sequence numbers
+/// when a record is written (see `agent_common::SockState::settle`).
 const FENTRY_HOOKS: &[Hook] = &[
     Hook {
         target: "tcp_sendmsg",
@@ -94,16 +94,6 @@ const FENTRY_HOOKS: &[Hook] = &[
         attach: Attach::Trampoline(&[(5, "fexit_tcp_sendpage")]),
         needed_by: &[UnansweredClose, WriteAfterClose],
         if_present: true,
-    },
-    Hook {
-        target: "tcp_recvmsg",
-        attach: Attach::Trampoline(&[
-            (4, "fexit_tcp_recvmsg4"),
-            (5, "fexit_tcp_recvmsg5"),
-            (6, "fexit_tcp_recvmsg6"),
-        ]),
-        needed_by: &[UnansweredClose],
-        if_present: false,
     },
     Hook {
         target: "tcp_close",
@@ -131,19 +121,6 @@ const KPROBE_HOOKS: &[Hook] = &[
         },
         needed_by: &[UnansweredClose, WriteAfterClose],
         if_present: true,
-    },
-    Hook {
-        target: "tcp_recvmsg",
-        attach: Attach::Kprobe {
-            entry: &[
-                (4, "kprobe_tcp_recvmsg"),
-                (5, "kprobe_tcp_recvmsg"),
-                (6, "kprobe_tcp_recvmsg_nonblock"),
-            ],
-            ret: Some("kretprobe_tcp_recvmsg"),
-        },
-        needed_by: &[UnansweredClose],
-        if_present: false,
     },
     Hook {
         target: "tcp_close",
@@ -176,25 +153,16 @@ const fn tracepoint(
     }
 }
 
-/// `sock:sock_{send,recv}_length` exist since Linux 6.3. Every detector needs them here: they
-/// are where this mode learns which process owns an accepted socket (the handshake completes in
-/// softirq), so without them an undelivered-bytes count could not name its process.
-const TRACEPOINT_HOOKS: &[Hook] = &[
-    tracepoint(
-        "sock",
-        "sock_recv_length",
-        "btf_sock_recv_length",
-        "tp_sock_recv_length",
-        &[UnansweredClose, UndeliveredBytes],
-    ),
-    tracepoint(
-        "sock",
-        "sock_send_length",
-        "btf_sock_send_length",
-        "tp_sock_send_length",
-        &[UnansweredClose, WriteAfterClose, UndeliveredBytes],
-    ),
-];
+/// `sock:sock_send_length` exists since Linux 6.3. Every detector needs it here: it is where this
+/// mode learns which process owns a socket before a peer's reset (the handshake and the reset
+/// both run in softirq), so without it an undelivered-bytes count could not name its process.
+const TRACEPOINT_HOOKS: &[Hook] = &[tracepoint(
+    "sock",
+    "sock_send_length",
+    "btf_sock_send_length",
+    "tp_sock_send_length",
+    &[UnansweredClose, WriteAfterClose, UndeliveredBytes],
+)];
 
 const STATE_HOOKS: &[Hook] = &[
     tracepoint(

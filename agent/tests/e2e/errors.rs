@@ -148,7 +148,7 @@ fn check_reports_modes_detectors_and_exit_status() {
     assert!(line("kprobe ").starts_with("kprobe yes no"), "{text}");
     let tp = line("tracepoint ");
     assert!(tp.starts_with("tracepoint yes yes"), "{text}");
-    for hook in ["sock_recv_length=btf", "tcp_send_reset=btf", "sys_exit=btf"] {
+    for hook in ["sock_send_length=btf", "tcp_send_reset=btf", "sys_exit=btf"] {
         assert!(tp.contains(hook), "{hook} missing: {text}");
     }
     for d in ["unanswered_close", "write_after_close", "undelivered_bytes"] {

@@ -155,7 +155,6 @@ fn stop_signals_detach_everything_and_a_restart_works_at_once() {
         // The BTF tracepoints every mode uses are attached, each through a link.
         for prog in [
             "btf_sock_send_length",
-            "btf_sock_recv_length",
             "btf_inet_sock_set_state",
             "btf_tcp_destroy_sock",
         ] {

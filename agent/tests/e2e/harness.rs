@@ -206,7 +206,7 @@ impl Agent {
         );
     }
 
-    /// The `hooks` field of the attach log line, e.g. `sock_recv_length(btf) ...`.
+    /// The `hooks` field of the attach log line, e.g. `sock_send_length(btf) ...`.
     pub fn hooks(&self) -> String {
         let stderr = self.stderr_text();
         let line = stderr

@@ -158,7 +158,6 @@ fn classic_tracepoint_fallback_detects_the_same() {
     let agent = Agent::start(&["--classic-tracepoints"]);
     let hooks = agent.hooks();
     for hook in [
-        "sock_recv_length(classic)",
         "sock_send_length(classic)",
         "inet_sock_set_state(classic)",
         "tcp_destroy_sock(classic)",
