@@ -106,12 +106,18 @@ pub fn copied_seq(sk: u64) -> u32 {
     read(sk, config!(sock.tcp_copied_seq)).unwrap_or(0)
 }
 
+/// `tcp_sock.rcv_nxt`: the sequence number of the next byte expected from the peer.
+#[inline(always)]
+pub fn rcv_nxt(sk: u64) -> u32 {
+    read(sk, config!(sock.tcp_rcv_nxt)).unwrap_or(0)
+}
+
 /// The receive side now: (`copied_seq`, `rcv_nxt`, `bytes_received`).
 #[inline(always)]
 pub fn receive_side(sk: u64) -> (u32, u32, u64) {
     (
         copied_seq(sk),
-        read(sk, config!(sock.tcp_rcv_nxt)).unwrap_or(0),
+        rcv_nxt(sk),
         read(sk, config!(sock.tcp_bytes_received)).unwrap_or(0),
     )
 }

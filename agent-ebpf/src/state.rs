@@ -125,8 +125,12 @@ pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
     // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
     let st = unsafe { &mut *st };
     claim(st);
+    st.bytes_out += ret as u64;
     // Where the process's reading stood at this write: input read after it is unanswered.
-    st.record_send(ret as u64, kernel::copied_seq(sk));
+    let rcv_nxt = kernel::rcv_nxt(sk);
+    if st.send_must_read_copied(rcv_nxt) {
+        st.record_send(kernel::copied_seq(sk), rcv_nxt);
+    }
 }
 
 /// The process closes `sk` (fentry/kprobe `tcp_close`, in the caller's context). The teardown

@@ -76,11 +76,28 @@ impl Conn {
         self
     }
 
+    /// `n` bytes arrive at `t`; the process has not read them yet.
+    fn arrive(mut self, t: u64, n: u32) -> Self {
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(n);
+        self.received += n as u64;
+        self.last_arrival = t;
+        self
+    }
+
+    /// The process reads `n` of the bytes that have arrived.
+    fn read(mut self, n: u32) -> Self {
+        self.copied = self.copied.wrapping_add(n);
+        self
+    }
+
     /// A write that returned `ret` (the programs see only successful ones here).
     fn send(mut self, _t: u64, ret: i64) -> Self {
         if ret > 0 {
             self.claim();
-            self.st.record_send(ret as u64, self.copied);
+            self.st.bytes_out += ret as u64;
+            if self.st.send_must_read_copied(self.rcv_nxt) {
+                self.st.record_send(self.copied, self.rcv_nxt);
+            }
         }
         self
     }
@@ -218,6 +235,36 @@ fn half_close_with_delivered_response_counts_zero() {
         .recv(SEC + 1, 0)
         .send(SEC + 10, 120);
     assert_eq!(server.close(SEC + 11), None);
+}
+
+#[test]
+fn input_that_arrived_before_a_write_and_was_read_before_the_next_counts_zero() {
+    // The request arrives while a response is being written; the process reads it, answers,
+    // and then writes a stream with nothing more arriving (writes that skip `copied_seq`).
+    let c = Conn::server()
+        .arrive(SEC, 78)
+        .send(SEC + 1, 4096)
+        .read(78)
+        .send(SEC + 2, 120)
+        .send(SEC + 3, 64)
+        .send(SEC + 4, 64);
+    assert_eq!(c.close(2 * SEC), None);
+    // The same, but the last input is read after the last write: unanswered.
+    let c = Conn::server()
+        .arrive(SEC, 78)
+        .send(SEC + 1, 4096)
+        .send(SEC + 2, 64)
+        .read(78);
+    let got = incidents(c.close(3 * SEC));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].detail,
+        Detail::UnansweredClose {
+            how: CloseHow::Fin,
+            unanswered_bytes: 78,
+            delay: Duration::from_secs(2),
+        }
+    );
 }
 
 #[test]
