@@ -150,8 +150,6 @@ pub struct SockState {
     pub copied_at_start: u32,
     /// `tcp_sock.copied_seq` at the process's last write (valid with [`flag::SENT`]).
     pub copied_at_last_out: u32,
-    /// `tcp_sock.rcv_nxt` when `copied_at_last_out` was read.
-    pub rcv_nxt_at_last_out: u32,
     pub comm: [u8; COMM_LEN],
     /// Network byte order, IPv4 in the first 4 bytes for AF_INET.
     pub laddr: [u8; 16],
@@ -164,24 +162,13 @@ pub struct SockState {
     pub flags: u16,
     /// One of [`role`].
     pub role: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 impl SockState {
-    /// Whether a write, with the socket's `rcv_nxt` now, must read `copied_seq` to know where
-    /// the process's reading stands. Not when the process had read everything by its last write
-    /// and nothing arrived since: `copied_seq` (never past `rcv_nxt`) cannot have moved. A
-    /// stream of writes then reads only `rcv_nxt`, on a cache line the send itself just used,
-    /// not `copied_seq`'s, which the acknowledgements processed on another CPU keep writing.
-    pub const fn send_must_read_copied(&self, rcv_nxt: u32) -> bool {
-        self.flags & flag::SENT == 0
-            || rcv_nxt != self.rcv_nxt_at_last_out
-            || self.copied_at_last_out != self.rcv_nxt_at_last_out
-    }
-
     /// Where the process's reading stood at this write: `copied` is the socket's `copied_seq`
-    /// (everything the process had read, as a sequence number) and `rcv_nxt` its `rcv_nxt`.
-    pub fn record_send(&mut self, copied: u32, rcv_nxt: u32) {
+    /// (everything the process had read, as a sequence number).
+    pub fn record_send(&mut self, copied: u32) {
         if self.flags & flag::SENT == 0 {
             self.flags |= flag::SENT;
             if copied != self.copied_at_start {
@@ -189,7 +176,6 @@ impl SockState {
             }
         }
         self.copied_at_last_out = copied;
-        self.rcv_nxt_at_last_out = rcv_nxt;
     }
 
     /// Fills the derived fields (`bytes_in`, `unanswered_in`, `last_in_ns`) from the socket's
