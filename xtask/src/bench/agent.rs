@@ -54,6 +54,8 @@ impl AgentRun {
 pub struct BpfStats {
     pub run_cnt: u64,
     pub run_time_ns: u64,
+    /// Busy CPU time of the whole machine over the same window (`machine::busy_cpu_ns`).
+    pub busy_ns: u64,
 }
 
 /// One agent-on run: start the agent, run `work`, read the agent, stop it.
@@ -113,6 +115,7 @@ pub fn measure_probe_stats(binary: &Path, dir: &Path, work: Work<'_>) -> Result<
         BpfStats {
             run_cnt: after.run_cnt - before.run_cnt,
             run_time_ns: after.run_time_ns - before.run_time_ns,
+            busy_ns: after.busy_ns - before.busy_ns,
         },
     ))
 }
@@ -254,6 +257,7 @@ impl Agent {
             total.run_cnt += field("run_cnt:");
             total.run_time_ns += field("run_time_ns:");
         }
+        total.busy_ns = super::machine::busy_cpu_ns();
         Ok(total)
     }
 

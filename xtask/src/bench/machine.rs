@@ -170,20 +170,35 @@ impl Quiet {
     }
 }
 
+/// The aggregate `cpu` line of /proc/stat, in clock ticks.
+fn cpu_ticks() -> Option<Vec<u64>> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (cpu.len() >= 5).then_some(cpu)
+}
+
+/// CPU time all CPUs have spent busy since boot, in nanoseconds: user, nice, system, irq and
+/// softirq (idle, iowait and time stolen by the hypervisor left out).
+pub fn busy_cpu_ns() -> u64 {
+    let Some(cpu) = cpu_ticks() else { return 0 };
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| cpu.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    busy * (1_000_000_000 / hz)
+}
+
 /// The fraction of all CPUs busy over `window`, from /proc/stat.
 fn cpu_busy(window: Duration) -> f64 {
     let read = || -> Option<(u64, u64)> {
-        let stat = fs::read_to_string("/proc/stat").ok()?;
-        let cpu: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
+        let cpu = cpu_ticks()?;
         // idle + iowait are the 4th and 5th fields.
-        let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
-        Some((cpu.iter().sum(), idle))
+        Some((cpu.iter().sum(), cpu[3] + cpu[4]))
     };
     let before = read();
     thread::sleep(window);
