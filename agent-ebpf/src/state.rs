@@ -147,7 +147,6 @@ pub fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
 
 pub fn on_state(sk: u64, old: u32, new: u32) {
     match new {
-        tcp_state::SYN_SENT => on_connect(sk),
         tcp_state::ESTABLISHED => on_established(sk, old),
         tcp_state::CLOSE_WAIT => {
             if let Some(st) = SOCKS.get_ptr_mut(sk) {
@@ -156,26 +155,17 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
             }
         }
         tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE => on_closing(sk, old, new),
-        // FIN_WAIT2, TIME_WAIT, CLOSING, SYN_RECV, LISTEN: nothing to learn, not even a lookup
-        // (a short connection goes through ten state changes).
+        // SYN_SENT, SYN_RECV, FIN_WAIT2, TIME_WAIT, CLOSING, LISTEN: nothing to learn, not even
+        // a lookup (a short connection goes through ten state changes).
         _ => {}
     }
 }
 
-/// connect() runs in the caller's context: the one moment a client socket's owner is known before
-/// any byte moves (an RST can arrive before the first send returns).
-#[inline(always)]
-fn on_connect(sk: u64) {
-    if kernel::is_inet_tcp(sk)
-        && let Some(st) = fresh(role::CLIENT, 0)
-    {
-        claim(st);
-        track(sk, st);
-    }
-}
-
 /// The handshake completed, in softirq: ports, addresses and the first sequence number to read
-/// are final now; the current task is not the owner.
+/// are final now; the current task is not the owner (the first write or the close claims it).
+/// Tracking starts here for both ends, one map insert per connection: a connect() that never
+/// completes is never tracked (its writes then fail with ENOTCONN on a socket that never
+/// connected, which is not a loss).
 #[inline(always)]
 fn on_established(sk: u64, old: u32) {
     let role = match old {
@@ -183,18 +173,11 @@ fn on_established(sk: u64, old: u32) {
         tcp_state::SYN_SENT => role::CLIENT,
         _ => return,
     };
-    if let Some(st) = SOCKS.get_ptr_mut(sk) {
-        // SAFETY: see on_send.
-        let st = unsafe { &mut *st };
-        kernel::fill_identity(sk, st);
-        st.copied_at_start = kernel::copied_seq(sk);
-        st.flags |= flag::ESTABLISHED;
-        return;
-    }
     // MPTCP's meta socket also reports state changes here; only its TCP subflows are tracked.
     if !kernel::is_inet_tcp(sk) {
         return;
     }
+    // BPF_ANY: a stale entry for a recycled `struct sock` address is replaced.
     if let Some(st) = fresh(role, flag::ESTABLISHED) {
         kernel::fill_identity(sk, st);
         st.copied_at_start = kernel::copied_seq(sk);
@@ -273,6 +256,11 @@ pub fn on_receive_reset(sk: u64) {
     // SAFETY: see on_send.
     let st = unsafe { &mut *st };
     st.flags |= flag::PEER_RESET;
+    // Over loopback the peer's RST can answer a first write before that write returns: it is
+    // then processed from the socket's backlog, in the writer's context, with the lock held.
+    if kernel::owned_by_user(sk) {
+        claim(st);
+    }
     abort(sk, st, trigger::RECEIVE_RESET, NO_REASON);
 }
 
