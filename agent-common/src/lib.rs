@@ -166,6 +166,14 @@ pub struct SockState {
 }
 
 impl SockState {
+    /// Whether a write must record where the process's reading stands. Not for a client that
+    /// wrote before it read anything: it owes no answer ([`SockState::may_owe_answer`]) however
+    /// its reads and writes interleave later, so its writes (an HTTP client's requests, a
+    /// stream of uploads) skip the read of `copied_seq`.
+    pub const fn send_needs_read_position(&self) -> bool {
+        !(self.role == role::CLIENT && self.flags & (flag::SENT | flag::PEER_FIRST) == flag::SENT)
+    }
+
     /// Where the process's reading stood at this write: `copied` is the socket's `copied_seq`
     /// (everything the process had read, as a sequence number).
     pub fn record_send(&mut self, copied: u32) {

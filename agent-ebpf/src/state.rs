@@ -129,7 +129,9 @@ pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
     // Where the process's reading stood at this write: input read after it is unanswered.
     // (Gating this read on `rcv_nxt` to spare a stream of writes was measured and made them
     // slower: that field's cache line is the one the acknowledgements keep writing.)
-    st.record_send(kernel::copied_seq(sk));
+    if st.send_needs_read_position() {
+        st.record_send(kernel::copied_seq(sk));
+    }
 }
 
 /// The process closes `sk` (fentry/kprobe `tcp_close`, in the caller's context). The teardown

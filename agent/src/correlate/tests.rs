@@ -95,7 +95,9 @@ impl Conn {
         if ret > 0 {
             self.claim();
             self.st.bytes_out += ret as u64;
-            self.st.record_send(self.copied);
+            if self.st.send_needs_read_position() {
+                self.st.record_send(self.copied);
+            }
         }
         self
     }
@@ -219,6 +221,23 @@ fn client_closing_after_reading_full_response_counts_zero() {
         .recv(SEC + 10, 4096)
         .recv(SEC + 20, 2000);
     assert_eq!(c.close(SEC + 30), None);
+}
+
+#[test]
+fn keep_alive_client_records_its_reading_only_at_its_first_write() {
+    let c = Conn::client()
+        .send(SEC, 78)
+        .recv(SEC + 10, 120)
+        .send(2 * SEC, 78)
+        .recv(2 * SEC + 10, 120);
+    // The later write skipped the read position: a client that spoke first never owes.
+    assert_eq!(c.st.copied_at_last_out, PEER_ISN);
+    assert!(!c.st.send_needs_read_position());
+    assert_eq!(c.close(3 * SEC), None);
+    // A client whose peer spoke first keeps recording it.
+    let c = Conn::client().recv(SEC, 40).send(SEC + 1, 10);
+    assert!(c.st.send_needs_read_position());
+    assert_eq!(c.st.copied_at_last_out, PEER_ISN.wrapping_add(40));
 }
 
 #[test]
