@@ -1,6 +1,9 @@
 //! The unanswered-close detector on real servers.
 
 use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
@@ -127,6 +130,76 @@ fn rust_server_that_reads_and_closes_counts_one() {
         )),
         "{i}"
     );
+}
+
+/// A read that never passes through recvmsg: splice() moves the request from the socket into a
+/// pipe, as proxies do. It advances the socket's read position like any read, so the close
+/// without an answer counts the same (no receive hook would have seen this read).
+#[test]
+fn server_that_splices_the_request_and_closes_counts_one() {
+    if !root_or_skip("server_that_splices_the_request_and_closes_counts_one") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::Builder::new()
+        .name("splicesrv".into())
+        .spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut pipe = [0; 2];
+            // SAFETY: pipe(2) fills the two-element array.
+            assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+            let mut moved = 0;
+            while moved < REQUEST.len() {
+                // SAFETY: splice(2) between two fds this thread owns, no offsets.
+                let n = unsafe {
+                    libc::splice(
+                        conn.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        pipe[1],
+                        std::ptr::null_mut(),
+                        65536,
+                        0,
+                    )
+                };
+                assert!(n > 0, "splice: {}", std::io::Error::last_os_error());
+                moved += n as usize;
+            }
+            thread::sleep(Duration::from_millis(100));
+            drop(conn); // closed without a response
+            // SAFETY: closing the pipe this thread opened.
+            unsafe {
+                libc::close(pipe[0]);
+                libc::close(pipe[1]);
+            }
+        })
+        .unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(REQUEST).unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).unwrap();
+    server.join().unwrap();
+    assert!(reply.is_empty());
+
+    let port = port.to_string();
+    let labels = [
+        ("comm", "splicesrv"),
+        ("port", port.as_str()),
+        ("role", "server"),
+    ];
+    let m = agent.settled(
+        "the splicing server's unanswered close",
+        Duration::from_secs(2),
+        UNANSWERED,
+        &labels,
+    );
+    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
+    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
+    let incidents = agent.incidents();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0]["bytes_read"], REQUEST.len());
+    assert_eq!(incidents[0]["unanswered_bytes"], REQUEST.len());
 }
 
 #[test]
