@@ -358,6 +358,9 @@ pub struct SockOffsets {
     pub icsk_lrcvtime: u32,
     /// `int sock.sk_lock.owned`: a process holds the socket (it is in a socket call).
     pub sk_lock_owned: u32,
+    /// `u32 tcp_sock.data_segs_out`: data segments ever sent (0: the socket never wrote).
+    pub tcp_data_segs_out: u32,
+    pub _pad: u32,
 }
 
 /// Where a classic (tracefs) tracepoint keeps the fields the programs read, from its `format`.

@@ -199,8 +199,13 @@ fn on_closing(sk: u64, old: u32, new: u32) {
     if !open && !failed {
         return;
     }
-    let Some(st) = SOCKS.get_ptr_mut(sk) else {
-        return;
+    let st = match SOCKS.get_ptr_mut(sk) {
+        Some(st) => st,
+        None if open => match adopt_unwritten(sk) {
+            Some(st) => st,
+            None => return,
+        },
+        None => return,
     };
     // SAFETY: see on_send.
     let st = unsafe { &mut *st };
@@ -230,6 +235,28 @@ fn on_closing(sk: u64, old: u32, new: u32) {
         st.last_in_ns = last_input_ns(sk);
         emit_teardown(sk, st, closer, old, new);
     }
+}
+
+/// A connection the agent never saw established (opened before it started, or evicted from a
+/// full map) is closing. It can be judged only if it never sent a data byte in its life: then
+/// every byte it read is unanswered, whatever happened before the agent was there.
+#[inline(always)]
+fn adopt_unwritten(sk: u64) -> Option<*mut SockState> {
+    if !kernel::is_inet_tcp(sk)
+        || kernel::read::<u32>(sk, config!(sock.tcp_data_segs_out)) != Some(0)
+    {
+        return None;
+    }
+    let st = fresh(role::UNKNOWN, flag::ESTABLISHED)?;
+    kernel::fill_identity(sk, st);
+    // The peer's first byte: rcv_nxt less everything ever received.
+    let (_, rcv_nxt, received) = kernel::receive_side(sk);
+    st.copied_at_start = rcv_nxt.wrapping_sub(received as u32);
+    let st: &SockState = st;
+    if SOCKS.insert(sk, st, 1).is_ok() {
+        bump(stat::SOCKETS_TRACKED);
+    }
+    SOCKS.get_ptr_mut(sk)
 }
 
 /// Fills a state's derived fields from the socket's receive side now (see `SockState::settle`).

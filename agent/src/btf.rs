@@ -80,6 +80,8 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         tcp_bytes_received: tcp("bytes_received")?,
         icsk_lrcvtime: tcp("lrcvtime")?,
         sk_lock_owned: sk("sk_lock")? + field_offset(btf, "socket_lock_t", "owned")?,
+        tcp_data_segs_out: tcp("data_segs_out")?,
+        _pad: 0,
     })
 }
 

@@ -132,6 +132,119 @@ fn rust_server_that_reads_and_closes_counts_one() {
     );
 }
 
+/// Keep-alive: the first request is answered, the second (sent the moment the first response is
+/// in, so both arrive within one kernel tick) is read and left unanswered. Only the read
+/// position recorded at each write tells the two apart; the kernel's receive and send times
+/// (jiffies) are equal here.
+#[test]
+fn second_keep_alive_request_left_unanswered_counts_one() {
+    if !root_or_skip("second_keep_alive_request_left_unanswered_counts_one") {
+        return;
+    }
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let agent = Agent::start(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::Builder::new()
+        .name("kasrv".into())
+        .spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; REQUEST.len()];
+            conn.read_exact(&mut buf).unwrap();
+            conn.write_all(RESPONSE).unwrap();
+            conn.read_exact(&mut buf).unwrap();
+            thread::sleep(Duration::from_millis(100));
+            drop(conn); // the second request is never answered
+        })
+        .unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(REQUEST).unwrap();
+    let mut response = vec![0u8; RESPONSE.len()];
+    client.read_exact(&mut response).unwrap();
+    client.write_all(REQUEST).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    server.join().unwrap();
+    assert!(rest.is_empty());
+
+    let port = port.to_string();
+    let labels = [
+        ("comm", "kasrv"),
+        ("port", port.as_str()),
+        ("role", "server"),
+    ];
+    let m = agent.settled(
+        "the keep-alive server's unanswered close",
+        Duration::from_secs(2),
+        UNANSWERED,
+        &labels,
+    );
+    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
+    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
+    let incidents = agent.incidents();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let i = &incidents[0];
+    assert_eq!(i["bytes_read"], 2 * REQUEST.len(), "{i}");
+    assert_eq!(i["unanswered_bytes"], REQUEST.len(), "{i}");
+    assert_eq!(i["bytes_written"], RESPONSE.len(), "{i}");
+}
+
+/// A connection accepted, and its request read, before the agent started; the server closes it
+/// unanswered once the agent runs. It never wrote a byte, so everything it read is unanswered
+/// whatever happened before the agent: reported with the role the agent could not observe.
+#[test]
+fn connection_from_before_the_agent_closed_unanswered_counts_one() {
+    if !root_or_skip("connection_from_before_the_agent_closed_unanswered_counts_one") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let server = thread::Builder::new()
+        .name("oldsrv".into())
+        .spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; REQUEST.len()];
+            conn.read_exact(&mut buf).unwrap();
+            read_tx.send(()).unwrap();
+            close_rx.recv().unwrap();
+            drop(conn); // closed without a response, the listener still open
+            close_rx.recv().ok();
+        })
+        .unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(REQUEST).unwrap();
+    read_rx.recv().unwrap();
+
+    let agent = Agent::start(&[]);
+    close_tx.send(()).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    let port = port.to_string();
+    let labels = [
+        ("comm", "oldsrv"),
+        ("port", port.as_str()),
+        ("role", "unknown"),
+    ];
+    let m = agent.settled(
+        "the unanswered close of a connection older than the agent",
+        Duration::from_secs(2),
+        UNANSWERED,
+        &labels,
+    );
+    drop(close_tx); // the listener goes away only now
+    server.join().unwrap();
+    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
+    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
+    let incidents = agent.incidents();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0]["bytes_read"], REQUEST.len());
+    assert_eq!(incidents[0]["unanswered_bytes"], REQUEST.len());
+}
+
 /// A read that never passes through recvmsg: splice() moves the request from the socket into a
 /// pipe, as proxies do. It advances the socket's read position like any read, so the close
 /// without an answer counts the same (no receive hook would have seen this read).

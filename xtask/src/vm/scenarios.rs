@@ -81,6 +81,12 @@ pub const SCENARIOS: &[Scenario] = &[
         needs: &[],
     },
     Scenario {
+        name: "keep-alive-second-unanswered",
+        test: "unanswered::second_keep_alive_request_left_unanswered_counts_one",
+        detector: Detector::UnansweredClose,
+        needs: &[],
+    },
+    Scenario {
         name: "linger-zero",
         test: "aborts::linger_zero_close_with_megabytes_queued",
         detector: Detector::UndeliveredBytes,
