@@ -91,8 +91,6 @@ pub mod flag {
     pub const LOCAL_CLOSE: u16 = 1 << 2;
     /// An abort record was already sent for this socket.
     pub const ABORTED: u16 = 1 << 3;
-    /// The connection reached ESTABLISHED (before that, the SYN is the only "unacked" byte).
-    pub const ESTABLISHED: u16 = 1 << 4;
     /// The local side sent its FIN, which takes one sequence number but carries no data.
     pub const FIN_SENT: u16 = 1 << 5;
     /// The process called close() on it (fentry/kprobe `tcp_close`; tracepoint mode cannot
@@ -186,11 +184,11 @@ impl SockState {
         self.copied_at_last_out = copied;
     }
 
-    /// Fills the derived fields (`bytes_in`, `unanswered_in`, `last_in_ns`) from the socket's
-    /// receive side now: `copied` and `rcv_nxt` are `tcp_sock` sequence numbers, `received` is
-    /// `tcp_sock.bytes_received` (which, like `rcv_nxt`, counts the peer's FIN as one byte), and
-    /// `last_in_ns` is when the last input arrived.
-    pub fn settle(&mut self, copied: u32, rcv_nxt: u32, received: u64, last_in_ns: u64) {
+    /// Fills the derived byte counts (`bytes_in`, `unanswered_in`) from the socket's receive side
+    /// now: `copied` and `rcv_nxt` are `tcp_sock` sequence numbers, `received` is
+    /// `tcp_sock.bytes_received` (which, like `rcv_nxt`, counts the peer's FIN as one byte).
+    /// `last_in_ns` is set apart, only for a record: it costs two clock reads.
+    pub fn settle(&mut self, copied: u32, rcv_nxt: u32, received: u64) {
         // Reading the end of file steps copied_seq over the peer's FIN; that is not input.
         let fin_read = self.flags & flag::PEER_FIN != 0 && copied == rcv_nxt;
         let unread = rcv_nxt.wrapping_sub(copied) as u64;
@@ -206,7 +204,6 @@ impl SockState {
         // Signed: an end of file read before the last write leaves `read_to` one short of it.
         let after = read_to.wrapping_sub(since) as i32;
         self.unanswered_in = if after > 0 { after as u64 } else { 0 };
-        self.last_in_ns = last_in_ns;
     }
 
     /// The peer's bytes came first on this connection: the local side is the one being asked.

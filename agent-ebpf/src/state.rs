@@ -45,29 +45,58 @@ fn claim(st: &mut SockState) {
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
+/// Claims `st` for the current task if a process holds the socket's lock: the holder is the one
+/// acting on it. Softirq and timers run only while no process holds it, and must not claim the
+/// socket for whatever task they interrupted. Returns whether the lock was held.
+#[inline(always)]
+fn claim_if_held(sk: u64, st: &mut SockState) -> bool {
+    let held = kernel::owned_by_user(sk);
+    if held {
+        claim(st);
+    }
+    held
+}
+
 /// A zeroed [`SockState`] in per-CPU scratch memory, to fill and copy into [`SOCKS`]. Built on
 /// the stack instead, its 128 bytes pushed the fexit programs' call chain over the verifier's
 /// 512-byte combined stack limit.
 #[inline(always)]
-fn fresh(role: u8, flags: u16) -> Option<&'static mut SockState> {
+fn fresh(role: u8) -> Option<&'static mut SockState> {
     let st = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, used by one program at a time; zeroing then setting fields in
     // place builds nothing on the stack.
     unsafe {
         core::ptr::write_bytes(st, 0, 1);
         (*st).role = role;
-        (*st).flags = flags;
         Some(&mut *st)
     }
 }
 
-/// Starts tracking `sk` (BPF_ANY: a stale entry for a recycled `struct sock` address is
-/// replaced).
+/// `SOCKS.insert` flags.
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+
+/// Starts tracking the established connection `sk`, in `role`, its reads counted from
+/// `copied_at_start`. Only established connections are ever tracked, so the SYN is never taken
+/// for unacknowledged data. `map_flags` is `BPF_ANY` where a stale entry for a recycled
+/// `struct sock` address must be replaced, `BPF_NOEXIST` where a concurrent adopter on another
+/// CPU may have won (its entry is then used). Returns the new state if this call inserted it.
 #[inline(always)]
-fn track(sk: u64, st: &SockState) {
-    if SOCKS.insert(sk, st, 0).is_ok() {
-        bump(stat::SOCKETS_TRACKED);
+fn start_tracking(
+    sk: u64,
+    role: u8,
+    copied_at_start: u32,
+    map_flags: u64,
+) -> Option<&'static SockState> {
+    let st = fresh(role)?;
+    kernel::fill_identity(sk, st);
+    st.copied_at_start = copied_at_start;
+    let st: &SockState = st;
+    if SOCKS.insert(sk, st, map_flags).is_err() {
+        return None;
     }
+    bump(stat::SOCKETS_TRACKED);
+    Some(st)
 }
 
 /// The socket's state, adopting a live TCP socket the agent has not seen open (role unknown).
@@ -83,13 +112,7 @@ fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
     if state != tcp_state::ESTABLISHED && state != tcp_state::CLOSE_WAIT {
         return None;
     }
-    let st = fresh(role::UNKNOWN, flag::ESTABLISHED)?;
-    kernel::fill_identity(sk, st);
-    st.copied_at_start = kernel::copied_seq(sk);
-    let st: &SockState = st;
-    // BPF_NOEXIST: a concurrent adopter on another CPU wins, we then use its entry.
-    if SOCKS.insert(sk, st, 1).is_ok() {
-        bump(stat::SOCKETS_TRACKED);
+    if let Some(st) = start_tracking(sk, role::UNKNOWN, kernel::copied_seq(sk), BPF_NOEXIST) {
         // Once per socket that predates the agent: rare, and useful when a role looks wrong.
         debug!(
             ctx,
@@ -179,12 +202,7 @@ fn on_established(sk: u64, old: u32) {
     if !kernel::is_inet_tcp(sk) {
         return;
     }
-    // BPF_ANY: a stale entry for a recycled `struct sock` address is replaced.
-    if let Some(st) = fresh(role, flag::ESTABLISHED) {
-        kernel::fill_identity(sk, st);
-        st.copied_at_start = kernel::copied_seq(sk);
-        track(sk, st);
-    }
+    start_tracking(sk, role, kernel::copied_seq(sk), BPF_ANY);
 }
 
 /// The connection is going away: FIN_WAIT1 and LAST_ACK are a local close() or shutdown();
@@ -222,15 +240,13 @@ fn on_closing(sk: u64, old: u32, new: u32) {
     }
     // The task holding the socket lock is the one closing it; without the lock this is a timer or
     // a received segment, and no task closed it.
-    let closer = if kernel::owned_by_user(sk) {
-        claim(st);
+    let closer = if claim_if_held(sk, st) {
         (bpf_get_current_pid_tgid() >> 32) as u32
     } else {
         0
     };
+    settle(sk, st);
     // The clocks are read only for a record: most closes owe nothing.
-    let (copied, rcv_nxt, received) = kernel::receive_side(sk);
-    st.settle(copied, rcv_nxt, received, 0);
     if st.may_owe_answer() {
         st.last_in_ns = last_input_ns(sk);
         emit_teardown(sk, st, closer, old, new);
@@ -247,23 +263,22 @@ fn adopt_unwritten(sk: u64) -> Option<*mut SockState> {
     {
         return None;
     }
-    let st = fresh(role::UNKNOWN, flag::ESTABLISHED)?;
-    kernel::fill_identity(sk, st);
     // The peer's first byte: rcv_nxt less everything ever received.
     let (_, rcv_nxt, received) = kernel::receive_side(sk);
-    st.copied_at_start = rcv_nxt.wrapping_sub(received as u32);
-    let st: &SockState = st;
-    if SOCKS.insert(sk, st, 1).is_ok() {
-        bump(stat::SOCKETS_TRACKED);
-    }
+    start_tracking(
+        sk,
+        role::UNKNOWN,
+        rcv_nxt.wrapping_sub(received as u32),
+        BPF_NOEXIST,
+    );
     SOCKS.get_ptr_mut(sk)
 }
 
-/// Fills a state's derived fields from the socket's receive side now (see `SockState::settle`).
+/// Fills a state's byte counts from the socket's receive side now (see `SockState::settle`).
 #[inline(always)]
 fn settle(sk: u64, st: &mut SockState) {
     let (copied, rcv_nxt, received) = kernel::receive_side(sk);
-    st.settle(copied, rcv_nxt, received, last_input_ns(sk));
+    st.settle(copied, rcv_nxt, received);
 }
 
 /// When the last input arrived: `icsk_ack.lrcvtime` (jiffies) placed on the monotonic clock.
@@ -287,9 +302,7 @@ pub fn on_receive_reset(sk: u64) {
     st.flags |= flag::PEER_RESET;
     // Over loopback the peer's RST can answer a first write before that write returns: it is
     // then processed from the socket's backlog, in the writer's context, with the lock held.
-    if kernel::owned_by_user(sk) {
-        claim(st);
-    }
+    claim_if_held(sk, st);
     abort(sk, st, trigger::RECEIVE_RESET, NO_REASON);
 }
 
@@ -303,9 +316,7 @@ pub fn on_send_reset(sk: u64, reason: u32) {
     let st = unsafe { &mut *st };
     // An abortive close() (unread input, SO_LINGER{1,0}) runs with the process holding the
     // socket; a reset answering a segment runs in softirq.
-    if kernel::owned_by_user(sk) {
-        claim(st);
-    }
+    claim_if_held(sk, st);
     abort(sk, st, trigger::SEND_RESET, reason);
 }
 
@@ -313,7 +324,7 @@ pub fn on_send_reset(sk: u64, reason: u32) {
 /// or (for a local abort) bytes received that the process never read.
 #[inline(always)]
 fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
-    if st.flags & flag::ABORTED != 0 || st.flags & flag::ESTABLISHED == 0 {
+    if st.flags & flag::ABORTED != 0 {
         return;
     }
     let (mut unacked, mut unsent, mut unread) = kernel::at_stake(sk);
@@ -333,6 +344,7 @@ fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
     }
     st.flags |= flag::ABORTED;
     settle(sk, st);
+    st.last_in_ns = last_input_ns(sk);
     let Some(mut entry) = EVENTS.reserve::<AbortEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -368,6 +380,7 @@ fn on_write_error(sk: u64, e: u32, attempted: u64) {
             // SAFETY: a live map value, copied out.
             *sock = unsafe { *st };
             settle(sk, sock);
+            sock.last_in_ns = last_input_ns(sk);
             true
         }
         None => {

@@ -128,7 +128,8 @@ impl Conn {
         }
         let mut st = self.st;
         st.flags |= flag::LOCAL_CLOSE;
-        st.settle(self.copied, self.rcv_nxt, self.received, self.last_arrival);
+        st.settle(self.copied, self.rcv_nxt, self.received);
+        st.last_in_ns = self.last_arrival;
         st.may_owe_answer().then_some(TeardownEvent {
             header: EventHeader {
                 kind: kind::TEARDOWN,
