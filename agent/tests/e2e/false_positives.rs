@@ -84,27 +84,33 @@ fn idle_keep_alive_closed_by_either_side() {
     }
     let n = nginx("fp-idle");
     assert_no_loss("idle keep-alive", 4.0, || {
-        let req = b"GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
-        let read_response = |s: &mut TcpStream| {
-            let mut buf = vec![0u8; 4096];
-            let mut got = 0;
-            while !buf[..got].ends_with(&[b'a'; 16]) {
-                got += s.read(&mut buf[got..]).unwrap();
-            }
-        };
-        // Closed by the server: nginx's keepalive_timeout (1 s) expires.
-        let mut by_server = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
-        by_server.write_all(req).unwrap();
-        read_response(&mut by_server);
-        // Closed by the client after a complete exchange.
-        let mut by_client = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
-        by_client.write_all(req).unwrap();
-        read_response(&mut by_client);
-        drop(by_client);
-        let mut rest = Vec::new();
-        by_server.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty(), "the server closed the idle connection");
+        idle_keep_alive_closed_by_server_and_by_client(n.port);
     });
+}
+
+/// Two keep-alive connections with one complete exchange each (GET /1k): one left idle until
+/// the server's 1 s keep-alive timeout closes it, one closed by the client.
+fn idle_keep_alive_closed_by_server_and_by_client(port: u16) {
+    let req = b"GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
+    let read_response = |s: &mut TcpStream| {
+        let mut buf = vec![0u8; 4096];
+        let mut got = 0;
+        while !buf[..got].ends_with(&[b'a'; 16]) {
+            got += s.read(&mut buf[got..]).unwrap();
+        }
+    };
+    // Closed by the server: its keep-alive timeout expires.
+    let mut by_server = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    by_server.write_all(req).unwrap();
+    read_response(&mut by_server);
+    // Closed by the client after a complete exchange.
+    let mut by_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    by_client.write_all(req).unwrap();
+    read_response(&mut by_client);
+    drop(by_client);
+    let mut rest = Vec::new();
+    by_server.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the server closed the idle connection");
 }
 
 #[test]
@@ -205,25 +211,8 @@ fn http_shapes_against_a_rust_server() {
     let srv = start_rust_http();
     let port = srv.port;
     assert_no_loss("rust http shapes", 16.0, || {
-        let req = b"GET /1k HTTP/1.1\r\nHost: x\r\n\r\n";
-        let read_response = |s: &mut TcpStream| {
-            let mut buf = vec![0u8; 4096];
-            let mut got = 0;
-            while !buf[..got].ends_with(&[b'a'; 16]) {
-                got += s.read(&mut buf[got..]).unwrap();
-            }
-        };
         // Idle keep-alive, closed by the server (1 s idle timeout) and by the client.
-        let mut by_server = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        by_server.write_all(req).unwrap();
-        read_response(&mut by_server);
-        let mut by_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        by_client.write_all(req).unwrap();
-        read_response(&mut by_client);
-        drop(by_client);
-        let mut rest = Vec::new();
-        by_server.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty(), "the server closed the idle connection");
+        idle_keep_alive_closed_by_server_and_by_client(port);
         // Half-close with the response delivered.
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET /1k HTTP/1.0\r\n\r\n").unwrap();

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    harness::{Agent, root_or_skip, wait_for},
+    harness::{Agent, Metrics, root_or_skip, wait_for},
     servers::{
         REQUEST, SEED_PORT, curl, rust_server_reads_and_closes, rust_server_reads_and_closes_on,
         start_seedsrv,
@@ -17,6 +17,24 @@ use crate::{
 };
 
 const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
+
+/// Waits for the unanswered close of `comm` on `port` in `role`, checks that it is the only
+/// one counted and the only incident logged, and returns the scrape and that incident.
+fn the_only_unanswered_close(
+    agent: &Agent,
+    what: &str,
+    comm: &str,
+    port: &str,
+    role: &str,
+) -> (Metrics, serde_json::Value) {
+    let labels = [("comm", comm), ("port", port), ("role", role)];
+    let m = agent.settled(what, Duration::from_secs(2), UNANSWERED, &labels);
+    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
+    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
+    let mut incidents = agent.incidents();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    (m, incidents.remove(0))
+}
 
 #[test]
 fn seed_go_write_timeout_counts_exactly_one() {
@@ -101,24 +119,14 @@ fn rust_server_that_reads_and_closes_counts_one() {
     assert_eq!(reply, 0, "the server must not answer");
 
     let port = port.to_string();
-    let labels = [
-        ("comm", "rustsrv"),
-        ("port", port.as_str()),
-        ("role", "server"),
-    ];
-    let m = agent.settled(
+    let (m, i) = the_only_unanswered_close(
+        &agent,
         "the Rust server's unanswered close",
-        Duration::from_secs(2),
-        UNANSWERED,
-        &labels,
+        "rustsrv",
+        &port,
+        "server",
     );
     assert!(m.total("lostwrite_sockets_observed_total") >= before + 2.0);
-    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
-    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
-
-    let incidents = agent.incidents();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    let i = &incidents[0];
     assert_eq!(i["role"], "server");
     assert_eq!(i["port"].to_string(), port);
     assert_eq!(i["bytes_read"], REQUEST.len());
@@ -167,23 +175,13 @@ fn second_keep_alive_request_left_unanswered_counts_one() {
     server.join().unwrap();
     assert!(rest.is_empty());
 
-    let port = port.to_string();
-    let labels = [
-        ("comm", "kasrv"),
-        ("port", port.as_str()),
-        ("role", "server"),
-    ];
-    let m = agent.settled(
+    let (_, i) = the_only_unanswered_close(
+        &agent,
         "the keep-alive server's unanswered close",
-        Duration::from_secs(2),
-        UNANSWERED,
-        &labels,
+        "kasrv",
+        &port.to_string(),
+        "server",
     );
-    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
-    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
-    let incidents = agent.incidents();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    let i = &incidents[0];
     assert_eq!(i["bytes_read"], 2 * REQUEST.len(), "{i}");
     assert_eq!(i["unanswered_bytes"], REQUEST.len(), "{i}");
     assert_eq!(i["bytes_written"], RESPONSE.len(), "{i}");
@@ -223,26 +221,17 @@ fn connection_from_before_the_agent_closed_unanswered_counts_one() {
     client.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
 
-    let port = port.to_string();
-    let labels = [
-        ("comm", "oldsrv"),
-        ("port", port.as_str()),
-        ("role", "unknown"),
-    ];
-    let m = agent.settled(
+    let (_, i) = the_only_unanswered_close(
+        &agent,
         "the unanswered close of a connection older than the agent",
-        Duration::from_secs(2),
-        UNANSWERED,
-        &labels,
+        "oldsrv",
+        &port.to_string(),
+        "unknown",
     );
     drop(close_tx); // the listener goes away only now
     server.join().unwrap();
-    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
-    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
-    let incidents = agent.incidents();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0]["bytes_read"], REQUEST.len());
-    assert_eq!(incidents[0]["unanswered_bytes"], REQUEST.len());
+    assert_eq!(i["bytes_read"], REQUEST.len());
+    assert_eq!(i["unanswered_bytes"], REQUEST.len());
 }
 
 /// A read that never passes through recvmsg: splice() moves the request from the socket into a
@@ -295,24 +284,15 @@ fn server_that_splices_the_request_and_closes_counts_one() {
     server.join().unwrap();
     assert!(reply.is_empty());
 
-    let port = port.to_string();
-    let labels = [
-        ("comm", "splicesrv"),
-        ("port", port.as_str()),
-        ("role", "server"),
-    ];
-    let m = agent.settled(
+    let (_, i) = the_only_unanswered_close(
+        &agent,
         "the splicing server's unanswered close",
-        Duration::from_secs(2),
-        UNANSWERED,
-        &labels,
+        "splicesrv",
+        &port.to_string(),
+        "server",
     );
-    assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
-    assert_eq!(m.total(UNANSWERED), 1.0, "{:?}", m.series(UNANSWERED));
-    let incidents = agent.incidents();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0]["bytes_read"], REQUEST.len());
-    assert_eq!(incidents[0]["unanswered_bytes"], REQUEST.len());
+    assert_eq!(i["bytes_read"], REQUEST.len());
+    assert_eq!(i["unanswered_bytes"], REQUEST.len());
 }
 
 #[test]
