@@ -31,6 +31,7 @@ fn key(fd: u64) -> u64 {
 /// close(fd) entry: remember the fd if it is a tracked TCP socket. The `private_data` of a file
 /// that is not a socket is something else; its "sk" then matches no SOCKS key.
 pub fn on_close(fd: u64) {
+    skip_if_empty!();
     let Some(file) = fd_file(fd) else {
         return;
     };
@@ -54,6 +55,7 @@ pub fn on_close(fd: u64) {
 
 /// Exit of a write-family syscall that failed with EBADF.
 pub fn on_ebadf(nr: u64, fd: u64, count: u64) {
+    skip_if_empty!();
     let write_family = nr == nr::WRITE
         || nr == nr::WRITEV
         || nr == nr::SENDTO

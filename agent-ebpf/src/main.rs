@@ -22,6 +22,15 @@ macro_rules! config {
     };
 }
 
+/// Returns at once when the agent runs with `--empty-programs` (see `Config::empty_programs`).
+macro_rules! skip_if_empty {
+    () => {
+        if config!(empty_programs) != 0 {
+            return;
+        }
+    };
+}
+
 mod ebadf;
 mod fentry;
 mod kernel;

@@ -7,8 +7,8 @@ use agent_common::{
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64,
-        bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
+        generated::bpf_get_current_comm,
     },
 };
 use aya_log_ebpf::debug;
@@ -40,9 +40,32 @@ fn claim(st: &mut SockState) {
     let id = bpf_get_current_pid_tgid();
     st.tgid = (id >> 32) as u32;
     st.pid = id as u32;
-    st.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    current_comm(&mut st.comm);
     // SAFETY: plain helper call.
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
+/// The current task's name, written straight into `comm`. aya's `bpf_get_current_comm()` zeroes
+/// an array first, and the BPF target turns every zeroing into a call to its byte-at-a-time
+/// `memset`; the helper itself pads the name with zeros (and zeroes all of it on failure).
+#[inline(always)]
+fn current_comm(comm: &mut [u8; COMM_LEN]) {
+    // SAFETY: the helper writes at most COMM_LEN bytes into `comm`.
+    unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+}
+
+/// Zeroes `*st` with one 8-byte store per word: `write_bytes` would call the target's
+/// byte-at-a-time `memset`, 128 iterations for every connection tracked.
+#[inline(always)]
+fn zero(st: *mut SockState) {
+    const WORDS: usize = core::mem::size_of::<SockState>() / 8;
+    const _: () = assert!(core::mem::size_of::<SockState>().is_multiple_of(8));
+    let words = st.cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: `st` is an aligned SockState, WORDS words long. Volatile, so that the loop is
+        // not turned back into a memset call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
 }
 
 /// Claims `st` for the current task if a process holds the socket's lock: the holder is the one
@@ -66,7 +89,7 @@ fn fresh(role: u8) -> Option<&'static mut SockState> {
     // SAFETY: this CPU's slot, used by one program at a time; zeroing then setting fields in
     // place builds nothing on the stack.
     unsafe {
-        core::ptr::write_bytes(st, 0, 1);
+        zero(st);
         (*st).role = role;
         Some(&mut *st)
     }
@@ -132,6 +155,7 @@ fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
 /// A plain integer, not an `Option`: passing a constant `None` to a function the compiler keeps
 /// out of line leaves the payload register unset, and the verifier rejects reading it.
 pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
+    skip_if_empty!();
     if ret < 0 {
         let e = ret.unsigned_abs();
         if e == errno::EPIPE || e == errno::ECONNRESET || e == errno::ENOTCONN {
@@ -161,6 +185,7 @@ pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
 /// itself is judged at the state change this close causes, as in every mode; this records that
 /// close() (not shutdown()) started it, and who called it.
 pub fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
+    skip_if_empty!();
     let Some(st) = lookup_or_adopt(ctx, sk) else {
         return;
     };
@@ -171,6 +196,7 @@ pub fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
 }
 
 pub fn on_state(sk: u64, old: u32, new: u32) {
+    skip_if_empty!();
     match new {
         tcp_state::ESTABLISHED => on_established(sk, old),
         tcp_state::CLOSE_WAIT => {
@@ -294,6 +320,7 @@ fn last_input_ns(sk: u64) -> u64 {
 }
 
 pub fn on_receive_reset(sk: u64) {
+    skip_if_empty!();
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return;
     };
@@ -309,6 +336,7 @@ pub fn on_receive_reset(sk: u64) {
 /// `tcp:tcp_send_reset`: the local stack resets a connection (abortive close, SO_LINGER{1,0},
 /// memory pressure, keepalive timeout, or a segment for a dead socket).
 pub fn on_send_reset(sk: u64, reason: u32) {
+    skip_if_empty!();
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return;
     };
@@ -420,7 +448,7 @@ pub fn emit_write_error(
         (*ev).errno = e;
         (*ev).tgid = (id >> 32) as u32;
         (*ev).pid = id as u32;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        current_comm(&mut (*ev).comm);
         (*ev)._pad = 0;
     }
     entry.submit(0);
@@ -437,6 +465,7 @@ pub fn header(kind: u32, len: usize) -> EventHeader {
 }
 
 pub fn on_destroy(sk: u64) {
+    skip_if_empty!();
     if SOCKS.remove(sk).is_ok() {
         bump(stat::SOCKETS_RELEASED);
     }

@@ -141,6 +141,7 @@ fn probe_modes(args: &KernelArgs) -> Vec<ModeRow> {
         force_classic: false,
         detect_ebadf: Some(true),
         skip_hooks: &args.skip_hook,
+        empty_programs: false,
     };
     let kernel = match Kernel::open(&opts) {
         Ok(k) => k,

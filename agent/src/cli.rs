@@ -91,6 +91,11 @@ pub struct RunArgs {
     #[arg(long, hide = true, value_name = "BYTES", value_parser = parse_ring_bytes)]
     pub events_ring_bytes: Option<u32>,
 
+    /// Attach every program but have each return as soon as it has its arguments: detects
+    /// nothing. The overhead bench runs it to measure what the hooks themselves cost.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }

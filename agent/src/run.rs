@@ -55,6 +55,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Switch::Auto => None,
         },
         skip_hooks: &args.kernel.skip_hook,
+        empty_programs: args.empty_programs,
     };
     let kernel = Kernel::open(&opts)?;
     let mut probes = match args.probe_mode {

@@ -179,6 +179,8 @@ pub struct LoadOptions<'a> {
     pub detect_ebadf: Option<bool>,
     /// Hooks to leave out, as if this kernel lacked them.
     pub skip_hooks: &'a [String],
+    /// Attach every program, each returning at once (the overhead bench's floor).
+    pub empty_programs: bool,
 }
 
 /// What the programs need from this kernel, resolved once for every mode tried.
@@ -212,7 +214,7 @@ impl Kernel {
             tp: classic.as_ref().copied().unwrap_or_default(),
             fd: fd_offsets.unwrap_or_default(),
             jiffy_ns: jiffy_ns(),
-            _pad: 0,
+            empty_programs: opts.empty_programs as u32,
         };
         let arities = ProbeMode::ALL
             .iter()

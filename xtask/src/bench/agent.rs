@@ -58,9 +58,15 @@ pub struct BpfStats {
     pub busy_ns: u64,
 }
 
-/// One agent-on run: start the agent, run `work`, read the agent, stop it.
-pub fn measure(binary: &Path, dir: &Path, work: Work<'_>) -> Result<(Run, AgentRun)> {
-    let agent = Agent::start(binary, dir)?;
+/// One agent-on run: start the agent (with `args` after its defaults), run `work`, read the
+/// agent, stop it.
+pub fn measure(
+    binary: &Path,
+    dir: &Path,
+    args: &[&str],
+    work: Work<'_>,
+) -> Result<(Run, AgentRun)> {
+    let agent = Agent::start(binary, dir, args)?;
     let mode = agent.probe_mode()?;
     let cpu0 = agent.cpu_seconds()?;
     let mut marks = Vec::new();
@@ -92,7 +98,7 @@ pub fn measure(binary: &Path, dir: &Path, work: Work<'_>) -> Result<(Run, AgentR
 /// programs (found through its fds, so other BPF users on the host are left out).
 pub fn measure_probe_stats(binary: &Path, dir: &Path, work: Work<'_>) -> Result<(Run, BpfStats)> {
     let _stats_on = StatsEnabled::new()?;
-    let agent = Agent::start(binary, dir)?;
+    let agent = Agent::start(binary, dir, &[])?;
     let mut marks = Vec::new();
     let measured = work(&mut |_| {
         marks.push(agent.bpf_stats()?);
@@ -129,11 +135,12 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(binary: &Path, dir: &Path) -> Result<Self> {
+    fn start(binary: &Path, dir: &Path, args: &[&str]) -> Result<Self> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = fs::File::create(dir.join("agent.log"))?;
         let child = Command::new(binary)
             .args(["run", "--listen", &listen.to_string()])
+            .args(args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

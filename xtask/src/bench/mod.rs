@@ -46,6 +46,11 @@ pub struct Options {
     /// invocations and their kernel time.
     #[arg(long)]
     no_probe_stats: bool,
+    /// Make each pair a triple: a third run with the agent's programs attached but emptied
+    /// (`agent run --empty-programs`), which separates what the hooks cost from what the
+    /// programs do in them.
+    #[arg(long)]
+    floor: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,6 +112,8 @@ pub struct Pair {
     pub off: Run,
     pub on: Run,
     pub agent: AgentRun,
+    /// With `--floor`: the run with every program attached and emptied.
+    pub floor: Option<Run>,
 }
 
 pub struct CaseResult {
@@ -159,12 +166,17 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         unobserved()?;
         let mut pairs = Vec::new();
         for i in 0..opts.pairs {
-            let (off, on, agent) = loop {
+            let (off, on, agent, floor) = loop {
                 quiet.sample();
                 let off = unobserved()?;
-                let (on, agent) = agent::measure(&binary, &dir, &work)?;
+                let (on, agent) = agent::measure(&binary, &dir, &[], &work)?;
+                let floor = if opts.floor {
+                    Some(agent::measure(&binary, &dir, &["--empty-programs"], &work)?.0)
+                } else {
+                    None
+                };
                 if !quiet.disturbed() {
-                    break (off, on, agent);
+                    break (off, on, agent, floor);
                 }
             };
             probe_mode.get_or_insert_with(|| agent.probe_mode.clone());
@@ -178,7 +190,21 @@ pub fn run(opts: Options) -> Result<ExitCode> {
                 on.rate() / off.rate(),
                 agent.records()
             );
-            pairs.push(Pair { off, on, agent });
+            if let Some(floor) = floor {
+                eprintln!(
+                    "bench: {:>5} pair {:>2}: empty programs {:>12.1}/s  ratio {:.4}",
+                    case.unit(),
+                    i + 1,
+                    floor.rate(),
+                    floor.rate() / off.rate(),
+                );
+            }
+            pairs.push(Pair {
+                off,
+                on,
+                agent,
+                floor,
+            });
         }
         let probe_stats = if opts.no_probe_stats {
             None

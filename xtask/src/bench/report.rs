@@ -203,6 +203,8 @@ pub fn render(cx: &Context<'_>) -> String {
         );
     }
 
+    floor(w, cx.results);
+
     if cx.results.iter().any(|r| !Verdict::of(r).met()) {
         let _ = writeln!(
             w,
@@ -283,16 +285,71 @@ pub fn render(cx: &Context<'_>) -> String {
     }
 
     let _ = writeln!(w, "\n## Every pair\n");
-    let _ = writeln!(w, "Throughput per run (units/s), off → on.\n");
+    let _ = writeln!(
+        w,
+        "Throughput per run (units/s), off → on (with `--floor`, the emptied programs' run in \
+         parentheses).\n"
+    );
     for r in cx.results {
         let runs: Vec<String> = r
             .pairs
             .iter()
-            .map(|p| format!("{:.0} → {:.0}", p.off.rate(), p.on.rate()))
+            .map(|p| match p.floor {
+                Some(f) => format!(
+                    "{:.0} → {:.0} (empty {:.0})",
+                    p.off.rate(),
+                    p.on.rate(),
+                    f.rate()
+                ),
+                None => format!("{:.0} → {:.0}", p.off.rate(), p.on.rate()),
+            })
             .collect();
         let _ = writeln!(w, "- **{}**: {}", r.case.unit(), runs.join(", "));
     }
     s
+}
+
+/// The `--floor` table: the same hooks with emptied programs, against off and against on.
+fn floor(w: &mut String, results: &[CaseResult]) {
+    let with_floor: Vec<_> = results
+        .iter()
+        .filter(|r| r.pairs.iter().all(|p| p.floor.is_some()))
+        .collect();
+    if with_floor.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### The hooks alone\n");
+    let _ = writeln!(
+        w,
+        "Each pair above had a third run (`--floor`): the agent started the same way with \
+         `--empty-programs`, so that every program is attached and returns as soon as it has its \
+         arguments. **empty/off** is what attaching programs to these hooks costs before they do \
+         any work; **on/empty** is what the programs' work adds to that. Both are medians over \
+         pairs, with the interquartile range. Where the loss with empty programs alone is over \
+         the budget, no program on these hooks meets it on this machine.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| case | empty/off (IQR) | loss with empty programs | on/empty (IQR) | loss the work \
+         adds |\n|---|---|---|---|---|"
+    );
+    for r in with_floor {
+        let ratios = |f: &dyn Fn(&super::Pair) -> f64| -> (f64, f64, f64) {
+            let v: Vec<f64> = r.pairs.iter().map(f).collect();
+            let (q1, q3) = quartiles(&v);
+            (median(v), q1, q3)
+        };
+        let floor_rate = |p: &super::Pair| p.floor.map_or(f64::NAN, |f| f.rate());
+        let (e, e1, e3) = ratios(&|p| floor_rate(p) / p.off.rate());
+        let (o, o1, o3) = ratios(&|p| p.on.rate() / floor_rate(p));
+        let _ = writeln!(
+            w,
+            "| {} | {e:.4} ({e1:.4}–{e3:.4}) | {:.2} % | {o:.4} ({o1:.4}–{o3:.4}) | {:.2} % |",
+            r.case.title(),
+            (1.0 - e) * 100.0,
+            (1.0 - o) * 100.0,
+        );
+    }
 }
 
 #[cfg(test)]
