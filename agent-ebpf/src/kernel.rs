@@ -1,46 +1,106 @@
 //! Reads from kernel memory at offsets the agent resolved at start.
+//!
+//! Two ways to read a socket, chosen per entry point: [`Probe`] (a helper call per field, for
+//! the raw pointers of kprobes and classic tracepoints) and [`Direct`] (plain loads, for the
+//! BTF-typed pointers of tp_btf and fentry/fexit programs).
 
 use agent_common::{AF_INET, AF_INET6, IPPROTO_TCP, MAX_FIELD_OFFSET, SockState};
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
+    programs::TracePointContext,
+};
 
-/// Reads a `T` at `sk + off`. Offsets above [`MAX_FIELD_OFFSET`] (never produced by a sane BTF)
-/// read nothing rather than wander through kernel memory.
+/// Reads a `T` at `ptr + off` with `bpf_probe_read_kernel`. Offsets above [`MAX_FIELD_OFFSET`]
+/// (never produced by a sane BTF) read nothing rather than wander through kernel memory.
 #[inline(always)]
-pub fn read<T>(sk: u64, off: u32) -> Option<T> {
+pub fn read<T>(ptr: u64, off: u32) -> Option<T> {
     if off > MAX_FIELD_OFFSET {
         return None;
     }
     // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one returns an error.
-    unsafe { bpf_probe_read_kernel((sk + off as u64) as *const T).ok() }
+    unsafe { bpf_probe_read_kernel((ptr + off as u64) as *const T).ok() }
+}
+
+/// How an entry point reads its socket's fields.
+pub trait Mem {
+    /// The socket to read fields from: `sk` itself, or `None` where this way of reading can
+    /// already tell it is not a TCP socket. It is the same address, so it is also the map key.
+    fn tcp(sk: u64) -> Option<u64>;
+    /// A `T` at `tp + off`, `tp` from [`Mem::tcp`].
+    fn read<T>(tp: u64, off: u32) -> Option<T>;
+}
+
+/// `bpf_probe_read_kernel` per field: for the untyped pointers of kprobes and classic
+/// tracepoints.
+pub struct Probe;
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn tcp(sk: u64) -> Option<u64> {
+        (sk != 0).then_some(sk)
+    }
+
+    #[inline(always)]
+    fn read<T>(tp: u64, off: u32) -> Option<T> {
+        read(tp, off)
+    }
+}
+
+/// Plain loads: for tp_btf and fentry/fexit programs, whose `struct sock *` argument the
+/// verifier knows by its BTF type. `bpf_skc_to_tcp_sock` retypes it as a `struct tcp_sock *`
+/// (NULL for anything but a full TCP socket), and each load is then checked against the
+/// kernel's BTF at load time and run as a fault-tolerant load: no helper call per field. The
+/// offsets are the agent's read-only configuration, which the verifier sees as constants.
+pub struct Direct;
+
+impl Mem for Direct {
+    #[inline(always)]
+    fn tcp(sk: u64) -> Option<u64> {
+        // SAFETY: the helper accepts any socket pointer the verifier lets through and returns
+        // NULL for what is not a TCP socket.
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) };
+        (!tp.is_null()).then_some(tp as u64)
+    }
+
+    #[inline(always)]
+    fn read<T>(tp: u64, off: u32) -> Option<T> {
+        if off > MAX_FIELD_OFFSET {
+            return None;
+        }
+        // SAFETY: `tp` is a BTF-typed pointer: the verifier checks this load against the
+        // field at `off` and makes a faulting load read zero. Volatile, so that neighbouring
+        // fields are never merged into one load spanning two of them, which it would refuse.
+        Some(unsafe { core::ptr::read_volatile((tp + off as u64) as *const T) })
+    }
 }
 
 /// True for an IPv4/IPv6 TCP socket (not UDP, unix, MPTCP's meta socket, ...).
 #[inline(always)]
-pub fn is_inet_tcp(sk: u64) -> bool {
-    let family: Option<u16> = read(sk, config!(sock.skc_family));
-    let protocol: Option<u16> = read(sk, config!(sock.sk_protocol));
+pub fn is_inet_tcp<M: Mem>(sk: u64) -> bool {
+    let family: Option<u16> = M::read(sk, config!(sock.skc_family));
+    let protocol: Option<u16> = M::read(sk, config!(sock.sk_protocol));
     matches!(family, Some(AF_INET | AF_INET6)) && protocol == Some(IPPROTO_TCP)
 }
 
 /// `sk->__sk_common.skc_state`.
 #[inline(always)]
-pub fn tcp_state(sk: u64) -> u32 {
-    read::<u8>(sk, config!(sock.skc_state)).unwrap_or(0) as u32
+pub fn tcp_state<M: Mem>(sk: u64) -> u32 {
+    M::read::<u8>(sk, config!(sock.skc_state)).unwrap_or(0) as u32
 }
 
 /// Fills family, ports and addresses from `struct sock_common`.
 #[inline(always)]
-pub fn fill_identity(sk: u64, st: &mut SockState) {
-    let family: u16 = read(sk, config!(sock.skc_family)).unwrap_or(0);
+pub fn fill_identity<M: Mem>(sk: u64, st: &mut SockState) {
+    let family: u16 = M::read(sk, config!(sock.skc_family)).unwrap_or(0);
     st.family = family;
-    st.lport = read::<u16>(sk, config!(sock.skc_num)).unwrap_or(0);
-    st.rport = u16::from_be(read::<u16>(sk, config!(sock.skc_dport)).unwrap_or(0));
+    st.lport = M::read::<u16>(sk, config!(sock.skc_num)).unwrap_or(0);
+    st.rport = u16::from_be(M::read::<u16>(sk, config!(sock.skc_dport)).unwrap_or(0));
     if family == AF_INET6 {
-        st.laddr = read(sk, config!(sock.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-        st.raddr = read(sk, config!(sock.skc_v6_daddr)).unwrap_or([0; 16]);
+        st.laddr = M::read(sk, config!(sock.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        st.raddr = M::read(sk, config!(sock.skc_v6_daddr)).unwrap_or([0; 16]);
     } else {
-        let l: [u8; 4] = read(sk, config!(sock.skc_rcv_saddr)).unwrap_or([0; 4]);
-        let r: [u8; 4] = read(sk, config!(sock.skc_daddr)).unwrap_or([0; 4]);
+        let l: [u8; 4] = M::read(sk, config!(sock.skc_rcv_saddr)).unwrap_or([0; 4]);
+        let r: [u8; 4] = M::read(sk, config!(sock.skc_daddr)).unwrap_or([0; 4]);
         st.laddr[..4].copy_from_slice(&l);
         st.raddr[..4].copy_from_slice(&r);
     }
@@ -67,64 +127,64 @@ pub fn len_args(ctx: &TracePointContext) -> Option<(u64, i32, i32)> {
 
 /// `a - b` for TCP sequence numbers (u32, wrapping), read at two offsets of the socket.
 #[inline(always)]
-pub fn seq_gap(sk: u64, a: u32, b: u32) -> u64 {
-    let a: u32 = read(sk, a).unwrap_or(0);
-    let b: u32 = read(sk, b).unwrap_or(0);
+pub fn seq_gap<M: Mem>(sk: u64, a: u32, b: u32) -> u64 {
+    let a: u32 = M::read(sk, a).unwrap_or(0);
+    let b: u32 = M::read(sk, b).unwrap_or(0);
     a.wrapping_sub(b) as u64
 }
 
 /// The data at stake on a socket: (unacknowledged, never sent, received but unread).
 #[inline(always)]
-pub fn at_stake(sk: u64) -> (u64, u64, u64) {
+pub fn at_stake<M: Mem>(sk: u64) -> (u64, u64, u64) {
     (
-        seq_gap(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_una)),
-        seq_gap(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_nxt)),
-        seq_gap(sk, config!(sock.tcp_rcv_nxt), config!(sock.tcp_copied_seq)),
+        seq_gap::<M>(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_una)),
+        seq_gap::<M>(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_nxt)),
+        seq_gap::<M>(sk, config!(sock.tcp_rcv_nxt), config!(sock.tcp_copied_seq)),
     )
 }
 
 /// SO_LINGER on with a zero timeout: close() then discards the send queue with an RST.
 #[inline(always)]
-pub fn linger_zero(sk: u64) -> bool {
-    let flags: u64 = read(sk, config!(sock.sk_flags)).unwrap_or(0);
+pub fn linger_zero<M: Mem>(sk: u64) -> bool {
+    let flags: u64 = M::read(sk, config!(sock.sk_flags)).unwrap_or(0);
     let bit = config!(sock.sock_linger_bit) & 63;
-    let lingertime: u64 = read(sk, config!(sock.sk_lingertime)).unwrap_or(1);
+    let lingertime: u64 = M::read(sk, config!(sock.sk_lingertime)).unwrap_or(1);
     flags & (1 << bit) != 0 && lingertime == 0
 }
 
 /// `sk->sk_err` as a positive errno.
 #[inline(always)]
-pub fn sk_err(sk: u64) -> u32 {
-    read::<i32>(sk, config!(sock.sk_err))
+pub fn sk_err<M: Mem>(sk: u64) -> u32 {
+    M::read::<i32>(sk, config!(sock.sk_err))
         .unwrap_or(0)
         .unsigned_abs()
 }
 
 /// `tcp_sock.copied_seq`: the sequence number of the next byte the process will read.
 #[inline(always)]
-pub fn copied_seq(sk: u64) -> u32 {
-    read(sk, config!(sock.tcp_copied_seq)).unwrap_or(0)
+pub fn copied_seq<M: Mem>(sk: u64) -> u32 {
+    M::read(sk, config!(sock.tcp_copied_seq)).unwrap_or(0)
 }
 
 /// `tcp_sock.rcv_nxt`: the sequence number of the next byte expected from the peer.
 #[inline(always)]
-pub fn rcv_nxt(sk: u64) -> u32 {
-    read(sk, config!(sock.tcp_rcv_nxt)).unwrap_or(0)
+pub fn rcv_nxt<M: Mem>(sk: u64) -> u32 {
+    M::read(sk, config!(sock.tcp_rcv_nxt)).unwrap_or(0)
 }
 
 /// The receive side now: (`copied_seq`, `rcv_nxt`, `bytes_received`).
 #[inline(always)]
-pub fn receive_side(sk: u64) -> (u32, u32, u64) {
+pub fn receive_side<M: Mem>(sk: u64) -> (u32, u32, u64) {
     (
-        copied_seq(sk),
-        rcv_nxt(sk),
-        read(sk, config!(sock.tcp_bytes_received)).unwrap_or(0),
+        copied_seq::<M>(sk),
+        rcv_nxt::<M>(sk),
+        M::read(sk, config!(sock.tcp_bytes_received)).unwrap_or(0),
     )
 }
 
 /// `sk->sk_lock.owned`: a process holds the socket, so the current task is the one acting on it
 /// (softirq and timers only touch a socket no process holds).
 #[inline(always)]
-pub fn owned_by_user(sk: u64) -> bool {
-    read::<i32>(sk, config!(sock.sk_lock_owned)).unwrap_or(0) != 0
+pub fn owned_by_user<M: Mem>(sk: u64) -> bool {
+    M::read::<i32>(sk, config!(sock.sk_lock_owned)).unwrap_or(0) != 0
 }

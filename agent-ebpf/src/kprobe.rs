@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::state;
+use crate::{kernel::Probe, state};
 
 /// Arguments of a send in flight on one thread.
 #[derive(Clone, Copy)]
@@ -62,7 +62,7 @@ pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn kretprobe_tcp_send(ctx: RetProbeContext) -> u32 {
     if let Some(call) = take() {
-        state::on_send(&ctx, call.sk, ctx.ret(), call.arg);
+        state::on_send::<Probe, _>(&ctx, call.sk, ctx.ret(), call.arg);
     }
     0
 }
@@ -71,7 +71,7 @@ pub fn kretprobe_tcp_send(ctx: RetProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg(0) {
-        state::on_close(&ctx, sk);
+        state::on_close::<Probe, _>(&ctx, sk);
     }
     0
 }

@@ -43,6 +43,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use kernel::{Direct, Probe};
 
 /// Written by the agent before load (`EbpfLoader::set_global`); read with `read_volatile` so the
 /// compiler cannot constant-fold the zeroed initialiser.
@@ -73,14 +74,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    state::on_send(&ctx, ctx.arg(0), ctx.arg(1), SIZE_UNKNOWN);
+    state::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(1), SIZE_UNKNOWN);
     0
 }
 
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     if let Some((sk, ret, _flags)) = kernel::len_args(&ctx) {
-        state::on_send(&ctx, sk, ret, SIZE_UNKNOWN);
+        state::on_send::<Probe, _>(&ctx, sk, ret, SIZE_UNKNOWN);
     }
     0
 }
@@ -91,7 +92,7 @@ pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
 pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    state::on_state(ctx.arg(0), old as u32, new as u32);
+    state::on_state::<Direct>(ctx.arg(0), old as u32, new as u32);
     0
 }
 
@@ -112,7 +113,7 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         )
     };
     if let (Ok(sk), Ok(old), Ok(new)) = args {
-        state::on_state(sk, old as u32, new as u32);
+        state::on_state::<Probe>(sk, old as u32, new as u32);
     }
     0
 }
@@ -139,7 +140,7 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn btf_tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
-    state::on_receive_reset(ctx.arg(0));
+    state::on_receive_reset::<Direct>(ctx.arg(0));
     0
 }
 
@@ -148,7 +149,7 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let off = config!(tp.receive_reset_sk) as usize;
     // SAFETY: see tp_inet_sock_set_state.
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off) } {
-        state::on_receive_reset(sk);
+        state::on_receive_reset::<Probe>(sk);
     }
     0
 }
@@ -161,7 +162,7 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
     // arithmetic on the pointer until it is checked.
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
-        state::on_send_reset(sk, NO_REASON);
+        state::on_send_reset::<Direct>(sk, NO_REASON);
     }
     0
 }
@@ -172,7 +173,7 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
 pub fn btf_tcp_send_reset_reason(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
-        state::on_send_reset(sk, ctx.arg::<u32>(2));
+        state::on_send_reset::<Direct>(sk, ctx.arg::<u32>(2));
     }
     0
 }
@@ -188,7 +189,7 @@ pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
         off => unsafe { ctx.read_at::<u32>(off as usize) }.unwrap_or(NO_REASON),
     };
     if let Ok(sk) = sk {
-        state::on_send_reset(sk, reason);
+        state::on_send_reset::<Probe>(sk, reason);
     }
     0
 }

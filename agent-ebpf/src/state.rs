@@ -13,7 +13,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 
-use crate::{EVENTS, SCRATCH, SOCKS, STATS, kernel};
+use crate::{
+    EVENTS, SCRATCH, SOCKS, STATS,
+    kernel::{self, Mem},
+};
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -72,8 +75,8 @@ fn zero(st: *mut SockState) {
 /// acting on it. Softirq and timers run only while no process holds it, and must not claim the
 /// socket for whatever task they interrupted. Returns whether the lock was held.
 #[inline(always)]
-fn claim_if_held(sk: u64, st: &mut SockState) -> bool {
-    let held = kernel::owned_by_user(sk);
+fn claim_if_held<M: Mem>(tp: u64, st: &mut SockState) -> bool {
+    let held = kernel::owned_by_user::<M>(tp);
     if held {
         claim(st);
     }
@@ -99,23 +102,23 @@ fn fresh(role: u8) -> Option<&'static mut SockState> {
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
-/// Starts tracking the established connection `sk`, in `role`, its reads counted from
+/// Starts tracking the established connection `tp` (from `Mem::tcp`), in `role`, its reads counted from
 /// `copied_at_start`. Only established connections are ever tracked, so the SYN is never taken
 /// for unacknowledged data. `map_flags` is `BPF_ANY` where a stale entry for a recycled
 /// `struct sock` address must be replaced, `BPF_NOEXIST` where a concurrent adopter on another
 /// CPU may have won (its entry is then used). Returns the new state if this call inserted it.
 #[inline(always)]
-fn start_tracking(
-    sk: u64,
+fn start_tracking<M: Mem>(
+    tp: u64,
     role: u8,
     copied_at_start: u32,
     map_flags: u64,
 ) -> Option<&'static SockState> {
     let st = fresh(role)?;
-    kernel::fill_identity(sk, st);
+    kernel::fill_identity::<M>(tp, st);
     st.copied_at_start = copied_at_start;
     let st: &SockState = st;
-    if SOCKS.insert(sk, st, map_flags).is_err() {
+    if SOCKS.insert(tp, st, map_flags).is_err() {
         return None;
     }
     bump(stat::SOCKETS_TRACKED);
@@ -124,18 +127,20 @@ fn start_tracking(
 
 /// The socket's state, adopting a live TCP socket the agent has not seen open (role unknown).
 #[inline(always)]
-fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
+fn lookup_or_adopt<M: Mem, C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         return Some(st);
     }
-    if !kernel::is_inet_tcp(sk) {
+    let tp = M::tcp(sk)?;
+    if !kernel::is_inet_tcp::<M>(tp) {
         return None;
     }
-    let state = kernel::tcp_state(sk);
+    let state = kernel::tcp_state::<M>(tp);
     if state != tcp_state::ESTABLISHED && state != tcp_state::CLOSE_WAIT {
         return None;
     }
-    if let Some(st) = start_tracking(sk, role::UNKNOWN, kernel::copied_seq(sk), BPF_NOEXIST) {
+    let copied = kernel::copied_seq::<M>(tp);
+    if let Some(st) = start_tracking::<M>(tp, role::UNKNOWN, copied, BPF_NOEXIST) {
         // Once per socket that predates the agent: rare, and useful when a role looks wrong.
         debug!(
             ctx,
@@ -154,19 +159,19 @@ fn lookup_or_adopt<C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
 ///
 /// A plain integer, not an `Option`: passing a constant `None` to a function the compiler keeps
 /// out of line leaves the payload register unset, and the verifier rejects reading it.
-pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
+pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
     skip_if_empty!();
     if ret < 0 {
         let e = ret.unsigned_abs();
         if e == errno::EPIPE || e == errno::ECONNRESET || e == errno::ENOTCONN {
-            on_write_error(sk, e, attempted);
+            on_write_error::<M>(sk, e, attempted);
         }
         return;
     }
     if ret == 0 {
         return;
     }
-    let Some(st) = lookup_or_adopt(ctx, sk) else {
+    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk) else {
         return;
     };
     // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
@@ -176,17 +181,19 @@ pub fn on_send<C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
     // Where the process's reading stood at this write: input read after it is unanswered.
     // (Gating this read on `rcv_nxt` to spare a stream of writes was measured and made them
     // slower: that field's cache line is the one the acknowledgements keep writing.)
-    if st.send_needs_read_position() {
-        st.record_send(kernel::copied_seq(sk));
+    if st.send_needs_read_position()
+        && let Some(tp) = M::tcp(sk)
+    {
+        st.record_send(kernel::copied_seq::<M>(tp));
     }
 }
 
 /// The process closes `sk` (fentry/kprobe `tcp_close`, in the caller's context). The teardown
 /// itself is judged at the state change this close causes, as in every mode; this records that
 /// close() (not shutdown()) started it, and who called it.
-pub fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
+pub fn on_close<M: Mem, C: EbpfContext>(ctx: &C, sk: u64) {
     skip_if_empty!();
-    let Some(st) = lookup_or_adopt(ctx, sk) else {
+    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk) else {
         return;
     };
     // SAFETY: see on_send.
@@ -195,17 +202,21 @@ pub fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
     st.flags |= flag::CLOSE_CALLED;
 }
 
-pub fn on_state(sk: u64, old: u32, new: u32) {
+pub fn on_state<M: Mem>(sk: u64, old: u32, new: u32) {
     skip_if_empty!();
     match new {
-        tcp_state::ESTABLISHED => on_established(sk, old),
+        tcp_state::ESTABLISHED => on_established::<M>(sk, old),
         tcp_state::CLOSE_WAIT => {
             if let Some(st) = SOCKS.get_ptr_mut(sk) {
                 // SAFETY: see on_send.
                 unsafe { (*st).flags |= flag::PEER_FIN };
             }
         }
-        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE => on_closing(sk, old, new),
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE => {
+            if let Some(tp) = M::tcp(sk) {
+                on_closing::<M>(tp, old, new);
+            }
+        }
         // SYN_SENT, SYN_RECV, FIN_WAIT2, TIME_WAIT, CLOSING, LISTEN: nothing to learn, not even
         // a lookup (a short connection goes through ten state changes).
         _ => {}
@@ -218,34 +229,37 @@ pub fn on_state(sk: u64, old: u32, new: u32) {
 /// completes is never tracked (its writes then fail with ENOTCONN on a socket that never
 /// connected, which is not a loss).
 #[inline(always)]
-fn on_established(sk: u64, old: u32) {
+fn on_established<M: Mem>(sk: u64, old: u32) {
     let role = match old {
         tcp_state::SYN_RECV => role::SERVER,
         tcp_state::SYN_SENT => role::CLIENT,
         _ => return,
     };
     // MPTCP's meta socket also reports state changes here; only its TCP subflows are tracked.
-    if !kernel::is_inet_tcp(sk) {
+    let Some(tp) = M::tcp(sk) else {
+        return;
+    };
+    if !kernel::is_inet_tcp::<M>(tp) {
         return;
     }
-    start_tracking(sk, role, kernel::copied_seq(sk), BPF_ANY);
+    start_tracking::<M>(tp, role, kernel::copied_seq::<M>(tp), BPF_ANY);
 }
 
 /// The connection is going away: FIN_WAIT1 and LAST_ACK are a local close() or shutdown();
 /// CLOSE is an abortive close, a timeout, a reset, or the end of an orderly close.
 #[inline(always)]
-fn on_closing(sk: u64, old: u32, new: u32) {
+fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     let open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
     // Retransmission/keepalive timeouts set sk_err and go to CLOSE without an RST of their own
     // (tcp_write_err -> tcp_done_with_error). Anything else that reaches CLOSE from a closing
     // state is the orderly end: no lookup.
-    let failed = new == tcp_state::CLOSE && kernel::sk_err(sk) != 0;
+    let failed = new == tcp_state::CLOSE && kernel::sk_err::<M>(tp) != 0;
     if !open && !failed {
         return;
     }
-    let st = match SOCKS.get_ptr_mut(sk) {
+    let st = match SOCKS.get_ptr_mut(tp) {
         Some(st) => st,
-        None if open => match adopt_unwritten(sk) {
+        None if open => match adopt_unwritten::<M>(tp) {
             Some(st) => st,
             None => return,
         },
@@ -255,7 +269,7 @@ fn on_closing(sk: u64, old: u32, new: u32) {
     let st = unsafe { &mut *st };
     // A peer RST was already reported by tcp_receive_reset.
     if failed && st.flags & flag::PEER_RESET == 0 {
-        abort(sk, st, trigger::ERROR, NO_REASON);
+        abort::<M>(tp, st, trigger::ERROR, NO_REASON);
     }
     if !open || st.flags & flag::LOCAL_CLOSE != 0 {
         return;
@@ -266,16 +280,16 @@ fn on_closing(sk: u64, old: u32, new: u32) {
     }
     // The task holding the socket lock is the one closing it; without the lock this is a timer or
     // a received segment, and no task closed it.
-    let closer = if claim_if_held(sk, st) {
+    let closer = if claim_if_held::<M>(tp, st) {
         (bpf_get_current_pid_tgid() >> 32) as u32
     } else {
         0
     };
-    settle(sk, st);
+    settle::<M>(tp, st);
     // The clocks are read only for a record: most closes owe nothing.
     if st.may_owe_answer() {
-        st.last_in_ns = last_input_ns(sk);
-        emit_teardown(sk, st, closer, old, new);
+        st.last_in_ns = last_input_ns::<M>(tp);
+        emit_teardown(tp, st, closer, old, new);
     }
 }
 
@@ -283,34 +297,34 @@ fn on_closing(sk: u64, old: u32, new: u32) {
 /// full map) is closing. It can be judged only if it never sent a data byte in its life: then
 /// every byte it read is unanswered, whatever happened before the agent was there.
 #[inline(always)]
-fn adopt_unwritten(sk: u64) -> Option<*mut SockState> {
-    if !kernel::is_inet_tcp(sk)
-        || kernel::read::<u32>(sk, config!(sock.tcp_data_segs_out)) != Some(0)
+fn adopt_unwritten<M: Mem>(tp: u64) -> Option<*mut SockState> {
+    if !kernel::is_inet_tcp::<M>(tp)
+        || M::read::<u32>(tp, config!(sock.tcp_data_segs_out)) != Some(0)
     {
         return None;
     }
     // The peer's first byte: rcv_nxt less everything ever received.
-    let (_, rcv_nxt, received) = kernel::receive_side(sk);
-    start_tracking(
-        sk,
+    let (_, rcv_nxt, received) = kernel::receive_side::<M>(tp);
+    start_tracking::<M>(
+        tp,
         role::UNKNOWN,
         rcv_nxt.wrapping_sub(received as u32),
         BPF_NOEXIST,
     );
-    SOCKS.get_ptr_mut(sk)
+    SOCKS.get_ptr_mut(tp)
 }
 
 /// Fills a state's byte counts from the socket's receive side now (see `SockState::settle`).
 #[inline(always)]
-fn settle(sk: u64, st: &mut SockState) {
-    let (copied, rcv_nxt, received) = kernel::receive_side(sk);
+fn settle<M: Mem>(tp: u64, st: &mut SockState) {
+    let (copied, rcv_nxt, received) = kernel::receive_side::<M>(tp);
     st.settle(copied, rcv_nxt, received);
 }
 
 /// When the last input arrived: `icsk_ack.lrcvtime` (jiffies) placed on the monotonic clock.
 #[inline(always)]
-fn last_input_ns(sk: u64) -> u64 {
-    let Some(lrcv) = kernel::read::<u32>(sk, config!(sock.icsk_lrcvtime)) else {
+fn last_input_ns<M: Mem>(tp: u64) -> u64 {
+    let Some(lrcv) = M::read::<u32>(tp, config!(sock.icsk_lrcvtime)) else {
         return 0;
     };
     // SAFETY: plain helper call.
@@ -319,9 +333,12 @@ fn last_input_ns(sk: u64) -> u64 {
     now().saturating_sub(ago)
 }
 
-pub fn on_receive_reset(sk: u64) {
+pub fn on_receive_reset<M: Mem>(sk: u64) {
     skip_if_empty!();
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    let Some(tp) = M::tcp(sk) else {
         return;
     };
     // SAFETY: see on_send.
@@ -329,33 +346,36 @@ pub fn on_receive_reset(sk: u64) {
     st.flags |= flag::PEER_RESET;
     // Over loopback the peer's RST can answer a first write before that write returns: it is
     // then processed from the socket's backlog, in the writer's context, with the lock held.
-    claim_if_held(sk, st);
-    abort(sk, st, trigger::RECEIVE_RESET, NO_REASON);
+    claim_if_held::<M>(tp, st);
+    abort::<M>(tp, st, trigger::RECEIVE_RESET, NO_REASON);
 }
 
 /// `tcp:tcp_send_reset`: the local stack resets a connection (abortive close, SO_LINGER{1,0},
 /// memory pressure, keepalive timeout, or a segment for a dead socket).
-pub fn on_send_reset(sk: u64, reason: u32) {
+pub fn on_send_reset<M: Mem>(sk: u64, reason: u32) {
     skip_if_empty!();
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    let Some(tp) = M::tcp(sk) else {
         return;
     };
     // SAFETY: see on_send.
     let st = unsafe { &mut *st };
     // An abortive close() (unread input, SO_LINGER{1,0}) runs with the process holding the
     // socket; a reset answering a segment runs in softirq.
-    claim_if_held(sk, st);
-    abort(sk, st, trigger::SEND_RESET, reason);
+    claim_if_held::<M>(tp, st);
+    abort::<M>(tp, st, trigger::SEND_RESET, reason);
 }
 
 /// Emits one abort record per socket when data was at stake: bytes the peer never acknowledged,
 /// or (for a local abort) bytes received that the process never read.
 #[inline(always)]
-fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
+fn abort<M: Mem>(tp: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
     if st.flags & flag::ABORTED != 0 {
         return;
     }
-    let (mut unacked, mut unsent, mut unread) = kernel::at_stake(sk);
+    let (mut unacked, mut unsent, mut unread) = kernel::at_stake::<M>(tp);
     // Control flags take a sequence number each but are not data: a FIN we queued is the last
     // unacknowledged (and, if anything is unsent, unsent) "byte".
     if st.flags & flag::FIN_SENT != 0 {
@@ -371,8 +391,8 @@ fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
         return;
     }
     st.flags |= flag::ABORTED;
-    settle(sk, st);
-    st.last_in_ns = last_input_ns(sk);
+    settle::<M>(tp, st);
+    st.last_in_ns = last_input_ns::<M>(tp);
     let Some(mut entry) = EVENTS.reserve::<AbortEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -383,37 +403,40 @@ fn abort(sk: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
     unsafe {
         (*ev).header = header(kind::ABORT, core::mem::size_of::<AbortEvent>());
         (*ev).sock = *st;
-        (*ev).sk = sk;
+        (*ev).sk = tp;
         (*ev).unacked = unacked;
         (*ev).unsent = unsent;
         (*ev).unread = unread;
         (*ev).current_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         (*ev).trigger = trig;
         (*ev).rst_reason = rst_reason;
-        (*ev).sk_err = kernel::sk_err(sk);
-        (*ev).linger_zero = kernel::linger_zero(sk) as u32;
-        (*ev).state = kernel::tcp_state(sk);
+        (*ev).sk_err = kernel::sk_err::<M>(tp);
+        (*ev).linger_zero = kernel::linger_zero::<M>(tp) as u32;
+        (*ev).state = kernel::tcp_state::<M>(tp);
     }
     entry.submit(0);
     bump(stat::EVENTS_SENT);
 }
 
 /// EPIPE / ECONNRESET / ENOTCONN from a send on a TCP socket.
-fn on_write_error(sk: u64, e: u32, attempted: u64) {
-    if !kernel::is_inet_tcp(sk) {
+fn on_write_error<M: Mem>(sk: u64, e: u32, attempted: u64) {
+    let Some(tp) = M::tcp(sk) else {
+        return;
+    };
+    if !kernel::is_inet_tcp::<M>(tp) {
         return;
     }
-    emit_write_error(sk, e, attempted, |sock| match SOCKS.get_ptr(sk) {
+    emit_write_error(tp, e, attempted, |sock| match SOCKS.get_ptr(tp) {
         Some(st) => {
             // SAFETY: a live map value, copied out.
             *sock = unsafe { *st };
-            settle(sk, sock);
-            sock.last_in_ns = last_input_ns(sk);
+            settle::<M>(tp, sock);
+            sock.last_in_ns = last_input_ns::<M>(tp);
             true
         }
         None => {
             *sock = SockState::default();
-            kernel::fill_identity(sk, sock);
+            kernel::fill_identity::<M>(tp, sock);
             false
         }
     });
