@@ -102,9 +102,9 @@ fn fresh(role: u8) -> Option<&'static mut SockState> {
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
-/// Starts tracking the established connection `tp` (from `Mem::tcp`), in `role`, its reads counted from
-/// `copied_at_start`. Only established connections are ever tracked, so the SYN is never taken
-/// for unacknowledged data. `map_flags` is `BPF_ANY` where a stale entry for a recycled
+/// Starts tracking the established connection `tp` (from `Mem::tcp`), in `role`, its reads
+/// counted from `copied_at_start`. Only established connections are ever tracked, so the SYN is
+/// never taken for unacknowledged data. `map_flags` is `BPF_ANY` where a stale entry for a recycled
 /// `struct sock` address must be replaced, `BPF_NOEXIST` where a concurrent adopter on another
 /// CPU may have won (its entry is then used). Returns the new state if this call inserted it.
 #[inline(always)]

@@ -361,4 +361,50 @@ mod tests {
         let v = [1.0, 2.0, 3.0, 4.0, 5.0];
         assert_eq!(quartiles(&v), (2.0, 4.0));
     }
+
+    fn run(units: u64) -> crate::bench::Run {
+        crate::bench::Run {
+            units,
+            seconds: 1.0,
+        }
+    }
+
+    fn pair(off: u64, on: u64, floor: Option<u64>) -> crate::bench::Pair {
+        crate::bench::Pair {
+            off: run(off),
+            on: run(on),
+            agent: Default::default(),
+            floor: floor.map(run),
+        }
+    }
+
+    #[test]
+    fn floor_table_splits_the_hooks_from_the_work() {
+        let results = [CaseResult {
+            case: Case::Http,
+            pairs: vec![pair(1000, 950, Some(980)), pair(1000, 940, Some(960))],
+            probe_stats: None,
+        }];
+        let mut w = String::new();
+        floor(&mut w, &results);
+        // empty/off: 0.98 and 0.96, median 0.97; on/empty: 0.9694 and 0.9792, median 0.9743.
+        let row = w
+            .lines()
+            .find(|l| l.starts_with("| wrk"))
+            .expect("a row for the case");
+        assert!(row.contains("| 0.9700 (0.9600–0.9800) | 3.00 % |"), "{row}");
+        assert!(row.contains("| 0.9743 (0.9694–0.9792) | 2.57 % |"), "{row}");
+    }
+
+    #[test]
+    fn no_floor_table_without_floor_runs() {
+        let results = [CaseResult {
+            case: Case::Writes,
+            pairs: vec![pair(1000, 950, None)],
+            probe_stats: None,
+        }];
+        let mut w = String::new();
+        floor(&mut w, &results);
+        assert!(w.is_empty());
+    }
 }
