@@ -126,6 +126,15 @@ pub fn measure_probe_stats(binary: &Path, dir: &Path, work: Work<'_>) -> Result<
     ))
 }
 
+/// A run with nothing attached that is otherwise prepared like an agent-on run: the agent is
+/// started, answers /healthz, and is stopped, and the workload runs after the same pause. Its
+/// ratio to the agent-off run is the method's own bias (start-up transients, the order of runs).
+pub fn sham(binary: &Path, dir: &Path, work: Work<'_>) -> Result<Run> {
+    Agent::start(binary, dir, &[])?.stop()?;
+    thread::sleep(SETTLE);
+    Ok(work(&mut |_| Ok(()))?.run)
+}
+
 /// Pause between the agent's /healthz answering and the measurement.
 pub const SETTLE: Duration = Duration::from_secs(1);
 

@@ -46,9 +46,10 @@ pub struct Options {
     /// invocations and their kernel time.
     #[arg(long)]
     no_probe_stats: bool,
-    /// Make each pair a triple: a third run with the agent's programs attached but emptied
-    /// (`agent run --empty-programs`), which separates what the hooks cost from what the
-    /// programs do in them.
+    /// Add two runs to each pair: one with the agent's programs attached but emptied (`agent
+    /// run --empty-programs`), which separates what the hooks cost from what the programs do in
+    /// them, and a sham (the agent started and stopped, then the workload run with nothing
+    /// attached), which measures the method's own bias.
     #[arg(long)]
     floor: bool,
 }
@@ -112,8 +113,17 @@ pub struct Pair {
     pub off: Run,
     pub on: Run,
     pub agent: AgentRun,
-    /// With `--floor`: the run with every program attached and emptied.
-    pub floor: Option<Run>,
+    /// With `--floor`: the runs that calibrate this pair.
+    pub floor: Option<Floor>,
+}
+
+/// `--floor`'s extra runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Floor {
+    /// Every program attached and emptied.
+    pub empty: Run,
+    /// Nothing attached; the agent started and stopped before, as for an agent-on run.
+    pub sham: Run,
 }
 
 pub struct CaseResult {
@@ -171,7 +181,10 @@ pub fn run(opts: Options) -> Result<ExitCode> {
                 let off = unobserved()?;
                 let (on, agent) = agent::measure(&binary, &dir, &[], &work)?;
                 let floor = if opts.floor {
-                    Some(agent::measure(&binary, &dir, &["--empty-programs"], &work)?.0)
+                    Some(Floor {
+                        empty: agent::measure(&binary, &dir, &["--empty-programs"], &work)?.0,
+                        sham: agent::sham(&binary, &dir, &work)?,
+                    })
                 } else {
                     None
                 };
@@ -192,11 +205,14 @@ pub fn run(opts: Options) -> Result<ExitCode> {
             );
             if let Some(floor) = floor {
                 eprintln!(
-                    "bench: {:>5} pair {:>2}: empty programs {:>12.1}/s  ratio {:.4}",
+                    "bench: {:>5} pair {:>2}: empty {:>12.1}/s  ratio {:.4}  sham {:>12.1}/s  \
+                     ratio {:.4}",
                     case.unit(),
                     i + 1,
-                    floor.rate(),
-                    floor.rate() / off.rate(),
+                    floor.empty.rate(),
+                    floor.empty.rate() / off.rate(),
+                    floor.sham.rate(),
+                    floor.sham.rate() / off.rate(),
                 );
             }
             pairs.push(Pair {

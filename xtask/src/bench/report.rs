@@ -287,8 +287,8 @@ pub fn render(cx: &Context<'_>) -> String {
     let _ = writeln!(w, "\n## Every pair\n");
     let _ = writeln!(
         w,
-        "Throughput per run (units/s), off → on (with `--floor`, the emptied programs' run in \
-         parentheses).\n"
+        "Throughput per run (units/s), off → on (with `--floor`, the emptied programs' run and \
+         the sham in parentheses).\n"
     );
     for r in cx.results {
         let runs: Vec<String> = r
@@ -296,10 +296,11 @@ pub fn render(cx: &Context<'_>) -> String {
             .iter()
             .map(|p| match p.floor {
                 Some(f) => format!(
-                    "{:.0} → {:.0} (empty {:.0})",
+                    "{:.0} → {:.0} (empty {:.0}, sham {:.0})",
                     p.off.rate(),
                     p.on.rate(),
-                    f.rate()
+                    f.empty.rate(),
+                    f.sham.rate()
                 ),
                 None => format!("{:.0} → {:.0}", p.off.rate(), p.on.rate()),
             })
@@ -321,17 +322,20 @@ fn floor(w: &mut String, results: &[CaseResult]) {
     let _ = writeln!(w, "\n### The hooks alone\n");
     let _ = writeln!(
         w,
-        "Each pair above had a third run (`--floor`): the agent started the same way with \
-         `--empty-programs`, so that every program is attached and returns as soon as it has its \
-         arguments. **empty/off** is what attaching programs to these hooks costs before they do \
-         any work; **on/empty** is what the programs' work adds to that. Both are medians over \
-         pairs, with the interquartile range. Where the loss with empty programs alone is over \
-         the budget, no program on these hooks meets it on this machine.\n"
+        "Each pair above had two more runs (`--floor`). In one, the agent was started the same \
+         way with `--empty-programs`, so that every program is attached and returns as soon as \
+         it has its arguments: **empty/off** is what attaching programs to these hooks costs \
+         before they do any work, and **on/empty** is what the programs' work adds to that. In \
+         the other, the sham, the agent was started and stopped, and the workload ran after the \
+         same pause with nothing attached: **sham/off** is the method's own bias and noise, what \
+         this bench reports for an agent that costs nothing. All are medians over pairs, with \
+         the interquartile range. Where the loss with empty programs alone is over the budget, \
+         and clear of the sham's, no program on these hooks meets the budget on this machine.\n"
     );
     let _ = writeln!(
         w,
-        "| case | empty/off (IQR) | loss with empty programs | on/empty (IQR) | loss the work \
-         adds |\n|---|---|---|---|---|"
+        "| case | sham/off (IQR) | empty/off (IQR) | loss with empty programs | on/empty (IQR) \
+         | loss the work adds |\n|---|---|---|---|---|---|"
     );
     for r in with_floor {
         let ratios = |f: &dyn Fn(&super::Pair) -> f64| -> (f64, f64, f64) {
@@ -339,12 +343,15 @@ fn floor(w: &mut String, results: &[CaseResult]) {
             let (q1, q3) = quartiles(&v);
             (median(v), q1, q3)
         };
-        let floor_rate = |p: &super::Pair| p.floor.map_or(f64::NAN, |f| f.rate());
-        let (e, e1, e3) = ratios(&|p| floor_rate(p) / p.off.rate());
-        let (o, o1, o3) = ratios(&|p| p.on.rate() / floor_rate(p));
+        let empty = |p: &super::Pair| p.floor.map_or(f64::NAN, |f| f.empty.rate());
+        let sham = |p: &super::Pair| p.floor.map_or(f64::NAN, |f| f.sham.rate());
+        let (z, z1, z3) = ratios(&|p| sham(p) / p.off.rate());
+        let (e, e1, e3) = ratios(&|p| empty(p) / p.off.rate());
+        let (o, o1, o3) = ratios(&|p| p.on.rate() / empty(p));
         let _ = writeln!(
             w,
-            "| {} | {e:.4} ({e1:.4}–{e3:.4}) | {:.2} % | {o:.4} ({o1:.4}–{o3:.4}) | {:.2} % |",
+            "| {} | {z:.4} ({z1:.4}–{z3:.4}) | {e:.4} ({e1:.4}–{e3:.4}) | {:.2} % | {o:.4} \
+             ({o1:.4}–{o3:.4}) | {:.2} % |",
             r.case.title(),
             (1.0 - e) * 100.0,
             (1.0 - o) * 100.0,
@@ -369,12 +376,15 @@ mod tests {
         }
     }
 
-    fn pair(off: u64, on: u64, floor: Option<u64>) -> crate::bench::Pair {
+    fn pair(off: u64, on: u64, floor: Option<(u64, u64)>) -> crate::bench::Pair {
         crate::bench::Pair {
             off: run(off),
             on: run(on),
             agent: Default::default(),
-            floor: floor.map(run),
+            floor: floor.map(|(empty, sham)| crate::bench::Floor {
+                empty: run(empty),
+                sham: run(sham),
+            }),
         }
     }
 
@@ -382,16 +392,21 @@ mod tests {
     fn floor_table_splits_the_hooks_from_the_work() {
         let results = [CaseResult {
             case: Case::Http,
-            pairs: vec![pair(1000, 950, Some(980)), pair(1000, 940, Some(960))],
+            pairs: vec![
+                pair(1000, 950, Some((980, 1010))),
+                pair(1000, 940, Some((960, 990))),
+            ],
             probe_stats: None,
         }];
         let mut w = String::new();
         floor(&mut w, &results);
-        // empty/off: 0.98 and 0.96, median 0.97; on/empty: 0.9694 and 0.9792, median 0.9743.
+        // sham/off: 1.01 and 0.99; empty/off: 0.98 and 0.96, median 0.97; on/empty: 0.9694 and
+        // 0.9792, median 0.9743.
         let row = w
             .lines()
             .find(|l| l.starts_with("| wrk"))
             .expect("a row for the case");
+        assert!(row.contains("| 1.0000 (0.9900–1.0100) |"), "{row}");
         assert!(row.contains("| 0.9700 (0.9600–0.9800) | 3.00 % |"), "{row}");
         assert!(row.contains("| 0.9743 (0.9694–0.9792) | 2.57 % |"), "{row}");
     }
