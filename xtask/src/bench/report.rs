@@ -48,6 +48,36 @@ fn pair_ratios(r: &CaseResult) -> Vec<f64> {
     r.pairs.iter().map(|p| p.on.rate() / p.off.rate()).collect()
 }
 
+/// A confidence interval of at least 90 % for the median of `v`, from its order statistics (the
+/// sign-test interval: it assumes nothing about the distribution). `None` below 5 values.
+fn median_ci(v: &[f64]) -> Option<(f64, f64)> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    // The largest k with P(Binomial(n, 1/2) < k) <= 5 %: the true median lies below the k-th
+    // smallest value, or above the k-th largest, with at most 5 % probability each.
+    let (mut k, mut below, mut term) = (0, 0.0, 0.5f64.powi(n as i32));
+    while k < n / 2 && below + term <= 0.05 {
+        below += term;
+        term = term * (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    (k > 0).then(|| (v[k - 1], v[n - k]))
+}
+
+/// `ratios`' median as a loss in percent, with the interval of [`median_ci`] (also as losses).
+fn loss_with_ci(ratios: &[f64]) -> String {
+    let loss = (1.0 - median(ratios.to_vec())) * 100.0;
+    match median_ci(ratios) {
+        Some((lo, hi)) => format!(
+            "{loss:.2} % ({:.2} to {:.2})",
+            (1.0 - hi) * 100.0,
+            (1.0 - lo) * 100.0
+        ),
+        None => format!("{loss:.2} %"),
+    }
+}
+
 /// The 25th and 75th percentiles (nearest rank).
 fn quartiles(v: &[f64]) -> (f64, f64) {
     let mut v = v.to_vec();
@@ -181,7 +211,7 @@ pub fn render(cx: &Context<'_>) -> String {
     let _ = writeln!(
         w,
         "| case | agent off (median) | agent on (median) | difference | on/off | spread of on/off \
-         (IQR; min–max) | loss | budget | |\n|---|---|---|---|---|---|---|---|---|"
+         (IQR; min–max) | loss (90 % CI) | budget | |\n|---|---|---|---|---|---|---|---|---|"
     );
     for r in cx.results {
         let v = Verdict::of(r);
@@ -193,13 +223,18 @@ pub fn render(cx: &Context<'_>) -> String {
             .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
         let _ = writeln!(
             w,
-            "| {} | {off} | {on} | {delta} | {:.4} | {q1:.4}–{q3:.4}; {lo:.4}–{hi:.4} | {:.2} % | \
-             ≤{:.0} % | {} |",
+            "| {} | {off} | {on} | {delta} | {:.4} | {q1:.4}–{q3:.4}; {lo:.4}–{hi:.4} | {} | ≤{:.0} % \
+             | {} |",
             r.case.title(),
             v.ratio,
-            v.loss() * 100.0,
+            loss_with_ci(&ratios),
             v.budget * 100.0,
-            if v.met() { "met" } else { "**missed**" },
+            match (v.met(), median_ci(&ratios)) {
+                (true, _) => "met",
+                // The interval's best end (highest on/off) is still a loss over the budget.
+                (false, Some((_, best))) if 1.0 - best > v.budget => "**missed**",
+                (false, _) => "**missed** (the interval reaches the budget)",
+            },
         );
     }
 
@@ -329,8 +364,9 @@ fn floor(w: &mut String, results: &[CaseResult]) {
          the other, the sham, the agent was started and stopped, and the workload ran after the \
          same pause with nothing attached: **sham/off** is the method's own bias and noise, what \
          this bench reports for an agent that costs nothing. All are medians over pairs, with \
-         the interquartile range. Where the loss with empty programs alone is over the budget, \
-         and clear of the sham's, no program on these hooks meets the budget on this machine.\n"
+         the interquartile range, and the losses with the 90 % interval of their median. Where \
+         that interval for empty programs lies wholly over the budget, no program on these hooks \
+         meets the budget on this machine.\n"
     );
     let _ = writeln!(
         w,
@@ -348,13 +384,16 @@ fn floor(w: &mut String, results: &[CaseResult]) {
         let (z, z1, z3) = ratios(&|p| sham(p) / p.off.rate());
         let (e, e1, e3) = ratios(&|p| empty(p) / p.off.rate());
         let (o, o1, o3) = ratios(&|p| p.on.rate() / empty(p));
+        let losses = |f: &dyn Fn(&super::Pair) -> f64| {
+            loss_with_ci(&r.pairs.iter().map(f).collect::<Vec<_>>())
+        };
         let _ = writeln!(
             w,
-            "| {} | {z:.4} ({z1:.4}–{z3:.4}) | {e:.4} ({e1:.4}–{e3:.4}) | {:.2} % | {o:.4} \
-             ({o1:.4}–{o3:.4}) | {:.2} % |",
+            "| {} | {z:.4} ({z1:.4}–{z3:.4}) | {e:.4} ({e1:.4}–{e3:.4}) | {} | {o:.4} \
+             ({o1:.4}–{o3:.4}) | {} |",
             r.case.title(),
-            (1.0 - e) * 100.0,
-            (1.0 - o) * 100.0,
+            losses(&|p| empty(p) / p.off.rate()),
+            losses(&|p| p.on.rate() / empty(p)),
         );
     }
 }
@@ -362,6 +401,21 @@ fn floor(w: &mut String, results: &[CaseResult]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_interval_from_order_statistics() {
+        let v: Vec<f64> = (1..=16).map(f64::from).collect();
+        // n = 16: P(B <= 4) = 3.8 %, P(B <= 5) = 10.5 %, so the 5th and 12th values (92.3 %).
+        assert_eq!(median_ci(&v), Some((5.0, 12.0)));
+        let v: Vec<f64> = (1..=5).map(f64::from).collect();
+        // n = 5: P(B = 0) = 3.1 %: the extremes.
+        assert_eq!(median_ci(&v), Some((1.0, 5.0)));
+        assert_eq!(median_ci(&[1.0, 2.0, 3.0, 4.0]), None);
+        assert_eq!(
+            loss_with_ci(&[0.99, 0.98, 0.97, 0.96, 0.95]),
+            "3.00 % (1.00 to 5.00)"
+        );
+    }
 
     #[test]
     fn quartiles_by_nearest_rank() {
