@@ -26,6 +26,9 @@ pub trait Mem {
     /// The socket to read fields from: `sk` itself, or `None` where this way of reading can
     /// already tell it is not a TCP socket. It is the same address, so it is also the map key.
     fn tcp(sk: u64) -> Option<u64>;
+    /// True for an IPv4/IPv6 TCP socket (not UDP, unix, MPTCP's meta socket, ...), `tp` from
+    /// [`Mem::tcp`].
+    fn is_inet_tcp(tp: u64) -> bool;
     /// A `T` at `tp + off`, `tp` from [`Mem::tcp`].
     fn read<T>(tp: u64, off: u32) -> Option<T>;
 }
@@ -38,6 +41,12 @@ impl Mem for Probe {
     #[inline(always)]
     fn tcp(sk: u64) -> Option<u64> {
         (sk != 0).then_some(sk)
+    }
+
+    #[inline(always)]
+    fn is_inet_tcp(tp: u64) -> bool {
+        let protocol: Option<u16> = Self::read(tp, config!(sock.sk_protocol));
+        is_inet::<Self>(tp) && protocol == Some(IPPROTO_TCP)
     }
 
     #[inline(always)]
@@ -62,6 +71,12 @@ impl Mem for Direct {
         (!tp.is_null()).then_some(tp as u64)
     }
 
+    /// The helper behind [`Direct::tcp`] has already checked the protocol.
+    #[inline(always)]
+    fn is_inet_tcp(tp: u64) -> bool {
+        is_inet::<Self>(tp)
+    }
+
     #[inline(always)]
     fn read<T>(tp: u64, off: u32) -> Option<T> {
         if off > MAX_FIELD_OFFSET {
@@ -74,12 +89,11 @@ impl Mem for Direct {
     }
 }
 
-/// True for an IPv4/IPv6 TCP socket (not UDP, unix, MPTCP's meta socket, ...).
+/// True for an IPv4/IPv6 socket.
 #[inline(always)]
-pub fn is_inet_tcp<M: Mem>(sk: u64) -> bool {
+fn is_inet<M: Mem>(sk: u64) -> bool {
     let family: Option<u16> = M::read(sk, config!(sock.skc_family));
-    let protocol: Option<u16> = M::read(sk, config!(sock.sk_protocol));
-    matches!(family, Some(AF_INET | AF_INET6)) && protocol == Some(IPPROTO_TCP)
+    matches!(family, Some(AF_INET | AF_INET6))
 }
 
 /// `sk->__sk_common.skc_state`.

@@ -132,7 +132,7 @@ fn lookup_or_adopt<M: Mem, C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut Sock
         return Some(st);
     }
     let tp = M::tcp(sk)?;
-    if !kernel::is_inet_tcp::<M>(tp) {
+    if !M::is_inet_tcp(tp) {
         return None;
     }
     let state = kernel::tcp_state::<M>(tp);
@@ -239,7 +239,7 @@ fn on_established<M: Mem>(sk: u64, old: u32) {
     let Some(tp) = M::tcp(sk) else {
         return;
     };
-    if !kernel::is_inet_tcp::<M>(tp) {
+    if !M::is_inet_tcp(tp) {
         return;
     }
     start_tracking::<M>(tp, role, kernel::copied_seq::<M>(tp), BPF_ANY);
@@ -298,9 +298,7 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
 /// every byte it read is unanswered, whatever happened before the agent was there.
 #[inline(always)]
 fn adopt_unwritten<M: Mem>(tp: u64) -> Option<*mut SockState> {
-    if !kernel::is_inet_tcp::<M>(tp)
-        || M::read::<u32>(tp, config!(sock.tcp_data_segs_out)) != Some(0)
-    {
+    if !M::is_inet_tcp(tp) || M::read::<u32>(tp, config!(sock.tcp_data_segs_out)) != Some(0) {
         return None;
     }
     // The peer's first byte: rcv_nxt less everything ever received.
@@ -423,7 +421,7 @@ fn on_write_error<M: Mem>(sk: u64, e: u32, attempted: u64) {
     let Some(tp) = M::tcp(sk) else {
         return;
     };
-    if !kernel::is_inet_tcp::<M>(tp) {
+    if !M::is_inet_tcp(tp) {
         return;
     }
     emit_write_error(tp, e, attempted, |sock| match SOCKS.get_ptr(tp) {
