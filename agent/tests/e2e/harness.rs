@@ -127,6 +127,13 @@ impl Agent {
     /// `--probe-mode`, and waits until /healthz says the probes are attached and /metrics shows
     /// that mode in use.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_under(&[], extra)
+    }
+
+    /// The same, with the agent's command line appended to `wrapper` (a program that sets up
+    /// the agent's environment and then execs it in the same process, so that [`Agent::pid`]
+    /// is the agent's once it runs). An empty `wrapper` runs the agent directly.
+    pub fn start_under(wrapper: &[OsString], extra: &[&str]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mode = match extra.iter().position(|a| *a == "--probe-mode") {
             Some(i) => extra.get(i + 1).copied().unwrap_or_default().to_owned(),
@@ -140,7 +147,15 @@ impl Agent {
         if !extra.contains(&"--probe-mode") {
             args.extend(["--probe-mode".into(), OsString::from(&mode)]);
         }
-        let mut child = Command::new(agent_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(agent_bin());
+                cmd
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = cmd
             .args(args)
             .args(extra)
             .stdout(Stdio::piped())

@@ -377,3 +377,127 @@ fn off_kubernetes_the_labels_are_absent() {
         assert!(i.get(key).is_none(), "{key} in {i}");
     }
 }
+
+/// The DaemonSet's capabilities (`agent/tests/deploy` pins the same three in its manifest), as
+/// setpriv names them and as their bits in /proc/<pid>/status.
+const DAEMONSET_CAPS: [(&str, u32); 3] = [("bpf", 39), ("perfmon", 38), ("sys_resource", 24)];
+
+/// The bounding set of this process (the most any process it starts can hold).
+fn own_bounding_set() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .expect("CapBnd in /proc/self/status");
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+/// Runs the agent the way the DaemonSet's container does, without a container runtime: uid 0
+/// holding only the DaemonSet's capabilities (`$CAPS`, bounding set included), no_new_privs, and
+/// every mount it can see read-only (the root filesystem, sysfs, the cgroup hierarchy, the
+/// kubelet's logs) except /proc and /dev, in a mount namespace of its own. `$1` is a path that
+/// must not be writable afterwards; the agent's command line follows it.
+const DAEMONSET_SANDBOX: &str = r#"
+check=$1; shift
+awk '$5 !~ "^/(proc|dev)(/|$)" { print $5 }' /proc/self/mountinfo | while read -r m; do
+    mount -o remount,bind,ro "$m"
+done
+if touch "$check/.writable" 2>/dev/null; then
+    echo "$check is still writable" >&2
+    exit 1
+fi
+exec setpriv --no-new-privs --bounding-set="-all$CAPS" --inh-caps="-all$CAPS" -- "$@"
+"#;
+
+#[test]
+fn the_daemonsets_capabilities_and_read_only_mounts_are_enough() {
+    if !root_or_skip("the_daemonsets_capabilities_and_read_only_mounts_are_enough") {
+        return;
+    }
+    // CAP_SYS_RESOURCE (only for RLIMIT_MEMLOCK before Linux 5.11) is not in every sandbox's
+    // bounding set; the agent then runs with less than the DaemonSet gives it, never more.
+    let bounding = own_bounding_set();
+    let (mut caps, mut mask) = (String::new(), 0u64);
+    for (name, bit) in DAEMONSET_CAPS {
+        if bounding & (1 << bit) != 0 {
+            caps.push_str(&format!(",+{name}"));
+            mask |= 1 << bit;
+        } else {
+            assert_eq!(name, "sys_resource", "the test runs without CAP_{name}");
+            eprintln!("CAP_SYS_RESOURCE is outside this process's bounding set: running without");
+        }
+    }
+    let mask = format!("{mask:016x}");
+    let (logs, _, cgroups) = containerd_pod("k8s-logs-daemonset");
+    let wrapper = [
+        "env",
+        &format!("CAPS={caps}"),
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        DAEMONSET_SANDBOX,
+        "sh",
+        logs.to_str().unwrap(),
+    ]
+    .map(std::ffi::OsString::from);
+    // The DaemonSet's own arguments, but for the log root and the listen address.
+    let agent = Agent::start_under(
+        &wrapper,
+        &[
+            "--kubernetes",
+            "on",
+            "--pod-logs-root",
+            logs.to_str().unwrap(),
+        ],
+    );
+
+    // The process serving /metrics is the agent, confined as intended.
+    let pid = agent.pid();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, crate::harness::agent_bin().canonicalize().unwrap());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> &str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .trim()
+    };
+    for set in ["CapPrm:", "CapEff:", "CapBnd:"] {
+        assert_eq!(field(set), mask, "{set}\n{status}");
+    }
+    assert_eq!(field("CapAmb:"), "0000000000000000", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    for point in ["/", "/sys", cgroup_v2_root().to_str().unwrap()] {
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(point))
+            .unwrap_or_else(|| panic!("no mount at {point}:\n{mounts}"));
+        let options = line.split(' ').nth(5).unwrap();
+        assert!(
+            options.split(',').any(|o| o == "ro"),
+            "{point} is writable for the agent: {line}"
+        );
+    }
+
+    let (_server, server_pid) = start_seedsrv_in(&cgroups.leaf);
+    seed_incident(&agent, &pod_labels());
+    let incidents = seed_incidents(&agent);
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0]["pid"], server_pid);
+    assert_eq!(incidents[0]["pod"], POD, "{}", incidents[0]);
+    let m = agent.scrape();
+    for d in ["unanswered_close", "write_after_close", "undelivered_bytes"] {
+        assert_eq!(
+            m.value("lostwrite_detector_enabled", &[("detector", d)]),
+            Some(1.0),
+            "{d}: {:?}",
+            m.series("lostwrite_detector_enabled")
+        );
+    }
+}
