@@ -96,9 +96,14 @@ pub fn measure(
 
 /// One agent-on run with BPF statistics on, summing run counts and times over the agent's own
 /// programs (found through its fds, so other BPF users on the host are left out).
-pub fn measure_probe_stats(binary: &Path, dir: &Path, work: Work<'_>) -> Result<(Run, BpfStats)> {
+pub fn measure_probe_stats(
+    binary: &Path,
+    dir: &Path,
+    args: &[&str],
+    work: Work<'_>,
+) -> Result<(Run, BpfStats)> {
     let _stats_on = StatsEnabled::new()?;
-    let agent = Agent::start(binary, dir, &[])?;
+    let agent = Agent::start(binary, dir, args)?;
     let mut marks = Vec::new();
     let measured = work(&mut |_| {
         marks.push(agent.bpf_stats()?);
@@ -133,6 +138,19 @@ pub fn sham(binary: &Path, dir: &Path, work: Work<'_>) -> Result<Run> {
     Agent::start(binary, dir, &[])?.stop()?;
     thread::sleep(SETTLE);
     Ok(work(&mut |_| Ok(()))?.run)
+}
+
+/// Runs `f` with the agent (started with `args` after its defaults) attached, then stops it.
+pub fn during<T>(
+    binary: &Path,
+    dir: &Path,
+    args: &[&str],
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let agent = Agent::start(binary, dir, args)?;
+    let out = f()?;
+    agent.stop()?;
+    Ok(out)
 }
 
 /// Pause between the agent's /healthz answering and the measurement.

@@ -126,11 +126,29 @@ pub struct Floor {
     pub sham: Run,
 }
 
+/// One round of `--floor`'s dispatch calibration: a failing `send()`, ns of CPU per call.
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchRound {
+    /// Nothing attached.
+    pub off: f64,
+    /// The agent's programs attached and emptied.
+    pub empty: f64,
+}
+
+impl DispatchRound {
+    /// What one run of an emptied program on `sock:sock_send_length` adds, dispatch included.
+    pub fn added(&self) -> f64 {
+        self.empty - self.off
+    }
+}
+
 pub struct CaseResult {
     pub case: Case,
     pub pairs: Vec<Pair>,
     /// From the extra run with BPF statistics on, if it was made.
     pub probe_stats: Option<(Run, BpfStats)>,
+    /// The same with the programs emptied (with `--floor`): the statistics' own cost per run.
+    pub empty_probe_stats: Option<(Run, BpfStats)>,
 }
 
 pub fn run(opts: Options) -> Result<ExitCode> {
@@ -225,19 +243,36 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         let probe_stats = if opts.no_probe_stats {
             None
         } else {
-            Some(agent::measure_probe_stats(&binary, &dir, &work)?)
+            Some(agent::measure_probe_stats(&binary, &dir, &[], &work)?)
+        };
+        let empty_probe_stats = if opts.no_probe_stats || !opts.floor {
+            None
+        } else {
+            Some(agent::measure_probe_stats(
+                &binary,
+                &dir,
+                &["--empty-programs"],
+                &work,
+            )?)
         };
         results.push(CaseResult {
             case,
             pairs,
             probe_stats,
+            empty_probe_stats,
         });
     }
+    let dispatch = if opts.floor {
+        dispatch(&binary, &dir, &mut quiet, opts.pairs)?
+    } else {
+        Vec::new()
+    };
     quiet.sample();
     drop(nginx);
 
     let text = report::render(&report::Context {
         results: &results,
+        dispatch: &dispatch,
         machine: &machine::describe(probe_mode.unwrap_or_default()),
         quiet: &quiet,
         pairs: opts.pairs,
@@ -263,6 +298,43 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--floor`'s dispatch calibration: `rounds` alternating measurements of a failing `send()`
+/// with nothing attached and with the emptied programs attached. Their difference is what one
+/// program run costs where the programs do nothing, measured in CPU time rather than throughput,
+/// so it is steady where the workloads' pairs are not.
+fn dispatch(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    quiet: &mut Quiet,
+    rounds: usize,
+) -> Result<Vec<DispatchRound>> {
+    eprintln!(
+        "bench: dispatch ({rounds} rounds of {} failing sends, off and with empty programs)",
+        workload::DISPATCH_CALLS
+    );
+    let sends = || workload::failing_send_ns(workload::DISPATCH_CALLS);
+    let mut out = Vec::new();
+    for i in 0..rounds {
+        let round = loop {
+            quiet.sample();
+            let off = sends()?;
+            let empty = agent::during(binary, dir, &["--empty-programs"], sends)?;
+            if !quiet.disturbed() {
+                break DispatchRound { off, empty };
+            }
+        };
+        eprintln!(
+            "bench: dispatch round {:>2}: off {:.1} ns  empty {:.1} ns  added {:.1} ns",
+            i + 1,
+            round.off,
+            round.empty,
+            round.added()
+        );
+        out.push(round);
+    }
+    Ok(out)
 }
 
 /// The median of `v` (the mean of the middle two for an even count).

@@ -3,13 +3,15 @@
 use std::fmt::Write as _;
 
 use super::{
-    Case, CaseResult,
+    Case, CaseResult, DispatchRound,
     machine::{Machine, Quiet},
     median,
 };
 
 pub struct Context<'a> {
     pub results: &'a [CaseResult],
+    /// `--floor`'s dispatch calibration (empty without `--floor`).
+    pub dispatch: &'a [DispatchRound],
     pub machine: &'a Machine,
     pub quiet: &'a Quiet,
     pub pairs: usize,
@@ -319,6 +321,8 @@ pub fn render(cx: &Context<'_>) -> String {
         );
     }
 
+    dispatch(w, cx.results, cx.dispatch);
+
     let _ = writeln!(w, "\n## Every pair\n");
     let _ = writeln!(
         w,
@@ -397,6 +401,76 @@ fn floor(w: &mut String, results: &[CaseResult]) {
     }
 }
 
+/// `--floor`'s dispatch calibration, and what it makes of each case: the hooks' cost in CPU
+/// time, beside the programs' bodies.
+fn dispatch(w: &mut String, results: &[CaseResult], rounds: &[DispatchRound]) {
+    if rounds.is_empty() {
+        return;
+    }
+    let added: Vec<f64> = rounds.iter().map(DispatchRound::added).collect();
+    let per_run = median(added.clone());
+    let interval = median_ci(&added).map_or(String::new(), |(lo, hi)| {
+        format!(" (90 % interval {lo:.1} to {hi:.1})")
+    });
+    let _ = writeln!(w, "\n### One program run, in CPU time\n");
+    let _ = writeln!(
+        w,
+        "With `--floor`, the bench also alternated {} rounds of {} `send()` calls on an \
+         unconnected UDP socket, with nothing attached and with the emptied programs attached. \
+         Each call fails at once (no destination) but still fires `sock:sock_send_length`, so \
+         the difference is one tracepoint dispatch into a program that returns at once, measured \
+         as the caller's CPU time, with no packet, wake-up or other task involved: {:.1} ns per \
+         call with nothing attached, **{per_run:.1} ns more per program run**{interval}.\n\n\
+         Times the program runs per unit (from the probe columns above) and over the machine's \
+         busy CPU time per unit in that run, this is the share of a CPU-bound workload the hooks \
+         take before the programs do anything. The programs' work is the same statistics run's \
+         program time per unit less that of a run with the programs emptied (which is almost \
+         all the statistics' own clock reads), so that neither the dispatch nor the statistics \
+         are counted in it.\n",
+        rounds.len(),
+        super::workload::DISPATCH_CALLS,
+        median(rounds.iter().map(|r| r.off).collect()),
+    );
+    let _ = writeln!(
+        w,
+        "| case | program runs per unit | busy CPU per unit | the hooks per unit | the work per \
+         unit | the hooks' share of CPU | the work's share | both | budget |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    let per_unit = |stats: &Option<(super::Run, super::agent::BpfStats)>| {
+        stats
+            .as_ref()
+            .filter(|(_, st)| st.run_cnt > 0)
+            .map(|(run, st)| {
+                let units = run.units.max(1) as f64;
+                (
+                    st.run_cnt as f64 / units,
+                    st.run_time_ns as f64 / st.run_cnt as f64,
+                    st.busy_ns as f64 / units,
+                )
+            })
+    };
+    for r in results {
+        let (Some((runs, ns_run, busy)), Some((_, empty_ns_run, _))) =
+            (per_unit(&r.probe_stats), per_unit(&r.empty_probe_stats))
+        else {
+            continue;
+        };
+        let hooks = per_run * runs;
+        let work = (ns_run - empty_ns_run) * runs;
+        let _ = writeln!(
+            w,
+            "| {} | {runs:.2} | {busy:.0} ns | {hooks:.0} ns | {work:.0} ns | {:.2} % | {:.2} % \
+             | {:.2} % | {:.0} % |",
+            r.case.unit(),
+            hooks / busy * 100.0,
+            work / busy * 100.0,
+            (hooks + work) / busy * 100.0,
+            r.case.budget() * 100.0,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,6 +524,7 @@ mod tests {
                 pair(1000, 940, Some((960, 990))),
             ],
             probe_stats: None,
+            empty_probe_stats: None,
         }];
         let mut w = String::new();
         floor(&mut w, &results);
@@ -465,11 +540,52 @@ mod tests {
     }
 
     #[test]
+    fn dispatch_table_scales_one_run_by_the_runs_per_unit() {
+        let results = [CaseResult {
+            case: Case::Http,
+            pairs: vec![pair(1000, 950, None)],
+            probe_stats: Some((
+                run(1000),
+                crate::bench::agent::BpfStats {
+                    run_cnt: 2000,
+                    run_time_ns: 300_000,
+                    busy_ns: 20_000_000,
+                },
+            )),
+            empty_probe_stats: Some((
+                run(2000),
+                crate::bench::agent::BpfStats {
+                    run_cnt: 4000,
+                    run_time_ns: 200_000,
+                    busy_ns: 40_000_000,
+                },
+            )),
+        }];
+        let rounds: Vec<DispatchRound> = [(160.0, 210.0), (162.0, 222.0), (158.0, 213.0)]
+            .map(|(off, empty)| DispatchRound { off, empty })
+            .into();
+        let mut w = String::new();
+        dispatch(&mut w, &results, &rounds);
+        // Added: 50, 60, 55 ns, median 55; 2 runs per request over 20 µs of busy CPU. The
+        // programs ran 150 ns, emptied 50 ns: 100 ns of work per run, 200 per request.
+        assert!(w.contains("**55.0 ns more per program run**"), "{w}");
+        let row = w.lines().find(|l| l.starts_with("| request")).unwrap();
+        assert_eq!(
+            row,
+            "| request | 2.00 | 20000 ns | 110 ns | 200 ns | 0.55 % | 1.00 % | 1.55 % | 1 % |"
+        );
+        let mut w = String::new();
+        dispatch(&mut w, &results, &[]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
     fn no_floor_table_without_floor_runs() {
         let results = [CaseResult {
             case: Case::Writes,
             pairs: vec![pair(1000, 950, None)],
             probe_stats: None,
+            empty_probe_stats: None,
         }];
         let mut w = String::new();
         floor(&mut w, &results);

@@ -273,6 +273,45 @@ fn churn(nginx: &Nginx, duration: Duration, steady: Steady<'_>) -> Result<Measur
     Ok(whole(Run { units, seconds }))
 }
 
+/// `send()` calls per [`failing_send_ns`] measurement (about half a second here).
+pub const DISPATCH_CALLS: u64 = 3_000_000;
+
+/// The CPU time of one `send()` that fails at once, in ns: an unconnected UDP socket has no
+/// destination (EDESTADDRREQ). `sock:sock_send_length` fires for it all the same, so a program
+/// attached there adds the tracepoint's dispatch into it and its own run, and nothing else: no
+/// packet, no wake-up, no other task. Thread CPU time, so that whatever else runs on the CPU is
+/// not counted.
+pub fn failing_send_ns(calls: u64) -> Result<f64> {
+    use std::os::fd::AsRawFd as _;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let fd = socket.as_raw_fd();
+    let buf = [0u8; WRITE_SIZE];
+    // SAFETY: send(2) from a live buffer of the length given, on a socket this function owns.
+    let send = || unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) };
+    if send() != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EDESTADDRREQ) {
+        bail!("send() on an unconnected UDP socket did not fail with EDESTADDRREQ");
+    }
+    for _ in 0..calls / 10 {
+        send();
+    }
+    let t0 = thread_cpu_ns();
+    for _ in 0..calls {
+        send();
+    }
+    Ok((thread_cpu_ns() - t0) as f64 / calls as f64)
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a timespec on the stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +326,11 @@ mod tests {
         assert_eq!(run.units, 285_311);
         assert_eq!(run.seconds, 3.0);
         assert!(parse_wrk("nothing").is_none());
+    }
+
+    #[test]
+    fn a_failing_send_takes_some_cpu() {
+        let ns = failing_send_ns(1000).unwrap();
+        assert!(ns > 0.0 && ns < 1e6, "{ns}");
     }
 }
