@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use crate::{
-    btf,
     cli::KernelArgs,
     privileges,
     probes::{Detector, Failure, Kernel, LoadOptions, ProbeError, ProbeMode, Probes, Step},
@@ -24,6 +23,28 @@ struct ModeRow {
 
 pub fn check(args: &KernelArgs) -> ExitCode {
     let row = |k: &str, v: String| println!("{k:<14} {v}");
+    // tracefs first: mounting it here lets the kernel's description below read the classic
+    // tracepoints' formats.
+    let tracefs = if tracefs::is_mounted(&args.tracefs) {
+        format!("mounted at {}", args.tracefs.display())
+    } else {
+        match tracefs::ensure_mounted(&args.tracefs) {
+            Ok(_) => format!("mounted now at {}", args.tracefs.display()),
+            Err(e) => format!("MISSING: {e}"),
+        }
+    };
+    let opts = LoadOptions {
+        btf: &args.btf,
+        tracefs: &args.tracefs,
+        max_sockets: 1024,
+        events_ring_bytes: None,
+        force_classic: false,
+        detect_ebadf: Some(true),
+        skip_hooks: &args.skip_hook,
+        empty_programs: false,
+    };
+    // One parse of the kernel's BTF serves the btf line and every mode below.
+    let kernel = Kernel::open(&opts);
     row(
         "kernel",
         nix::sys::utsname::uname()
@@ -32,22 +53,12 @@ pub fn check(args: &KernelArgs) -> ExitCode {
     );
     row(
         "btf",
-        match btf::open(&args.btf).and_then(|b| btf::sock_offsets(&b)) {
+        match &kernel {
             Ok(_) => format!("ok ({}; struct offsets resolved)", args.btf.display()),
             Err(e) => format!("MISSING: {e}"),
         },
     );
-    row(
-        "tracefs",
-        if tracefs::is_mounted(&args.tracefs) {
-            format!("mounted at {}", args.tracefs.display())
-        } else {
-            match tracefs::ensure_mounted(&args.tracefs) {
-                Ok(_) => format!("mounted now at {}", args.tracefs.display()),
-                Err(e) => format!("MISSING: {e}"),
-            }
-        },
-    );
+    row("tracefs", tracefs);
     let caps: Vec<String> = privileges::RELEVANT
         .iter()
         .map(|c| format!("{c}={}", if privileges::has(*c) { "yes" } else { "no" }))
@@ -55,7 +66,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
     row("capabilities", caps.join(" "));
     println!();
 
-    let rows = probe_modes(args);
+    let rows = probe_modes(&opts, &kernel);
     println!(
         "{:<12} {:<6} {:<9} detail",
         "probe mode", "loads", "attaches"
@@ -119,7 +130,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
     }
 }
 
-fn probe_modes(args: &KernelArgs) -> Vec<ModeRow> {
+fn probe_modes(opts: &LoadOptions<'_>, kernel: &Result<Kernel, ProbeError>) -> Vec<ModeRow> {
     let failed = |mode, loads: bool, detail: String| ModeRow {
         mode,
         loads: if loads { "yes" } else { "no" },
@@ -133,17 +144,7 @@ fn probe_modes(args: &KernelArgs) -> Vec<ModeRow> {
             .into();
     }
     privileges::raise_memlock();
-    let opts = LoadOptions {
-        btf: &args.btf,
-        tracefs: &args.tracefs,
-        max_sockets: 1024,
-        events_ring_bytes: None,
-        force_classic: false,
-        detect_ebadf: Some(true),
-        skip_hooks: &args.skip_hook,
-        empty_programs: false,
-    };
-    let kernel = match Kernel::open(&opts) {
+    let kernel = match kernel {
         Ok(k) => k,
         Err(e) => {
             return ProbeMode::ALL
@@ -152,7 +153,7 @@ fn probe_modes(args: &KernelArgs) -> Vec<ModeRow> {
         }
     };
     ProbeMode::ALL
-        .map(|mode| match Probes::load(&kernel, mode, &opts) {
+        .map(|mode| match Probes::load(kernel, mode, opts) {
             Ok(p) => {
                 let hooks: Vec<String> = p
                     .attached

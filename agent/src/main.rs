@@ -39,7 +39,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check(args) => check::check(&args),
+        Command::Check(args) => {
+            // A report for a terminal or a filter: `agent check | head` ends quietly, as any
+            // filter does, instead of panicking on the closed pipe.
+            // SAFETY: set before any thread starts; SIG_DFL is always a valid disposition.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            check::check(&args)
+        }
     }
 }
 

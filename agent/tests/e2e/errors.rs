@@ -187,3 +187,22 @@ fn check_reports_modes_detectors_and_exit_status() {
     assert!(text.contains("MISSING: kernel BTF not found"), "{text}");
     assert!(text.contains("verdict: no usable probe mode"), "{text}");
 }
+
+#[test]
+fn check_into_a_closed_pipe_ends_quietly() {
+    if !root_or_skip("check_into_a_closed_pipe_ends_quietly") {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt as _;
+    // `agent check | head -1`: the reader is gone before the report is written.
+    let mut child = Command::new(agent_bin())
+        .arg("check")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent check");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for agent check");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
