@@ -133,7 +133,8 @@ pub struct SockState {
     pub cgroup_id: u64,
     /// Data bytes the process read (the peer's FIN not counted). Set by `settle`.
     pub bytes_in: u64,
-    /// Bytes the process's writes queued (the sum of what its send calls returned).
+    /// Bytes the process's writes queued since tracking began (modulo 4 GiB). Set by `settle`
+    /// from `tcp_sock.write_seq`: no program stores anything per write for it.
     pub bytes_out: u64,
     /// `bpf_ktime_get_ns()` time when the last input arrived, at the kernel's tick resolution
     /// (1/HZ). Set by `settle`.
@@ -160,7 +161,9 @@ pub struct SockState {
     pub flags: u16,
     /// One of [`role`].
     pub role: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// `tcp_sock.write_seq` where the process's output began when tracking did.
+    pub write_at_start: u32,
 }
 
 impl SockState {
@@ -181,14 +184,29 @@ impl SockState {
                 self.flags |= flag::PEER_FIRST;
             }
         }
-        self.copied_at_last_out = copied;
+        // Stored only when it moved: a stream of writes with nothing read in between leaves the
+        // map value's cache line clean, so other CPUs that read it need not fetch it again.
+        if self.copied_at_last_out != copied {
+            self.copied_at_last_out = copied;
+        }
     }
 
-    /// Fills the derived byte counts (`bytes_in`, `unanswered_in`) from the socket's receive side
-    /// now: `copied` and `rcv_nxt` are `tcp_sock` sequence numbers, `received` is
+    /// Fills the derived byte counts (`bytes_in`, `unanswered_in`, `bytes_out`) from the socket
+    /// now: `copied`, `rcv_nxt` and `write_seq` are `tcp_sock` sequence numbers, `received` is
     /// `tcp_sock.bytes_received` (which, like `rcv_nxt`, counts the peer's FIN as one byte).
-    /// `last_in_ns` is set apart, only for a record: it costs two clock reads.
-    pub fn settle(&mut self, copied: u32, rcv_nxt: u32, received: u64) {
+    /// `fin_queued`: the socket's own FIN is in `write_seq` already (it takes a sequence number
+    /// but is not data). `last_in_ns` is set apart, only for a record: it costs two clock reads.
+    pub fn settle(
+        &mut self,
+        copied: u32,
+        rcv_nxt: u32,
+        received: u64,
+        write_seq: u32,
+        fin_queued: bool,
+    ) {
+        self.bytes_out = write_seq
+            .wrapping_sub(self.write_at_start)
+            .saturating_sub(fin_queued as u32) as u64;
         // Reading the end of file steps copied_seq over the peer's FIN; that is not input.
         let fin_read = self.flags & flag::PEER_FIN != 0 && copied == rcv_nxt;
         let unread = rcv_nxt.wrapping_sub(copied) as u64;
@@ -436,3 +454,42 @@ unsafe impl aya::Pod for Config {}
 
 /// Upper bound for any offset the programs add to a kernel pointer; the agent rejects bigger ones.
 pub const MAX_FIELD_OFFSET: u32 = 8192;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_out_come_from_write_seq_without_the_fin() {
+        let mut st = SockState {
+            write_at_start: u32::MAX - 10,
+            ..SockState::default()
+        };
+        // 30 bytes written across the wrap.
+        st.settle(0, 0, 0, 19, false);
+        assert_eq!(st.bytes_out, 30);
+        // The same with the FIN queued after them.
+        st.settle(0, 0, 0, 20, true);
+        assert_eq!(st.bytes_out, 30);
+        // Nothing written, FIN queued: zero, not 4 GiB.
+        st.settle(0, 0, 0, u32::MAX - 10, true);
+        assert_eq!(st.bytes_out, 0);
+    }
+
+    #[test]
+    fn record_send_keeps_the_last_read_position() {
+        let mut st = SockState {
+            copied_at_start: 100,
+            ..SockState::default()
+        };
+        st.record_send(178);
+        assert_eq!(
+            st.flags & (flag::SENT | flag::PEER_FIRST),
+            flag::SENT | flag::PEER_FIRST
+        );
+        assert_eq!(st.copied_at_last_out, 178);
+        st.record_send(178);
+        st.record_send(258);
+        assert_eq!(st.copied_at_last_out, 258);
+    }
+}

@@ -186,6 +186,12 @@ pub fn rcv_nxt<M: Mem>(sk: u64) -> u32 {
     M::read(sk, config!(sock.tcp_rcv_nxt)).unwrap_or(0)
 }
 
+/// `tcp_sock.write_seq`: the sequence number after the last byte the process queued.
+#[inline(always)]
+pub fn write_seq<M: Mem>(sk: u64) -> u32 {
+    M::read(sk, config!(sock.tcp_write_seq)).unwrap_or(0)
+}
+
 /// The receive side now: (`copied_seq`, `rcv_nxt`, `bytes_received`).
 #[inline(always)]
 pub fn receive_side<M: Mem>(sk: u64) -> (u32, u32, u64) {

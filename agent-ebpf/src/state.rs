@@ -103,7 +103,7 @@ const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
 /// Starts tracking the established connection `tp` (from `Mem::tcp`), in `role`, its reads
-/// counted from `copied_at_start`. Only established connections are ever tracked, so the SYN is
+/// counted from `copied_at_start` and its writes from `write_at_start`. Only established connections are ever tracked, so the SYN is
 /// never taken for unacknowledged data. `map_flags` is `BPF_ANY` where a stale entry for a recycled
 /// `struct sock` address must be replaced, `BPF_NOEXIST` where a concurrent adopter on another
 /// CPU may have won (its entry is then used). Returns the new state if this call inserted it.
@@ -112,11 +112,13 @@ fn start_tracking<M: Mem>(
     tp: u64,
     role: u8,
     copied_at_start: u32,
+    write_at_start: u32,
     map_flags: u64,
 ) -> Option<&'static SockState> {
     let st = fresh(role)?;
     kernel::fill_identity::<M>(tp, st);
     st.copied_at_start = copied_at_start;
+    st.write_at_start = write_at_start;
     let st: &SockState = st;
     if SOCKS.insert(tp, st, map_flags).is_err() {
         return None;
@@ -126,8 +128,9 @@ fn start_tracking<M: Mem>(
 }
 
 /// The socket's state, adopting a live TCP socket the agent has not seen open (role unknown).
+/// `sent`: what the send being handled queued (it counts as the adopted socket's first output).
 #[inline(always)]
-fn lookup_or_adopt<M: Mem, C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut SockState> {
+fn lookup_or_adopt<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, sent: u32) -> Option<*mut SockState> {
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         return Some(st);
     }
@@ -140,7 +143,8 @@ fn lookup_or_adopt<M: Mem, C: EbpfContext>(ctx: &C, sk: u64) -> Option<*mut Sock
         return None;
     }
     let copied = kernel::copied_seq::<M>(tp);
-    if let Some(st) = start_tracking::<M>(tp, role::UNKNOWN, copied, BPF_NOEXIST) {
+    let written = kernel::write_seq::<M>(tp).wrapping_sub(sent);
+    if let Some(st) = start_tracking::<M>(tp, role::UNKNOWN, copied, written, BPF_NOEXIST) {
         // Once per socket that predates the agent: rare, and useful when a role looks wrong.
         debug!(
             ctx,
@@ -171,13 +175,15 @@ pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u6
     if ret == 0 {
         return;
     }
-    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk) else {
+    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk, ret as u32) else {
         return;
     };
     // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
     let st = unsafe { &mut *st };
     claim(st);
-    st.bytes_out += ret as u64;
+    // Nothing is stored per write that the socket itself keeps (bytes written: `write_seq`):
+    // a store makes the map value's cache line bounce between the writer's CPU and any other
+    // that touches it (the peer's entry, allocated next to this one, is written on the peer's).
     // Where the process's reading stood at this write: input read after it is unanswered.
     // (Gating this read on `rcv_nxt` to spare a stream of writes was measured and made them
     // slower: that field's cache line is the one the acknowledgements keep writing.)
@@ -193,7 +199,7 @@ pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u6
 /// close() (not shutdown()) started it, and who called it.
 pub fn on_close<M: Mem, C: EbpfContext>(ctx: &C, sk: u64) {
     skip_if_empty!();
-    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk) else {
+    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk, 0) else {
         return;
     };
     // SAFETY: see on_send.
@@ -242,7 +248,13 @@ fn on_established<M: Mem>(sk: u64, old: u32) {
     if !M::is_inet_tcp(tp) {
         return;
     }
-    start_tracking::<M>(tp, role, kernel::copied_seq::<M>(tp), BPF_ANY);
+    start_tracking::<M>(
+        tp,
+        role,
+        kernel::copied_seq::<M>(tp),
+        kernel::write_seq::<M>(tp),
+        BPF_ANY,
+    );
 }
 
 /// The connection is going away: FIN_WAIT1 and LAST_ACK are a local close() or shutdown();
@@ -285,7 +297,8 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     } else {
         0
     };
-    settle::<M>(tp, st);
+    // This state change comes before the kernel queues the FIN it announces.
+    settle::<M>(tp, st, false);
     // The clocks are read only for a record: most closes owe nothing.
     if st.may_owe_answer() {
         st.last_in_ns = last_input_ns::<M>(tp);
@@ -301,22 +314,32 @@ fn adopt_unwritten<M: Mem>(tp: u64) -> Option<*mut SockState> {
     if !M::is_inet_tcp(tp) || M::read::<u32>(tp, config!(sock.tcp_data_segs_out)) != Some(0) {
         return None;
     }
-    // The peer's first byte: rcv_nxt less everything ever received.
+    // The peer's first byte: rcv_nxt less everything ever received. Its own: snd_una, as no
+    // data segment ever left.
     let (_, rcv_nxt, received) = kernel::receive_side::<M>(tp);
     start_tracking::<M>(
         tp,
         role::UNKNOWN,
         rcv_nxt.wrapping_sub(received as u32),
+        M::read::<u32>(tp, config!(sock.tcp_snd_una)).unwrap_or(0),
         BPF_NOEXIST,
     );
     SOCKS.get_ptr_mut(tp)
 }
 
-/// Fills a state's byte counts from the socket's receive side now (see `SockState::settle`).
+/// Fills a state's byte counts from the socket now (see `SockState::settle`). `fin_queued`: the
+/// socket's FIN is in `write_seq` (not yet at the state change that a close makes, before
+/// the kernel queues the FIN).
 #[inline(always)]
-fn settle<M: Mem>(tp: u64, st: &mut SockState) {
+fn settle<M: Mem>(tp: u64, st: &mut SockState, fin_queued: bool) {
     let (copied, rcv_nxt, received) = kernel::receive_side::<M>(tp);
-    st.settle(copied, rcv_nxt, received);
+    st.settle(
+        copied,
+        rcv_nxt,
+        received,
+        kernel::write_seq::<M>(tp),
+        fin_queued,
+    );
 }
 
 /// When the last input arrived: `icsk_ack.lrcvtime` (jiffies) placed on the monotonic clock.
@@ -389,7 +412,7 @@ fn abort<M: Mem>(tp: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
         return;
     }
     st.flags |= flag::ABORTED;
-    settle::<M>(tp, st);
+    settle::<M>(tp, st, st.flags & flag::FIN_SENT != 0);
     st.last_in_ns = last_input_ns::<M>(tp);
     let Some(mut entry) = EVENTS.reserve::<AbortEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
@@ -428,7 +451,7 @@ fn on_write_error<M: Mem>(sk: u64, e: u32, attempted: u64) {
         Some(st) => {
             // SAFETY: a live map value, copied out.
             *sock = unsafe { *st };
-            settle::<M>(tp, sock);
+            settle::<M>(tp, sock, sock.flags & flag::FIN_SENT != 0);
             sock.last_in_ns = last_input_ns::<M>(tp);
             true
         }

@@ -12,6 +12,8 @@ const OWNER: u32 = 4242;
 /// The first sequence number the peer's data takes; close to the wrap, so that every test also
 /// crosses it.
 const PEER_ISN: u32 = u32::MAX - 100;
+/// Our own first sequence number after the SYN, near the wrap too.
+const OWN_ISN: u32 = u32::MAX - 40;
 
 /// A model of one socket as the kernel and the programs see it (agent-ebpf/src/state.rs): the
 /// socket's receive side (`copied_seq`, `rcv_nxt`, `bytes_received`, the last arrival), the same
@@ -21,6 +23,8 @@ struct Conn {
     copied: u32,
     rcv_nxt: u32,
     received: u64,
+    /// `tcp_sock.write_seq`: where the process's writes have got to.
+    write_seq: u32,
     last_arrival: u64,
 }
 
@@ -32,6 +36,7 @@ impl Conn {
             lport,
             rport,
             copied_at_start: PEER_ISN,
+            write_at_start: OWN_ISN,
             ..SockState::default()
         };
         st.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -41,6 +46,7 @@ impl Conn {
             copied: PEER_ISN,
             rcv_nxt: PEER_ISN,
             received: 0,
+            write_seq: OWN_ISN,
             last_arrival: 0,
         }
     }
@@ -94,7 +100,7 @@ impl Conn {
     fn send(mut self, _t: u64, ret: i64) -> Self {
         if ret > 0 {
             self.claim();
-            self.st.bytes_out += ret as u64;
+            self.write_seq = self.write_seq.wrapping_add(ret as u32);
             if self.st.send_needs_read_position() {
                 self.st.record_send(self.copied);
             }
@@ -128,7 +134,13 @@ impl Conn {
         }
         let mut st = self.st;
         st.flags |= flag::LOCAL_CLOSE;
-        st.settle(self.copied, self.rcv_nxt, self.received);
+        st.settle(
+            self.copied,
+            self.rcv_nxt,
+            self.received,
+            self.write_seq,
+            false,
+        );
         st.last_in_ns = self.last_arrival;
         st.may_owe_answer().then_some(TeardownEvent {
             header: EventHeader {
@@ -364,6 +376,8 @@ fn second_request_on_keep_alive_unanswered_counts_one() {
     );
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].bytes_in, 158);
+    // From write_seq, across its wrap: what the one response queued.
+    assert_eq!(got[0].bytes_out, 120);
     assert!(matches!(
         got[0].detail,
         Detail::UnansweredClose {
