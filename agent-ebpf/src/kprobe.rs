@@ -3,7 +3,14 @@
 //!
 //! A kretprobe sees only the return value, so the entry probe parks the arguments it needs in
 //! [`CALLS`], keyed by the calling thread, and the return probe takes them back.
+//!
+//! The kernel runs a bounded number of kretprobe instances at once (at least 10, or twice the
+//! CPUs), and a send blocked waiting for space holds one until it returns: with more blocked
+//! sends than that, returns are missed. So a failed send is not taken from the kretprobe but from
+//! a plain kprobe on `sk_stream_error()`, which every failing return of `tcp_sendmsg` and
+//! `tcp_sendpage` passes through; the kretprobe handles the sends that succeed.
 
+use agent_common::{SIZE_UNKNOWN, errno};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{kprobe, kretprobe, map},
@@ -11,7 +18,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::{kernel::Probe, state};
+use crate::{
+    kernel::{self, Probe},
+    state,
+};
 
 /// Arguments of a send in flight on one thread.
 #[derive(Clone, Copy)]
@@ -58,12 +68,39 @@ pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The return of tcp_sendmsg and tcp_sendpage.
+/// The return of tcp_sendmsg and tcp_sendpage: the sends that succeed (a failure was handled at
+/// `sk_stream_error`).
 #[kretprobe]
 pub fn kretprobe_tcp_send(ctx: RetProbeContext) -> u32 {
     if let Some(call) = take() {
-        state::on_send::<Probe, _>(&ctx, call.sk, ctx.ret(), call.arg);
+        let ret: i32 = ctx.ret();
+        if ret >= 0 {
+            state::on_send::<Probe, _>(&ctx, call.sk, ret, call.arg);
+        }
     }
+    0
+}
+
+// int sk_stream_error(struct sock *sk, int flags, int err): the error a failing send returns,
+// at its way out of tcp_sendmsg or tcp_sendpage, with no kretprobe instance involved.
+#[kprobe]
+pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(err)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(2)) else {
+        return 0;
+    };
+    // It returns the socket's pending error, if there is one, in place of EPIPE.
+    let err = match kernel::sk_err::<Probe>(sk) {
+        e if err == -(errno::EPIPE as i32) && e != 0 => -(e as i32),
+        _ => err,
+    };
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out; the kretprobe removes the entry.
+    let attempted = match unsafe { CALLS.get(id) }.copied() {
+        Some(call) if call.sk == sk => call.arg,
+        // Not inside tcp_sendmsg (kernel TLS fails sends this way too), or a stale entry.
+        _ => SIZE_UNKNOWN,
+    };
+    state::on_send::<Probe, _>(&ctx, sk, err, attempted);
     0
 }
 

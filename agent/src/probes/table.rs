@@ -123,6 +123,15 @@ const KPROBE_HOOKS: &[Hook] = &[
         if_present: true,
     },
     Hook {
+        target: "sk_stream_error",
+        attach: Attach::Kprobe {
+            entry: &[(3, "kprobe_sk_stream_error")],
+            ret: None,
+        },
+        needed_by: &[WriteAfterClose],
+        if_present: false,
+    },
+    Hook {
         target: "tcp_close",
         attach: Attach::Kprobe {
             entry: &[(2, "kprobe_tcp_close")],

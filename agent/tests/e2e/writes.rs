@@ -312,3 +312,137 @@ fn every_write_family_call_after_reset_is_counted() {
     );
     drop(client);
 }
+
+/// Writers blocked in `write()` on a full socket, all at once, when their peer resets: each
+/// failing call is counted once. In kprobe mode the kernel runs a bounded number of kretprobe
+/// instances at once (at least 10, or twice the CPUs), and a send that blocks holds one; more
+/// blocked writers than that is the case a return can be missed in.
+#[test]
+fn many_blocked_writers_reset_at_once_are_each_counted() {
+    if !root_or_skip("many_blocked_writers_reset_at_once_are_each_counted") {
+        return;
+    }
+    const WRITERS: usize = 48;
+    let agent = Agent::start(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Small receive buffers (the accepted sockets inherit the listener's), so that the windows
+    // close after a few KiB.
+    set_buf(listener.as_raw_fd(), libc::SO_RCVBUF, 4096);
+    let port = listener.local_addr().unwrap().port();
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(WRITERS + 1));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let ready = ready.clone();
+            thread::Builder::new()
+                .name("blockedwriter".into())
+                .spawn(move || {
+                    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    set_buf(s.as_raw_fd(), libc::SO_SNDBUF, 16 * 1024);
+                    // Fill the peer's receive window and then the send queue without blocking,
+                    // until the queue stays full (nothing acknowledged frees space any more), so
+                    // that the next write waits for space with nothing copied.
+                    s.set_nonblocking(true).unwrap();
+                    let buf = [b'z'; 16 * 1024];
+                    let mut full_for = 0;
+                    while full_for < 3 {
+                        match s.write(&buf) {
+                            Ok(_) => full_for = 0,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                full_for += 1;
+                                thread::sleep(Duration::from_millis(50));
+                            }
+                            Err(e) => panic!("filling the socket: {e}"),
+                        }
+                    }
+                    s.set_nonblocking(false).unwrap();
+                    ready.wait();
+                    s.write(&buf).unwrap_err()
+                })
+                .unwrap()
+        })
+        .collect();
+    // The server never reads; it keeps every connection until it resets them all.
+    let accepted: Vec<TcpStream> = (0..WRITERS).map(|_| listener.accept().unwrap().0).collect();
+    ready.wait();
+    wait_for(
+        "every writer blocked in write()",
+        Duration::from_secs(10),
+        || (blocked_writers() == WRITERS).then_some(()),
+    );
+    for s in &accepted {
+        set_linger_zero(s);
+    }
+    drop(accepted);
+
+    let mut by_errno = std::collections::BTreeMap::<&str, f64>::new();
+    for w in writers {
+        let err = w.join().unwrap();
+        let errno = match err.kind() {
+            std::io::ErrorKind::ConnectionReset => "ECONNRESET",
+            std::io::ErrorKind::BrokenPipe => "EPIPE",
+            _ => panic!("a blocked writer got {err}"),
+        };
+        *by_errno.entry(errno).or_default() += 1.0;
+    }
+    let comm = [("comm", "blockedwriter")];
+    let deadline = std::time::Instant::now() + SETTLE;
+    while agent.scrape().sum(WRITES, &comm) < WRITERS as f64 && std::time::Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Anything late would be counted twice.
+    thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    assert_eq!(
+        m.sum(WRITES, &comm),
+        WRITERS as f64,
+        "{:?}",
+        m.series(WRITES)
+    );
+    for (errno, n) in by_errno {
+        assert_eq!(
+            m.sum(WRITES, &[("comm", "blockedwriter"), ("errno", errno)]),
+            n,
+            "{errno}: {:?}",
+            m.series(WRITES)
+        );
+    }
+}
+
+/// Threads of this process named `blockedwriter` asleep in the send of `TcpStream::write`
+/// (sendto(2), or write(2)): the only call that can block them past the barrier.
+fn blocked_writers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            let stat = read("stat");
+            // The state follows the parenthesised name.
+            let asleep = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('S'));
+            let in_write = read("syscall")
+                .split_whitespace()
+                .next()
+                .and_then(|nr| nr.parse::<libc::c_long>().ok())
+                .is_some_and(|nr| nr == libc::SYS_sendto || nr == libc::SYS_write);
+            read("comm").trim() == "blockedwriter" && asleep && in_write
+        })
+        .count()
+}
+
+/// SO_SNDBUF or SO_RCVBUF on socket `fd`.
+fn set_buf(fd: std::os::fd::RawFd, option: libc::c_int, bytes: libc::c_int) {
+    // SAFETY: setsockopt on an open socket with a valid, correctly sized option.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt({option})");
+}

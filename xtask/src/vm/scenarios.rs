@@ -105,6 +105,12 @@ pub const SCENARIOS: &[Scenario] = &[
         needs: &[],
     },
     Scenario {
+        name: "blocked-writers-reset",
+        test: "writes::many_blocked_writers_reset_at_once_are_each_counted",
+        detector: Detector::WriteAfterClose,
+        needs: &[],
+    },
+    Scenario {
         name: "healthy-seed",
         test: "healthy::healthy_traffic_on_the_seed_server_counts_zero",
         detector: Detector::FalsePositive,
