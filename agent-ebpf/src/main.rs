@@ -25,8 +25,11 @@ macro_rules! config {
 /// Returns at once when the agent runs with `--empty-programs` (see `Config::empty_programs`).
 macro_rules! skip_if_empty {
     () => {
+        skip_if_empty!(())
+    };
+    ($ret:expr) => {
         if config!(empty_programs) != 0 {
-            return;
+            return $ret;
         }
     };
 }

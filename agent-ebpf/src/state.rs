@@ -195,6 +195,64 @@ pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u6
     }
 }
 
+/// What [`on_send_entry`] replaced, to put back with [`undo_send`] if the send fails.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Undo {
+    copied_at_last_out: u32,
+    flags: u16,
+    _pad: u16,
+}
+
+impl Undo {
+    /// Nothing to undo.
+    pub const NONE: Self = Self {
+        copied_at_last_out: 0,
+        flags: 0,
+        _pad: 0,
+    };
+}
+
+/// kprobe mode: a send of `size` bytes starts on `sk`, in the caller's context. What
+/// [`on_send`] does for a send that succeeds is done here, at the entry, which a kprobe never
+/// misses. A kretprobe can miss a return: the kernel runs a bounded number of instances at once,
+/// and a send blocked on a slow reader holds one; a missed response would then leave the request
+/// looking unanswered. Returns what it replaced, for [`undo_send`] if the send fails.
+pub fn on_send_entry<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, size: u64) -> Option<Undo> {
+    skip_if_empty!(None);
+    if size == 0 {
+        return None;
+    }
+    let st = lookup_or_adopt::<M, C>(ctx, sk, 0)?;
+    // SAFETY: see on_send.
+    let st = unsafe { &mut *st };
+    claim(st);
+    if !st.send_needs_read_position() {
+        return None;
+    }
+    let tp = M::tcp(sk)?;
+    let undo = Undo {
+        copied_at_last_out: st.copied_at_last_out,
+        flags: st.flags,
+        _pad: 0,
+    };
+    st.record_send(kernel::copied_seq::<M>(tp));
+    Some(undo)
+}
+
+/// The send [`on_send_entry`] recorded failed: it wrote nothing, so the read position and the
+/// first-write flags go back to what they were.
+pub fn undo_send(sk: u64, undo: Undo) {
+    skip_if_empty!();
+    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+        // SAFETY: see on_send.
+        let st = unsafe { &mut *st };
+        let mask = flag::SENT | flag::PEER_FIRST;
+        st.copied_at_last_out = undo.copied_at_last_out;
+        st.flags = (st.flags & !mask) | (undo.flags & mask);
+    }
+}
+
 /// The process closes `sk` (fentry/kprobe `tcp_close`, in the caller's context). The teardown
 /// itself is judged at the state change this close causes, as in every mode; this records that
 /// close() (not shutdown()) started it, and who called it.

@@ -11,12 +11,13 @@ use std::{
 
 use crate::{
     harness::{Agent, probe_mode, root_or_skip, wait_for},
-    servers::{SETTLE, set_linger_zero},
+    servers::{REQUEST, SETTLE, set_linger_zero},
 };
 
 const UNDELIVERED: &str = "lostwrite_undelivered_bytes_total";
 const ABORTED: &str = "lostwrite_aborted_connections_total";
 const WRITES: &str = "lostwrite_writes_after_close_total";
+const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
 
 #[test]
 fn client_writing_after_the_server_closed_gets_epipe() {
@@ -367,7 +368,7 @@ fn many_blocked_writers_reset_at_once_are_each_counted() {
     wait_for(
         "every writer blocked in write()",
         Duration::from_secs(10),
-        || (blocked_writers() == WRITERS).then_some(()),
+        || (blocked_in_send("blockedwriter") == WRITERS).then_some(()),
     );
     for s in &accepted {
         set_linger_zero(s);
@@ -409,9 +410,83 @@ fn many_blocked_writers_reset_at_once_are_each_counted() {
     }
 }
 
-/// Threads of this process named `blockedwriter` asleep in the send of `TcpStream::write`
-/// (sendto(2), or write(2)): the only call that can block them past the barrier.
-fn blocked_writers() -> usize {
+/// Servers blocked sending their responses to slow readers, more of them at once than kprobe
+/// mode's kretprobe instances, then the responses are read and the servers close: no loss. A
+/// send whose return was missed must not leave the request looking unanswered.
+#[test]
+fn many_blocked_responses_then_delivered_count_nothing() {
+    if !root_or_skip("many_blocked_responses_then_delivered_count_nothing") {
+        return;
+    }
+    const SERVERS: usize = 48;
+    const RESPONSE: usize = 256 * 1024;
+    let agent = Agent::start(&[]);
+    let observed = "lostwrite_sockets_observed_total";
+    let before = agent.scrape().total(observed);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let clients: Vec<TcpStream> = (0..SERVERS)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            set_buf(c.as_raw_fd(), libc::SO_RCVBUF, 4096);
+            c.write_all(REQUEST).unwrap();
+            c
+        })
+        .collect();
+    let servers: Vec<_> = (0..SERVERS)
+        .map(|_| {
+            let (mut s, _) = listener.accept().unwrap();
+            thread::Builder::new()
+                .name("blockedserver".into())
+                .spawn(move || {
+                    set_buf(s.as_raw_fd(), libc::SO_SNDBUF, 16 * 1024);
+                    let mut request = vec![0; REQUEST.len()];
+                    s.read_exact(&mut request).unwrap();
+                    s.write_all(&[b'r'; RESPONSE]).unwrap();
+                })
+                .unwrap()
+        })
+        .collect();
+    wait_for(
+        "every server blocked sending its response",
+        Duration::from_secs(10),
+        || (blocked_in_send("blockedserver") == SERVERS).then_some(()),
+    );
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                got.len()
+            })
+        })
+        .collect();
+    for s in servers {
+        s.join().unwrap();
+    }
+    for r in readers {
+        assert_eq!(r.join().unwrap(), RESPONSE);
+    }
+    thread::sleep(Duration::from_millis(700));
+    let m = agent.scrape();
+    assert!(
+        m.total(observed) >= before + 2.0 * SERVERS as f64,
+        "the agent did not see the connections"
+    );
+    for name in [UNANSWERED, WRITES, UNDELIVERED] {
+        assert_eq!(
+            m.sum(name, &[("comm", "blockedserver")]),
+            0.0,
+            "{:?}",
+            m.series(name)
+        );
+    }
+}
+
+/// Threads of this process named `comm` asleep in the send of `TcpStream::write` (sendto(2), or
+/// write(2)): the only call that can block them at that point.
+fn blocked_in_send(comm: &str) -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| t.ok())
@@ -427,7 +502,7 @@ fn blocked_writers() -> usize {
                 .next()
                 .and_then(|nr| nr.parse::<libc::c_long>().ok())
                 .is_some_and(|nr| nr == libc::SYS_sendto || nr == libc::SYS_write);
-            read("comm").trim() == "blockedwriter" && asleep && in_write
+            read("comm").trim() == comm && asleep && in_write
         })
         .count()
 }

@@ -111,6 +111,12 @@ pub const SCENARIOS: &[Scenario] = &[
         needs: &[],
     },
     Scenario {
+        name: "blocked-responses",
+        test: "writes::many_blocked_responses_then_delivered_count_nothing",
+        detector: Detector::FalsePositive,
+        needs: &[],
+    },
+    Scenario {
         name: "healthy-seed",
         test: "healthy::healthy_traffic_on_the_seed_server_counts_zero",
         detector: Detector::FalsePositive,
