@@ -145,7 +145,23 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             kernel.release,
             boot.log.display()
         );
-        let run = qemu::run(&boot)?;
+        let mut run = qemu::run(&boot)?;
+        if run.problem.is_some() && run.booted_after.is_none() {
+            // The kernel faulted before its init ran: nothing of the project's had started. Under
+            // software emulation an early-boot fault is the emulator's (seen once as an int3 oops
+            // in the idle loop, with the next boot clean), so the guest is booted once more, and
+            // the failed boot's console is kept beside the new one.
+            let kept = boot.log.with_extension("boot-fault.log");
+            std::fs::rename(&boot.log, &kept)?;
+            println!(
+                "vm-test: {} faulted while booting, before init ({}); booting it again (console \
+                 kept in {})",
+                kernel.line.name,
+                run.problem.as_deref().unwrap_or_default(),
+                kept.display()
+            );
+            run = qemu::run(&boot)?;
+        }
         println!(
             "vm-test: {} done in {:.1} s",
             kernel.line.name,
