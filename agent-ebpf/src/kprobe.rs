@@ -85,10 +85,15 @@ pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
     let (Some(sk), Some(err)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(2)) else {
         return 0;
     };
-    // It returns the socket's pending error, if there is one, in place of EPIPE.
-    let err = match kernel::sk_err::<Probe>(sk) {
-        e if err == -(errno::EPIPE as i32) && e != 0 => -(e as i32),
-        _ => err,
+    // It returns the socket's pending error, if there is one, in place of EPIPE. (Read only then:
+    // a non-blocking sender meets this function at every EAGAIN.)
+    let err = if err == -(errno::EPIPE as i32) {
+        match kernel::sk_err::<Probe>(sk) {
+            0 => err,
+            e => -(e as i32),
+        }
+    } else {
+        err
     };
     let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.

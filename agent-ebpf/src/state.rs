@@ -103,8 +103,8 @@ const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
 /// Starts tracking the established connection `tp` (from `Mem::tcp`), in `role`, its reads
-/// counted from `copied_at_start` and its writes from `write_at_start`. Only established connections are ever tracked, so the SYN is
-/// never taken for unacknowledged data. `map_flags` is `BPF_ANY` where a stale entry for a recycled
+/// counted from `copied_at_start` and its writes from `write_at_start`. Only established
+/// connections are ever tracked, so the SYN is never taken for unacknowledged data. `map_flags` is `BPF_ANY` where a stale entry for a recycled
 /// `struct sock` address must be replaced, `BPF_NOEXIST` where a concurrent adopter on another
 /// CPU may have won (its entry is then used). Returns the new state if this call inserted it.
 #[inline(always)]
@@ -172,27 +172,38 @@ pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u6
         }
         return;
     }
-    if ret == 0 {
-        return;
+    if ret > 0 {
+        record_write::<M, C>(ctx, sk, ret as u32);
     }
-    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk, ret as u32) else {
-        return;
-    };
+}
+
+/// What a send that queued bytes on `sk` leaves in its state: the owner, and where the
+/// process's reading stood. `queued` is what this send queued, if that is in `write_seq`
+/// already (0 at a send's entry). Returns what it replaced, when it recorded anything.
+///
+/// Nothing is stored per write that the socket itself keeps (bytes written: `write_seq`): a store
+/// on every send dirties the map value's cache line, which the other CPU then has to fetch back
+/// (entries share lines with their neighbours). Without it, keep-alive program work per request
+/// went from 285 to 158 ns.
+#[inline(always)]
+fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32) -> Option<Undo> {
     // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
-    let st = unsafe { &mut *st };
+    let st = unsafe { &mut *lookup_or_adopt::<M, C>(ctx, sk, queued)? };
     claim(st);
-    // Nothing is stored per write that the socket itself keeps (bytes written: `write_seq`): a
-    // store on every send dirties the map value's cache line, which the other CPU then has to
-    // fetch back (entries share lines with their neighbours). Without it, keep-alive program
-    // work per request went from 285 to 158 ns.
     // Where the process's reading stood at this write: input read after it is unanswered.
     // (Gating this read on `rcv_nxt` to spare a stream of writes was measured and made them
     // slower: that field's cache line is the one the acknowledgements keep writing.)
-    if st.send_needs_read_position()
-        && let Some(tp) = M::tcp(sk)
-    {
-        st.record_send(kernel::copied_seq::<M>(tp));
+    if !st.send_needs_read_position() {
+        return None;
     }
+    let tp = M::tcp(sk)?;
+    let undo = Undo {
+        copied_at_last_out: st.copied_at_last_out,
+        flags: st.flags,
+        _pad: 0,
+    };
+    st.record_send(kernel::copied_seq::<M>(tp));
+    Some(undo)
 }
 
 /// What [`on_send_entry`] replaced, to put back with [`undo_send`] if the send fails.
@@ -214,30 +225,17 @@ impl Undo {
 }
 
 /// kprobe mode: a send of `size` bytes starts on `sk`, in the caller's context. What
-/// [`on_send`] does for a send that succeeds is done here, at the entry, which a kprobe never
-/// misses. A kretprobe can miss a return: the kernel runs a bounded number of instances at once,
-/// and a send blocked on a slow reader holds one; a missed response would then leave the request
-/// looking unanswered. Returns what it replaced, for [`undo_send`] if the send fails.
+/// [`on_send`] does for a send that succeeds ([`record_write`]) is done here, at the entry,
+/// which a kprobe never misses. A kretprobe can miss a return: the kernel runs a bounded number
+/// of instances at once, and a send blocked on a slow reader holds one; a missed response would
+/// then leave the request looking unanswered. Returns what it replaced, for [`undo_send`] if
+/// the send fails.
 pub fn on_send_entry<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, size: u64) -> Option<Undo> {
     skip_if_empty!(None);
     if size == 0 {
         return None;
     }
-    let st = lookup_or_adopt::<M, C>(ctx, sk, 0)?;
-    // SAFETY: see on_send.
-    let st = unsafe { &mut *st };
-    claim(st);
-    if !st.send_needs_read_position() {
-        return None;
-    }
-    let tp = M::tcp(sk)?;
-    let undo = Undo {
-        copied_at_last_out: st.copied_at_last_out,
-        flags: st.flags,
-        _pad: 0,
-    };
-    st.record_send(kernel::copied_seq::<M>(tp));
-    Some(undo)
+    record_write::<M, C>(ctx, sk, 0)
 }
 
 /// The send [`on_send_entry`] recorded failed: it wrote nothing, so the read position and the
