@@ -98,12 +98,22 @@ pub fn map_ids() -> BTreeSet<u64> {
         .collect()
 }
 
-/// A `kB` line of /proc/<pid>/status (VmRSS, VmHWM), in KiB.
-pub fn status_kib(pid: u32, field: &str) -> u64 {
+/// The value of a line of /proc/<pid>/status (`VmRSS`, `CapEff`, …), trimmed.
+pub fn status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+}
+
+/// A `kB` line of /proc/<pid>/status (VmRSS, VmHWM), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let value = status_field(pid, field);
+    value
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{field} of {pid} is not in kB: {value}"))
 }

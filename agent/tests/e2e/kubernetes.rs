@@ -13,6 +13,7 @@ use std::{
 };
 
 use crate::{
+    bpf_objects::status_field,
     harness::{Agent, Process, root_or_skip, scratch, wait_listening},
     servers::{SEED_PORT, curl, rust_server_reads_and_closes, seedsrv_binary},
 };
@@ -384,12 +385,7 @@ const DAEMONSET_CAPS: [(&str, u32); 3] = [("bpf", 39), ("perfmon", 38), ("sys_re
 
 /// The bounding set of this process (the most any process it starts can hold).
 fn own_bounding_set() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .expect("CapBnd in /proc/self/status");
-    u64::from_str_radix(hex.trim(), 16).unwrap()
+    u64::from_str_radix(&status_field(std::process::id(), "CapBnd"), 16).unwrap()
 }
 
 /// Runs the agent the way the DaemonSet's container does, without a container runtime: uid 0
@@ -459,19 +455,11 @@ fn the_daemonsets_capabilities_and_read_only_mounts_are_enough() {
     let pid = agent.pid();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, crate::harness::agent_bin().canonicalize().unwrap());
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> &str {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {status}"))
-            .trim()
-    };
-    for set in ["CapPrm:", "CapEff:", "CapBnd:"] {
-        assert_eq!(field(set), mask, "{set}\n{status}");
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(pid, set), mask, "{set}");
     }
-    assert_eq!(field("CapAmb:"), "0000000000000000", "{status}");
-    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(status_field(pid, "CapAmb"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     for point in ["/", "/sys", cgroup_v2_root().to_str().unwrap()] {
         let line = mounts

@@ -241,15 +241,26 @@ pub fn set_linger_zero(s: &TcpStream) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: setsockopt on an open socket with a valid, correctly sized option.
+    set_socket_option(s.as_raw_fd(), libc::SO_LINGER, &linger);
+}
+
+/// setsockopt(2) at `SOL_SOCKET` on socket `fd`: `option` set to `value` (`SO_LINGER`'s
+/// `libc::linger`, a `c_int` for buffer sizes).
+pub fn set_socket_option<T>(fd: std::os::fd::RawFd, option: libc::c_int, value: &T) {
+    // SAFETY: `value` is a live, correctly sized option value for the duration of the call.
     let rc = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
+            option,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt({option}): {}",
+        std::io::Error::last_os_error()
+    );
 }

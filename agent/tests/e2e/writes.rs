@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     harness::{Agent, probe_mode, root_or_skip, wait_for},
-    servers::{REQUEST, SETTLE, set_linger_zero},
+    servers::{REQUEST, SETTLE, set_linger_zero, set_socket_option},
 };
 
 const UNDELIVERED: &str = "lostwrite_undelivered_bytes_total";
@@ -328,7 +328,7 @@ fn many_blocked_writers_reset_at_once_are_each_counted() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     // Small receive buffers (the accepted sockets inherit the listener's), so that the windows
     // close after a few KiB.
-    set_buf(listener.as_raw_fd(), libc::SO_RCVBUF, 4096);
+    set_socket_option(listener.as_raw_fd(), libc::SO_RCVBUF, &4096);
     let port = listener.local_addr().unwrap().port();
     let ready = std::sync::Arc::new(std::sync::Barrier::new(WRITERS + 1));
     let writers: Vec<_> = (0..WRITERS)
@@ -338,7 +338,7 @@ fn many_blocked_writers_reset_at_once_are_each_counted() {
                 .name("blockedwriter".into())
                 .spawn(move || {
                     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    set_buf(s.as_raw_fd(), libc::SO_SNDBUF, 16 * 1024);
+                    set_socket_option(s.as_raw_fd(), libc::SO_SNDBUF, &(16 * 1024));
                     // Fill the peer's receive window and then the send queue without blocking,
                     // until the queue stays full (nothing acknowledged frees space any more), so
                     // that the next write waits for space with nothing copied.
@@ -428,7 +428,7 @@ fn many_blocked_responses_then_delivered_count_nothing() {
     let clients: Vec<TcpStream> = (0..SERVERS)
         .map(|_| {
             let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            set_buf(c.as_raw_fd(), libc::SO_RCVBUF, 4096);
+            set_socket_option(c.as_raw_fd(), libc::SO_RCVBUF, &4096);
             c.write_all(REQUEST).unwrap();
             c
         })
@@ -439,7 +439,7 @@ fn many_blocked_responses_then_delivered_count_nothing() {
             thread::Builder::new()
                 .name("blockedserver".into())
                 .spawn(move || {
-                    set_buf(s.as_raw_fd(), libc::SO_SNDBUF, 16 * 1024);
+                    set_socket_option(s.as_raw_fd(), libc::SO_SNDBUF, &(16 * 1024));
                     let mut request = vec![0; REQUEST.len()];
                     s.read_exact(&mut request).unwrap();
                     s.write_all(&[b'r'; RESPONSE]).unwrap();
@@ -505,19 +505,4 @@ fn blocked_in_send(comm: &str) -> usize {
             read("comm").trim() == comm && asleep && in_write
         })
         .count()
-}
-
-/// SO_SNDBUF or SO_RCVBUF on socket `fd`.
-fn set_buf(fd: std::os::fd::RawFd, option: libc::c_int, bytes: libc::c_int) {
-    // SAFETY: setsockopt on an open socket with a valid, correctly sized option.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt({option})");
 }
