@@ -293,17 +293,14 @@ pub fn render(cx: &Context<'_>) -> String {
         let rss = r.pairs.iter().map(|p| p.agent.rss_kib).max().unwrap_or(0);
         let records: u64 = r.pairs.iter().map(|p| p.agent.records()).sum();
         let steady: f64 = r.pairs.iter().map(|p| p.agent.steady_units).sum();
-        let (runs, ns_run, ns_unit, share) = match &r.probe_stats {
-            Some((run, st)) if st.run_cnt > 0 => (
-                format!("{:.2}", st.run_cnt as f64 / run.units as f64),
-                format!("{:.0}", st.run_time_ns as f64 / st.run_cnt as f64),
-                format!("{:.0}", st.run_time_ns as f64 / run.units as f64),
-                format!(
-                    "{:.2} %",
-                    st.run_time_ns as f64 / st.busy_ns.max(1) as f64 * 100.0
-                ),
+        let (runs, ns_run, ns_unit, share) = match ProbeCost::of(&r.probe_stats) {
+            Some(c) => (
+                format!("{:.2}", c.runs),
+                format!("{:.0}", c.ns_run),
+                format!("{:.0}", c.ns_run * c.runs),
+                format!("{:.2} %", c.ns_run * c.runs / c.busy_ns * 100.0),
             ),
-            _ => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
+            None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
         };
         let _ = writeln!(
             w,
@@ -401,6 +398,28 @@ fn floor(w: &mut String, results: &[CaseResult]) {
     }
 }
 
+/// A statistics run's figures per workload unit.
+struct ProbeCost {
+    /// Program runs per unit.
+    runs: f64,
+    /// Kernel ns per program run.
+    ns_run: f64,
+    /// The machine's busy CPU ns per unit.
+    busy_ns: f64,
+}
+
+impl ProbeCost {
+    fn of(stats: &Option<(super::Run, super::agent::BpfStats)>) -> Option<Self> {
+        let (run, st) = stats.as_ref().filter(|(_, st)| st.run_cnt > 0)?;
+        let units = run.units.max(1) as f64;
+        Some(Self {
+            runs: st.run_cnt as f64 / units,
+            ns_run: st.run_time_ns as f64 / st.run_cnt as f64,
+            busy_ns: st.busy_ns.max(1) as f64 / units,
+        })
+    }
+}
+
 /// `--floor`'s dispatch calibration, and what it makes of each case: the hooks' cost in CPU
 /// time, beside the programs' bodies.
 fn dispatch(w: &mut String, results: &[CaseResult], rounds: &[DispatchRound]) {
@@ -437,25 +456,15 @@ fn dispatch(w: &mut String, results: &[CaseResult], rounds: &[DispatchRound]) {
          unit | the hooks' share of CPU | the work's share | both | budget |\n\
          |---|---|---|---|---|---|---|---|---|"
     );
-    let per_unit = |stats: &Option<(super::Run, super::agent::BpfStats)>| {
-        stats
-            .as_ref()
-            .filter(|(_, st)| st.run_cnt > 0)
-            .map(|(run, st)| {
-                let units = run.units.max(1) as f64;
-                (
-                    st.run_cnt as f64 / units,
-                    st.run_time_ns as f64 / st.run_cnt as f64,
-                    st.busy_ns as f64 / units,
-                )
-            })
-    };
     for r in results {
-        let (Some((runs, ns_run, busy)), Some((_, empty_ns_run, _))) =
-            (per_unit(&r.probe_stats), per_unit(&r.empty_probe_stats))
-        else {
+        let (Some(on), Some(empty)) = (
+            ProbeCost::of(&r.probe_stats),
+            ProbeCost::of(&r.empty_probe_stats),
+        ) else {
             continue;
         };
+        let (runs, ns_run, busy) = (on.runs, on.ns_run, on.busy_ns);
+        let empty_ns_run = empty.ns_run;
         let hooks = per_run * runs;
         let work = (ns_run - empty_ns_run) * runs;
         let _ = writeln!(
