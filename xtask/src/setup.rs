@@ -192,6 +192,20 @@ const APT_PACKAGES: &[&[&str]] = &[
     ],
     &["wrk"],
     &["python3"],
+    // Real protocol peers for the false-positive suite, each started by a test on its own port
+    // and data directory: databases, a cache, and the client libraries the tests drive them
+    // with (Debian's /usr/bin/python3 imports these; gRPC, WebSockets and HTTP/2 likewise).
+    &["postgresql"],
+    &["mariadb-server"],
+    &["mariadb-client"],
+    &["redis-server"],
+    &["python3-psycopg2"],
+    &["python3-pymysql"],
+    &["python3-websockets"],
+    &["python3-grpcio"],
+    &["python3-h2"],
+    &["openssl"],
+    &["nodejs"],
     // `cargo xtask vm-test`: the emulator, and a static busybox for the guests' initramfs.
     &["qemu-system-x86"],
     &["busybox-static"],

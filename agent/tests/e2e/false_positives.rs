@@ -1,6 +1,7 @@
 //! Healthy traffic of every shape must leave every loss counter at zero.
 
 use std::{
+    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream, UdpSocket},
     os::unix::net::UnixStream,
@@ -10,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    harness::{Agent, root_or_skip},
+    harness::{Agent, Metrics, root_or_skip},
     servers::{Nginx, curl, start_nginx, start_rust_http},
 };
 
@@ -34,6 +35,54 @@ fn assert_no_loss(name: &str, min_sockets: f64, scenario: impl FnOnce()) {
         seen >= min_sockets,
         "{name}: the agent saw only {seen} sockets"
     );
+    assert_counted_nothing(name, &agent, &m);
+}
+
+/// The detectors every false-positive test needs switched on: a detector that is off counts
+/// nothing, which would make the test pass for the wrong reason.
+const DETECTORS: [&str; 3] = ["unanswered_close", "write_after_close", "undelivered_bytes"];
+
+/// Runs `scenario` under a fresh agent that explains every close on `port`
+/// (`--explain-port`), and asserts:
+/// - every detector was enabled;
+/// - the agent judged at least `min_closes` closes of connections on `port`: the test's own
+///   connections, by their port (each loopback connection is two closes, one per end);
+/// - no loss counter moved and no incident was logged.
+///
+/// Returns the verdicts the agent gave the closes on `port` (verdict -> count), for tests that
+/// also assert why the closes were not losses.
+pub fn assert_no_loss_on(
+    name: &str,
+    port: u16,
+    min_closes: f64,
+    scenario: impl FnOnce(),
+) -> BTreeMap<String, f64> {
+    let port_label = port.to_string();
+    let agent = Agent::start(&["--explain-port", &port_label]);
+    let m = agent.scrape();
+    for detector in DETECTORS {
+        assert_eq!(
+            m.value("lostwrite_detector_enabled", &[("detector", detector)]),
+            Some(1.0),
+            "{name}: detector {detector} is not enabled"
+        );
+    }
+    scenario();
+    thread::sleep(Duration::from_millis(700));
+    let m = agent.scrape();
+    let verdicts = m.by_label(EXPLAINED, &[("port", &port_label)], "verdict");
+    let closes: f64 = verdicts.values().sum();
+    assert!(
+        closes >= min_closes,
+        "{name}: the agent judged only {closes} closes on port {port}: {verdicts:?}"
+    );
+    assert_counted_nothing(name, &agent, &m);
+    verdicts
+}
+
+const EXPLAINED: &str = "lostwrite_explained_closes_total";
+
+fn assert_counted_nothing(name: &str, agent: &Agent, m: &Metrics) {
     for loss in LOSSES {
         assert_eq!(
             m.total(loss),

@@ -359,6 +359,27 @@ impl Metrics {
             .sum()
     }
 
+    /// The samples of `name` whose labels include all of `labels`, summed by the value of
+    /// their label `by`.
+    pub fn by_label(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        by: &str,
+    ) -> std::collections::BTreeMap<String, f64> {
+        let mut out = std::collections::BTreeMap::new();
+        for s in self.scrape.samples.iter().filter(|s| s.metric == name) {
+            if !labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
+                continue;
+            }
+            if let Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) = &s.value {
+                let key = s.labels.get(by).unwrap_or_default().to_owned();
+                *out.entry(key).or_insert(0.0) += *v;
+            }
+        }
+        out
+    }
+
     /// Every label set of `name`, rendered, for failure messages.
     pub fn series(&self, name: &str) -> Vec<String> {
         self.scrape

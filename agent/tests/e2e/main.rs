@@ -7,6 +7,7 @@
 
 mod aborts;
 mod bpf_objects;
+mod databases;
 mod errors;
 mod false_positives;
 mod faults;
@@ -16,5 +17,7 @@ mod kubernetes;
 mod prometheus;
 mod scale;
 mod servers;
+mod streams;
+mod tls;
 mod unanswered;
 mod writes;

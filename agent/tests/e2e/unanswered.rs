@@ -16,11 +16,11 @@ use crate::{
     },
 };
 
-const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
+pub const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
 
 /// Waits for the unanswered close of `comm` on `port` in `role`, checks that it is the only
 /// one counted and the only incident logged, and returns the scrape and that incident.
-fn the_only_unanswered_close(
+pub fn the_only_unanswered_close(
     agent: &Agent,
     what: &str,
     comm: &str,
