@@ -42,6 +42,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
         detect_ebadf: Some(true),
         skip_hooks: &args.skip_hook,
         empty_programs: false,
+        explain_ports: &[],
     };
     // One parse of the kernel's BTF serves the btf line and every mode below.
     let kernel = Kernel::open(&opts);

@@ -181,6 +181,8 @@ pub struct LoadOptions<'a> {
     pub skip_hooks: &'a [String],
     /// Attach every program, each returning at once (the overhead bench's floor).
     pub empty_programs: bool,
+    /// `--explain-port`s.
+    pub explain_ports: &'a [u16],
 }
 
 /// What the programs need from this kernel, resolved once for every mode tried.
@@ -215,6 +217,12 @@ impl Kernel {
             fd: fd_offsets.unwrap_or_default(),
             jiffy_ns: jiffy_ns(),
             empty_programs: opts.empty_programs as u32,
+            peek: btf::peek_offsets(&kernel_btf)
+                .inspect_err(|e| {
+                    warn!("first bytes of messages unreadable, protocols unknown: {e}")
+                })
+                .unwrap_or_default(),
+            explain_ports: explain_ports(opts.explain_ports),
         };
         let arities = ProbeMode::ALL
             .iter()
@@ -248,6 +256,15 @@ impl Kernel {
     }
 }
 
+/// The `--explain-port`s as the programs take them (unused slots 0).
+fn explain_ports(ports: &[u16]) -> [u16; agent_common::EXPLAIN_PORTS] {
+    let mut out = [0; agent_common::EXPLAIN_PORTS];
+    for (slot, port) in out.iter_mut().zip(ports) {
+        *slot = *port;
+    }
+    out
+}
+
 /// Every hook of every mode, for `--skip-hook`.
 pub fn hook_names() -> Vec<&'static str> {
     let mut names: Vec<&str> = ProbeMode::ALL
@@ -269,6 +286,8 @@ pub struct Probes {
     pub failed: Vec<Failure>,
     /// The EBADF detector's hooks are attached.
     pub ebadf: bool,
+    /// `--empty-programs`: attached, detecting nothing (every detector reports off).
+    pub empty_programs: bool,
 }
 
 impl Probes {
@@ -325,6 +344,7 @@ impl Probes {
             attached,
             failed,
             ebadf: false,
+            empty_programs: false,
         };
         // A "fentry" mode without a single trampoline would be another mode misnamed.
         let own = |a: &Attached| mode.own_hooks().iter().any(|h| h.target == a.name);
@@ -404,6 +424,7 @@ impl Probes {
     pub fn detectors(&self) -> [(Detector, bool); 4] {
         Detector::ALL.map(|d| {
             let on = match d {
+                _ if self.empty_programs => false,
                 Detector::WriteAfterCloseEbadf => self.ebadf,
                 d => !self.mode.hooks().any(|h| {
                     h.needed_by.contains(&d) && self.failed.iter().any(|f| f.hook == h.target)
