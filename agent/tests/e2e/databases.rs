@@ -21,7 +21,9 @@ const PSYCOPG2_SESSIONS: &str = r#"
 import sys, psycopg2
 port, n = int(sys.argv[1]), int(sys.argv[2])
 for i in range(n):
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+    conn = psycopg2.connect(
+        host="127.0.0.1", port=port, user="postgres", dbname="postgres", connect_timeout=10
+    )
     with conn.cursor() as cur:
         cur.execute("select %s + 1", (i,))
         assert cur.fetchone() == (i + 1,)
@@ -35,7 +37,7 @@ const PYMYSQL_SESSIONS: &str = r#"
 import sys, pymysql
 port, n = int(sys.argv[1]), int(sys.argv[2])
 for i in range(n):
-    conn = pymysql.connect(host="127.0.0.1", port=port, user="root")
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=10)
     with conn.cursor() as cur:
         cur.execute("select %s + 1", (i,))
         assert cur.fetchone() == (i + 1,)
@@ -46,7 +48,9 @@ print("sessions", n)
 /// psycopg2: prints its backend's pid, then waits on a 30 s query and reports how it ended.
 const PSYCOPG2_SLEEPER: &str = r#"
 import sys, psycopg2
-conn = psycopg2.connect(host="127.0.0.1", port=int(sys.argv[1]), user="postgres", dbname="postgres")
+conn = psycopg2.connect(
+    host="127.0.0.1", port=int(sys.argv[1]), user="postgres", dbname="postgres", connect_timeout=10
+)
 conn.autocommit = True
 cur = conn.cursor()
 cur.execute("select pg_backend_pid()")

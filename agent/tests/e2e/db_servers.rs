@@ -99,8 +99,9 @@ fn wait_ready(
 }
 
 /// A PostgreSQL 15 cluster (trust authentication, superuser `postgres`) listening on
-/// 127.0.0.1:`port`, its data, socket and log in a directory of its own. Stopped
-/// (`pg_ctl -m immediate`) and removed on drop.
+/// 127.0.0.1:`port`, its data, socket and log in a directory of its own. Each backend's process
+/// title shows what it is doing (`... idle`, `... SELECT`). Stopped (`pg_ctl -m immediate`) and
+/// removed on drop.
 pub struct Postgres {
     pub port: u16,
     dir: ServerDir,
@@ -130,7 +131,7 @@ pub fn start_postgres(name: &str) -> Postgres {
             .arg(pg.log())
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c update_process_title=on",
                 pg.port,
                 pg.dir.0.display()
             ))
