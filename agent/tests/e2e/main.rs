@@ -8,6 +8,7 @@
 mod aborts;
 mod bpf_objects;
 mod databases;
+mod db_servers;
 mod errors;
 mod false_positives;
 mod faults;
