@@ -109,7 +109,10 @@ pub fn fd_offsets(btf: &Btf) -> Result<agent_common::FdOffsets, BtfError> {
 pub fn peek_offsets(btf: &Btf) -> Result<agent_common::PeekOffsets, BtfError> {
     let f = |ty: &str, field: &str| field_offset(btf, ty, field);
     let by_helper = enum_value(btf, "bpf_func_id", "BPF_FUNC_task_pt_regs").is_ok();
-    let thread_size = type_size(btf, "thread_union")?;
+    // THREAD_SIZE, where BTF has `union thread_union` (it often does not: nothing typed uses
+    // it); else x86_64's 16 KiB (PAGE_SIZE << 2, arch/x86/include/asm/page_64_types.h, without
+    // KASAN). Only kernels without the helper (before 5.15) need it.
+    let thread_size = type_size(btf, "thread_union").unwrap_or(X86_64_THREAD_SIZE);
     let regs_size = type_size(btf, "pt_regs")?;
     Ok(agent_common::PeekOffsets {
         by_helper: by_helper as u32,
@@ -120,6 +123,9 @@ pub fn peek_offsets(btf: &Btf) -> Result<agent_common::PeekOffsets, BtfError> {
         msg_iov: f("user_msghdr", "msg_iov")?,
     })
 }
+
+/// x86_64's kernel stack size without KASAN.
+const X86_64_THREAD_SIZE: u32 = 16 * 1024;
 
 /// The size in bytes of struct or union `name`.
 pub fn type_size(btf: &Btf, name: &str) -> Result<u32, BtfError> {
