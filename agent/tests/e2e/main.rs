@@ -7,6 +7,7 @@
 
 mod aborts;
 mod bpf_objects;
+mod close_shapes;
 mod databases;
 mod db_servers;
 mod errors;
