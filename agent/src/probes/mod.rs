@@ -197,6 +197,9 @@ pub struct Kernel {
     fd_offsets: bool,
     /// `enum sk_rst_reason` of this kernel, value to name (empty before Linux 6.10).
     pub rst_reasons: HashMap<u32, String>,
+    /// Whether the user registers are found by `bpf_task_pt_regs`, or why sent messages cannot
+    /// be read at all.
+    peek: Result<bool, String>,
 }
 
 impl Kernel {
@@ -211,17 +214,17 @@ impl Kernel {
         let fd_offsets = btf::fd_offsets(&kernel_btf)
             .inspect_err(|e| info!("EBADF detector unavailable: {e}"))
             .ok();
+        let peek = btf::peek_offsets(&kernel_btf).map_err(|e| e.to_string());
+        if let Err(e) = &peek {
+            warn!("the first bytes of sent messages are unreadable, protocols unknown: {e}");
+        }
         let config = Config {
             sock: offsets,
             tp: classic.as_ref().copied().unwrap_or_default(),
             fd: fd_offsets.unwrap_or_default(),
             jiffy_ns: jiffy_ns(),
             empty_programs: opts.empty_programs as u32,
-            peek: btf::peek_offsets(&kernel_btf)
-                .inspect_err(|e| {
-                    warn!("first bytes of messages unreadable, protocols unknown: {e}")
-                })
-                .unwrap_or_default(),
+            peek: peek.as_ref().copied().unwrap_or_default(),
             explain_ports: explain_ports(opts.explain_ports),
         };
         let arities = ProbeMode::ALL
@@ -252,7 +255,20 @@ impl Kernel {
             classic_unavailable: classic.err().map(|e| e.to_string()),
             fd_offsets: fd_offsets.is_some(),
             rst_reasons,
+            peek: peek.map(|p| p.by_helper != 0),
         })
+    }
+
+    /// How the programs read the first bytes of the messages a process sends (which name its
+    /// protocol and its goodbyes), as `agent check` prints it.
+    pub fn protocols(&self) -> String {
+        match &self.peek {
+            Ok(true) => "first bytes of sent messages readable (bpf_task_pt_regs)".to_owned(),
+            Ok(false) => "first bytes of sent messages readable (user registers at the top of \
+                          the kernel stack)"
+                .to_owned(),
+            Err(e) => format!("UNREADABLE ({e}): protocols unknown, goodbyes not recognised"),
+        }
     }
 }
 
