@@ -86,7 +86,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|a| format!("{}({})", a.name, a.via))
         .collect();
     let off: Vec<&str> = probes
-        .detectors()
+        .detecting()
         .iter()
         .filter(|(_, on)| !on)
         .map(|(d, _)| d.as_str())
@@ -150,7 +150,7 @@ async fn serve(
     pods: Option<k8s::Resolver>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(pods.is_some()));
-    let detectors = probes.detectors().map(|(d, on)| (d.as_str(), on));
+    let detectors = probes.detecting().map(|(d, on)| (d.as_str(), on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     let stats = Mutex::new(probes.take_stats()?);
     // Walking SOCKS takes a few syscalls; concurrent scrapes take turns on the lock.
@@ -179,7 +179,7 @@ async fn serve(
         ports: args.port.clone(),
         comms: args.comm.clone(),
         detectors_off: probes
-            .detectors()
+            .detecting()
             .iter()
             .filter(|(_, on)| !on)
             .map(|(d, _)| d.as_str())

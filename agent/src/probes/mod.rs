@@ -392,6 +392,7 @@ impl Probes {
                     }));
             }
         }
+        probes.empty_programs = opts.empty_programs;
         Ok(probes)
     }
 
@@ -440,7 +441,6 @@ impl Probes {
     pub fn detectors(&self) -> [(Detector, bool); 4] {
         Detector::ALL.map(|d| {
             let on = match d {
-                _ if self.empty_programs => false,
                 Detector::WriteAfterCloseEbadf => self.ebadf,
                 d => !self.mode.hooks().any(|h| {
                     h.needed_by.contains(&d) && self.failed.iter().any(|f| f.hook == h.target)
@@ -448,6 +448,13 @@ impl Probes {
             };
             (d, on)
         })
+    }
+
+    /// What the agent detects: [`Probes::detectors`], and nothing at all with
+    /// `--empty-programs`, whose programs return before they do anything.
+    pub fn detecting(&self) -> [(Detector, bool); 4] {
+        self.detectors()
+            .map(|(d, on)| (d, on && !self.empty_programs))
     }
 
     /// The ring buffer the programs write records to.
