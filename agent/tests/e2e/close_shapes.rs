@@ -204,7 +204,7 @@ fn simultaneous_close_counts_zero() {
     if !root_or_skip("simultaneous_close_counts_zero") {
         return;
     }
-    const BLOB: usize = 256 * 1024;
+    const BLOB: usize = 64 * 1024;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     set_socket_option(
