@@ -560,7 +560,11 @@ pub mod proto {
     const fn starts_folded(h: &Head, s: &[u8], fold: bool) -> bool {
         let mut i = 0;
         while i < s.len() {
-            let b = if fold { h[i].to_ascii_uppercase() } else { h[i] };
+            let b = if fold {
+                h[i].to_ascii_uppercase()
+            } else {
+                h[i]
+            };
             if b != s[i] {
                 return false;
             }
