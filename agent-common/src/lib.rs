@@ -293,7 +293,8 @@ impl SockState {
     /// - The peer closed or reset its side first: it was not waiting.
     /// - A passive open is a responder by definition (HTTP/2 servers may write SETTINGS before
     ///   reading anything, so "who spoke first" alone would miss them). An active open is a
-    ///   responder only when the peer spoke first (server-speaks-first protocols); a client
+    ///   responder only when the peer spoke first on a protocol whose server speaks first (an
+    ///   HTTP/2 server's SETTINGS may arrive before its client's preface goes out); a client
     ///   that reads a response and closes owes nothing. A socket opened before the agent
     ///   started is judged as a responder here: which side it is cannot be told from the bytes
     ///   seen since, so the agent resolves it in userspace.
@@ -305,7 +306,9 @@ impl SockState {
         if self.flags & (flag::PEER_FIN | flag::PEER_RESET) != 0 {
             return Verdict::PeerClosed;
         }
-        if self.role == role::CLIENT && !self.peer_spoke_first() {
+        if self.role == role::CLIENT
+            && (!self.peer_spoke_first() || proto::client_speaks_first(self.proto))
+        {
             return Verdict::Client;
         }
         if self.unanswered_in == 0 {
@@ -508,6 +511,48 @@ pub mod proto {
             return REDIS;
         }
         UNKNOWN
+    }
+
+    /// Protocols whose client speaks first: on these an active open never owes an answer,
+    /// whatever arrived before its first message.
+    pub const fn client_speaks_first(p: u8) -> bool {
+        matches!(p, HTTP | H2 | TLS | POSTGRES | REDIS | WEBSOCKET)
+    }
+
+    /// A message whose loss loses nothing, when a write of it fails because the connection is
+    /// gone: a goodbye or a control message (an HTTP/2 GOAWAY, PING, SETTINGS, WINDOW_UPDATE or
+    /// RST_STREAM frame; a WebSocket close, ping or pong; a TLS close alert; QUIT). `len` is the
+    /// size the write attempted, or `None` where the probe mode cannot see it (the message's own
+    /// header tells it then).
+    pub const fn is_control_message(p: u8, h: &Head, len: Option<u64>) -> bool {
+        match p {
+            H2 => matches!(h[3], 3 | 4 | 6 | 7 | 8) && zero_high_bit_stream(h),
+            WEBSOCKET => h[0] & 0x80 != 0 && matches!(h[0] & 0x0f, 8..=10),
+            TLS => {
+                // One record: its header's length, and the write no bigger.
+                let record = 5 + ((h[3] as u64) << 8 | h[4] as u64);
+                (h[0] == 0x15 || h[0] == 0x17)
+                    && h[1] == 0x03
+                    && is_tls_alert_size(record)
+                    && match len {
+                        Some(n) => n == record,
+                        None => true,
+                    }
+            }
+            TEXT => is_quit(
+                h,
+                match len {
+                    Some(n) if n < 16 => n as u32,
+                    _ => 6,
+                },
+            ),
+            _ => false,
+        }
+    }
+
+    /// The reserved bit of an HTTP/2 frame's stream identifier is clear (a frame, not noise).
+    const fn zero_high_bit_stream(h: &Head) -> bool {
+        h[5] & 0x80 == 0
     }
 
     /// The sizes of one TLS close alert record: TLS 1.3 with any AEAD (5 + 2 + 1 + 16), TLS 1.2
@@ -960,6 +1005,28 @@ mod tests {
             SendKind::of(proto::TEXT, &head(b"NOOP\r\n"), 6),
             SendKind::ANSWER
         );
+        // A failed write of a control message loses nothing.
+        assert!(proto::is_control_message(proto::H2, &goaway, None));
+        assert!(proto::is_control_message(proto::H2, &settings_ack, Some(9)));
+        let data = head(b"\x00\x00\x05\x00\x01\x00\x00\x00\x01hello");
+        assert!(!proto::is_control_message(proto::H2, &data, Some(14)));
+        let alert = head(b"\x17\x03\x03\x00\x13");
+        assert!(proto::is_control_message(proto::TLS, &alert, None));
+        assert!(proto::is_control_message(proto::TLS, &alert, Some(24)));
+        assert!(!proto::is_control_message(proto::TLS, &alert, Some(4000)));
+        let record = head(b"\x17\x03\x03\x01\x00");
+        assert!(!proto::is_control_message(proto::TLS, &record, None));
+        assert!(proto::is_control_message(
+            proto::WEBSOCKET,
+            &ws_close,
+            Some(4)
+        ));
+        assert!(!proto::is_control_message(
+            proto::WEBSOCKET,
+            &head(b"\x81\x05hello"),
+            Some(7)
+        ));
+        assert!(!proto::is_control_message(proto::HTTP, &goaway, None));
         // Received: sizes only.
         assert!(proto::is_goodbye_size(proto::POSTGRES, 5));
         assert!(proto::is_goodbye_size(proto::POSTGRES, 27));
