@@ -9,7 +9,7 @@ service lw.Echo take and return raw bytes.
   python3 grpc_peer.py client PORT CHANNELS close|wait
       CHANNELS channels (one connection each) all connected at once, each doing three unary
       calls and a server-streaming call, every reply checked. Then "close": the client closes
-      every channel (GOAWAY, then its socket); "wait": the client waits for the server's
+      every channel (grpcio shuts the socket down, without a GOAWAY); "wait": the client waits for the server's
       GOAWAY on every connection (each channel leaves READY; grpc then closes the idle
       connection), then closes the channels. Prints
       "done <mode> <calls>" and exits 0 only if all went as described.
