@@ -4,8 +4,8 @@
 //! one-way stream (the server never writes).
 //!
 //! The peers are the scripts in tests/servers: Node's built-in http2 module, and Debian's
-//! /usr/bin/python3 with grpcio and websockets (installed by `cargo xtask setup`), plus curl
-//! as an HTTP/2 client. Every client checks every reply and exits non-zero
+//! /usr/bin/python3 with grpcio and websockets (installed by `cargo xtask setup`), plus curl,
+//! nghttp and h2load as HTTP/2 clients. Every client checks every reply and exits non-zero
 //! otherwise, and the tests check its exit status and summary line, so a client that broke
 //! cannot make a test pass.
 //!
@@ -198,6 +198,35 @@ fn h2c_curl_against_node() {
 }
 
 #[test]
+fn h2c_nghttp_and_h2load_against_node() {
+    if !root_or_skip("h2c_nghttp_and_h2load_against_node") {
+        return;
+    }
+    let port = free_port();
+    let p = port.to_string();
+    let _srv = Server::start("node", &peer("h2c_peer.js", &["server", &p]));
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    // Several URLs on one connection, which Debian 12's curl 7.88 cannot do on a
+    // prior-knowledge h2c connection ("Error in the HTTP2 framing layer", curl#10634). Both
+    // clients end with a GOAWAY and close without waiting for the server's.
+    assert_no_loss_on("h2c nghttp and h2load", port, 6.0, || {
+        // One connection, three streams; nghttp prints each body.
+        let out = run_client("nghttp", &[&url("/a"), &url("/b"), &url("/c")]);
+        assert_eq!(out, "ok /aok /bok /c\n");
+        // 12 requests on 2 connections, up to 4 concurrent streams on each.
+        let out = run_client(
+            "h2load",
+            &["-c2", "-n12", "-m4", &url("/x"), &url("/y"), &url("/z")],
+        );
+        assert!(
+            out.contains("requests: 12 total, 12 started, 12 done, 12 succeeded, 0 failed"),
+            "{out}"
+        );
+        assert!(out.contains("status codes: 12 2xx"), "{out}");
+    });
+}
+
+#[test]
 fn h2c_node_client_closes_its_session() {
     if !root_or_skip("h2c_node_client_closes_its_session") {
         return;
@@ -254,6 +283,23 @@ fn h2c_node_server_closes_an_idle_session() {
             let out = run_client("node", &peer("h2c_peer.js", &["client", &p, "4", "wait"]));
             assert_eq!(out, "done wait 4\n");
         }
+    });
+}
+
+#[test]
+fn grpc_client_closes_its_channels() {
+    if !root_or_skip("grpc_client_closes_its_channels") {
+        return;
+    }
+    let port = free_port();
+    let p = port.to_string();
+    let _srv = Server::start(PYTHON, &peer("grpc_peer.py", &["server", &p]));
+    // 4 channels, one connection each, 4 calls on each (3 unary, 1 server-streaming), then
+    // the client closes them. grpcio sends no GOAWAY: it shuts the socket down, often right
+    // after a BDP PING of its own that the server has acknowledged.
+    assert_no_loss_on("gRPC client close", port, 8.0, || {
+        let out = run_client(PYTHON, &peer("grpc_peer.py", &["client", &p, "4", "close"]));
+        assert_eq!(out, "done close 16\n");
     });
 }
 
