@@ -206,6 +206,9 @@ const APT_PACKAGES: &[&[&str]] = &[
     &["python3-h2"],
     &["openssl"],
     &["nodejs"],
+    // nghttp and h2load: HTTP/2 clients that reuse one h2c connection for several requests
+    // (Debian 12's curl 7.88 cannot reuse a prior-knowledge h2c connection).
+    &["nghttp2-client"],
     // `cargo xtask vm-test`: the emulator, and a static busybox for the guests' initramfs.
     &["qemu-system-x86"],
     &["busybox-static"],
