@@ -41,6 +41,9 @@ pub mod kind {
     pub const TEARDOWN: u32 = 1;
     pub const ABORT: u32 = 2;
     pub const WRITE_ERROR: u32 = 3;
+    /// The peer's FIN crossed the local one (FIN_WAIT1 -> CLOSING) on a socket whose teardown
+    /// was reported: the peer was closing too, not waiting. A [`super::TeardownEvent`].
+    pub const SIMULTANEOUS_CLOSE: u32 = 4;
 }
 
 /// A TCP socket's fd closed by its process, remembered for the EBADF detector.
@@ -100,6 +103,12 @@ pub mod flag {
     pub const SENT: u16 = 1 << 7;
     /// The process had read input before its first write: the peer spoke first.
     pub const PEER_FIRST: u16 = 1 << 8;
+    /// The process's last message was a goodbye ([`SendKind::ends`]): what it read after it
+    /// (from `SockState::copied_at_goodbye`) is the goodbye's reply, owed nothing.
+    pub const GOODBYE_SENT: u16 = 1 << 9;
+    /// A teardown record was sent for this socket; a simultaneous close that follows is reported
+    /// too (see `kind::SIMULTANEOUS_CLOSE`).
+    pub const TEARDOWN_SENT: u16 = 1 << 10;
 }
 
 /// TCP states, from include/net/tcp_states.h.
@@ -109,6 +118,7 @@ pub mod tcp_state {
     pub const SYN_RECV: u32 = 3;
     pub const FIN_WAIT1: u32 = 4;
     pub const CLOSE: u32 = 7;
+    pub const CLOSING: u32 = 11;
     pub const CLOSE_WAIT: u32 = 8;
     pub const LAST_ACK: u32 = 9;
 }
@@ -116,7 +126,6 @@ pub mod tcp_state {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
-pub const MSG_PEEK: i32 = 2;
 pub const COMM_LEN: usize = 16;
 
 /// Per-socket state, the value of the `SOCKS` LRU map (keyed by the `struct sock` address).
@@ -161,33 +170,69 @@ pub struct SockState {
     pub flags: u16,
     /// One of [`role`].
     pub role: u8,
-    pub _pad: [u8; 3],
+    /// One of [`proto`], from the first bytes of the process's first message.
+    pub proto: u8,
+    pub _pad: [u8; 2],
     /// `tcp_sock.write_seq` where the process's output began when tracking did.
     pub write_at_start: u32,
+    /// `tcp_sock.copied_seq` at the process's last goodbye (valid with [`flag::GOODBYE_SENT`]).
+    pub copied_at_goodbye: u32,
+    pub _pad2: u32,
 }
 
 impl SockState {
     /// Whether a write must record where the process's reading stands. Not for a client that
-    /// wrote before it read anything: it owes no answer ([`SockState::may_owe_answer`]) however
-    /// its reads and writes interleave later, so its writes (an HTTP client's requests, a
-    /// stream of uploads) skip the read of `copied_seq`.
+    /// wrote before it read anything: it owes no answer ([`SockState::verdict`]) however its
+    /// reads and writes interleave later, so its writes (an HTTP client's requests, a stream of
+    /// uploads) skip the read of `copied_seq`.
     pub const fn send_needs_read_position(&self) -> bool {
         !(self.role == role::CLIENT && self.flags & (flag::SENT | flag::PEER_FIRST) == flag::SENT)
     }
 
-    /// Where the process's reading stood at this write: `copied` is the socket's `copied_seq`
-    /// (everything the process had read, as a sequence number).
-    pub fn record_send(&mut self, copied: u32) {
+    /// Whether the send of `len` bytes being recorded must have its first bytes read
+    /// ([`SendKind::of`] needs them): the first message of a connection (it names the
+    /// protocol), and small messages of the protocols whose goodbyes are recognised by their
+    /// bytes. Everything else is judged by its size alone, or is simply an answer.
+    pub const fn send_needs_peek(&self, len: u32) -> bool {
+        if self.flags & flag::SENT == 0 {
+            return true;
+        }
+        match self.proto {
+            proto::WEBSOCKET => len <= 2 + 125,
+            proto::H2 => len <= 64,
+            proto::TEXT => len <= 8,
+            _ => false,
+        }
+    }
+
+    /// Where the process's reading stood at this write, and what the write was: `copied` is
+    /// the socket's `copied_seq` (everything the process had read, as a sequence number).
+    /// `head` holds the message's first bytes when [`SockState::send_needs_peek`] asked for
+    /// them (zeros when they could not be read).
+    pub fn record_send(&mut self, copied: u32, len: u32, head: &Head) {
         if self.flags & flag::SENT == 0 {
             self.flags |= flag::SENT;
             if copied != self.copied_at_start {
                 self.flags |= flag::PEER_FIRST;
             }
+            self.proto = proto::of_first_message(head, len, copied != self.copied_at_start);
+            self.copied_at_last_out = self.copied_at_start;
         }
-        // Stored only when it moved: a stream of writes with nothing read in between leaves the
-        // map value's cache line clean, so other CPUs that read it need not fetch it again.
-        if self.copied_at_last_out != copied {
-            self.copied_at_last_out = copied;
+        let kind = SendKind::of(self.proto, head, len);
+        if kind.answers() {
+            // Stored only when it moved: a stream of writes with nothing read in between
+            // leaves the map value's cache line clean, so other CPUs that read it need not
+            // fetch it again.
+            if self.copied_at_last_out != copied {
+                self.copied_at_last_out = copied;
+            }
+            if self.flags & flag::GOODBYE_SENT != 0 && !kind.ends() {
+                self.flags &= !flag::GOODBYE_SENT;
+            }
+        }
+        if kind.ends() {
+            self.flags |= flag::GOODBYE_SENT;
+            self.copied_at_goodbye = copied;
         }
     }
 
@@ -213,7 +258,13 @@ impl SockState {
         self.bytes_in = received
             .saturating_sub(unread)
             .saturating_sub(fin_read as u64);
-        let read_to = copied.wrapping_sub(fin_read as u32);
+        // Input read after the process's goodbye is the goodbye's reply: the unanswered input
+        // ends where the goodbye was written.
+        let read_to = if self.flags & flag::GOODBYE_SENT != 0 {
+            self.copied_at_goodbye
+        } else {
+            copied.wrapping_sub(fin_read as u32)
+        };
         let since = if self.flags & flag::SENT != 0 {
             self.copied_at_last_out
         } else {
@@ -234,24 +285,318 @@ impl SockState {
         }
     }
 
-    /// The process read input after its last write (or read and never wrote). Meaningful after
-    /// `settle`.
-    pub const fn input_after_last_output(&self) -> bool {
-        self.unanswered_in > 0
+    /// The unanswered-close decision for a close the process started, from the socket's
+    /// facts after `settle` (SPEC §2: "unanswered close" and "not loss"). The kernel calls it
+    /// to decide whether a teardown is worth a record at all, and the agent's correlation
+    /// applies the same function to the record, so the two can never disagree.
+    ///
+    /// - The peer closed or reset its side first: it was not waiting.
+    /// - A passive open is a responder by definition (HTTP/2 servers may write SETTINGS before
+    ///   reading anything, so "who spoke first" alone would miss them). An active open is a
+    ///   responder only when the peer spoke first (server-speaks-first protocols); a client
+    ///   that reads a response and closes owes nothing. A socket opened before the agent
+    ///   started is judged as a responder here: which side it is cannot be told from the bytes
+    ///   seen since, so the agent resolves it in userspace.
+    /// - The input after the last answer is empty (or came after the process's own goodbye:
+    ///   QUIT, a WebSocket close, a GOAWAY, a TLS close alert).
+    /// - That input is only the peer's goodbye, told by the protocol and its size (PostgreSQL
+    ///   Terminate, MySQL COM_QUIT, a TLS close alert).
+    pub const fn verdict(&self) -> Verdict {
+        if self.flags & (flag::PEER_FIN | flag::PEER_RESET) != 0 {
+            return Verdict::PeerClosed;
+        }
+        if self.role == role::CLIENT && !self.peer_spoke_first() {
+            return Verdict::Client;
+        }
+        if self.unanswered_in == 0 {
+            return if self.flags & flag::GOODBYE_SENT != 0 {
+                Verdict::GoodbyeSent
+            } else {
+                Verdict::Answered
+            };
+        }
+        if proto::is_goodbye_size(self.proto, self.unanswered_in) {
+            return Verdict::PeerGoodbye;
+        }
+        Verdict::Owes
     }
 
-    /// The kernel-side pre-filter for a teardown record: the local side may be the responder on
-    /// this connection and has input it never answered.
-    ///
-    /// A passive open is a responder by definition (HTTP/2 servers may write SETTINGS before
-    /// reading anything, so "who spoke first" alone would miss them). An active open is a
-    /// responder only when the peer spoke first (server-speaks-first protocols); a client that
-    /// reads a response and closes owes nothing. A socket opened before the agent started passes
-    /// the filter: which side it is cannot be told from the bytes seen since (the agent may have
-    /// started between a request and its response), so the agent resolves it in userspace.
+    /// The kernel-side pre-filter for a teardown record (see [`SockState::verdict`]).
     pub const fn may_owe_answer(&self) -> bool {
-        let responder = self.role != role::CLIENT || self.peer_spoke_first();
-        responder && self.input_after_last_output()
+        matches!(self.verdict(), Verdict::Owes)
+    }
+}
+
+/// What an unanswered-close judgement found (see [`SockState::verdict`]; the agent adds the
+/// judgements only it can make).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Verdict {
+    /// The process closed with input it never answered: an unanswered close.
+    Owes = 0,
+    /// Nothing was read after the last answer.
+    Answered = 1,
+    /// The process said goodbye last; what it read after it was the reply.
+    GoodbyeSent = 2,
+    /// The only unanswered input is the peer's goodbye.
+    PeerGoodbye = 3,
+    /// The peer closed or reset its side before the local close.
+    PeerClosed = 4,
+    /// An active open that owes its peer nothing.
+    Client = 5,
+    /// The peer's FIN crossed the local one: it was closing too (decided by the agent).
+    SimultaneousClose = 6,
+    /// No process closed it (a timer or a received segment did), or a socket older than the
+    /// agent that is not a server's (decided by the agent).
+    NotTheResponder = 7,
+}
+
+impl Verdict {
+    /// The `verdict` label of `lostwrite_explained_closes_total`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Owes => "unanswered",
+            Self::Answered => "answered",
+            Self::GoodbyeSent => "goodbye_sent",
+            Self::PeerGoodbye => "peer_goodbye",
+            Self::PeerClosed => "peer_closed",
+            Self::Client => "client",
+            Self::SimultaneousClose => "simultaneous_close",
+            Self::NotTheResponder => "not_the_responder",
+        }
+    }
+}
+
+/// The first bytes of a message the process sent, as far as they were read (zeros after).
+pub type Head = [u8; HEAD_LEN];
+
+/// How many bytes of a message [`SendKind::of`] and [`proto::of_first_message`] look at.
+pub const HEAD_LEN: usize = 16;
+
+/// What one message the process sent means for the requests before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendKind(u8);
+
+impl SendKind {
+    const ANSWERS: u8 = 1;
+    const ENDS: u8 = 2;
+    /// An ordinary message: it answers what was read before it.
+    pub const ANSWER: Self = Self(Self::ANSWERS);
+    /// A goodbye that is also a reply (QUIT, a WebSocket close frame, an HTTP/2 GOAWAY).
+    pub const ANSWER_AND_GOODBYE: Self = Self(Self::ANSWERS | Self::ENDS);
+    /// A goodbye that answers nothing: a TLS close alert, which a TLS library writes when the
+    /// application closes, whether or not the application ever answered.
+    pub const GOODBYE: Self = Self(Self::ENDS);
+
+    /// The kind of a `len`-byte message on a connection of protocol `p` (one of [`proto`]),
+    /// `head` its first bytes where [`SockState::send_needs_peek`] asked for them.
+    pub const fn of(p: u8, head: &Head, len: u32) -> Self {
+        match p {
+            // TLS 1.3 hides the record type; only the size of a close alert is its own.
+            proto::TLS if proto::is_tls_alert_size(len as u64) => Self::GOODBYE,
+            // FIN and opcode 8 (RFC 6455 §5.5.1).
+            proto::WEBSOCKET if head[0] == 0x88 => Self::ANSWER_AND_GOODBYE,
+            // A frame of type 7 (RFC 9113 §6.8) on stream 0.
+            proto::H2 if len >= 17 && head[3] == 0x07 => Self::ANSWER_AND_GOODBYE,
+            proto::TEXT if proto::is_quit(head, len) => Self::ANSWER_AND_GOODBYE,
+            _ => Self::ANSWER,
+        }
+    }
+
+    pub const fn answers(self) -> bool {
+        self.0 & Self::ANSWERS != 0
+    }
+
+    pub const fn ends(self) -> bool {
+        self.0 & Self::ENDS != 0
+    }
+}
+
+/// Protocols told from the first bytes the process sends (`SockState::proto`). Bounded: they
+/// become the `protocol` field of incidents.
+pub mod proto {
+    use super::Head;
+
+    pub const UNKNOWN: u8 = 0;
+    pub const HTTP: u8 = 1;
+    /// HTTP/2 in clear text (h2c, gRPC without TLS).
+    pub const H2: u8 = 2;
+    pub const TLS: u8 = 3;
+    pub const POSTGRES: u8 = 4;
+    pub const MYSQL: u8 = 5;
+    /// HTTP/1 upgraded to WebSocket (the process's first message was a 101).
+    pub const WEBSOCKET: u8 = 6;
+    /// A line-based text protocol whose server speaks first (SMTP, FTP, POP3, IMAP).
+    pub const TEXT: u8 = 7;
+    pub const REDIS: u8 = 8;
+
+    pub const fn name(p: u8) -> &'static str {
+        match p {
+            HTTP => "http",
+            H2 => "h2",
+            TLS => "tls",
+            POSTGRES => "postgres",
+            MYSQL => "mysql",
+            WEBSOCKET => "websocket",
+            TEXT => "text",
+            REDIS => "redis",
+            _ => "unknown",
+        }
+    }
+
+    /// The protocol of a connection from the first message the process sent on it, `len`
+    /// bytes long. `replying`: the peer had spoken first (the message answers it).
+    pub const fn of_first_message(h: &Head, len: u32, replying: bool) -> u8 {
+        // A TLS handshake record: ClientHello or ServerHello (RFC 8446 §5.1).
+        if h[0] == 0x16 && h[1] == 0x03 && h[2] <= 0x04 {
+            return TLS;
+        }
+        if starts(h, b"HTTP/1.1 101 ") {
+            return WEBSOCKET;
+        }
+        if starts(h, b"HTTP/1.") || is_http_method(h) {
+            return HTTP;
+        }
+        // The client preface, or a server's first frame: SETTINGS (type 4) on stream 0.
+        if starts(h, b"PRI * HTTP/2.0")
+            || (len >= 9 && h[0] == 0 && h[3] == 0x04 && h[4] & !1 == 0 && zero4(h, 5))
+        {
+            return H2;
+        }
+        // A PostgreSQL server's first message: the one-byte answer to SSLRequest or
+        // GSSENCRequest, or an authentication request or error ('R'/'E' and a length).
+        if replying && len == 1 && (h[0] == b'N' || h[0] == b'S' || h[0] == b'G') {
+            return POSTGRES;
+        }
+        if replying && (h[0] == b'R' || h[0] == b'E') && h[1] == 0 && h[2] == 0 && len >= 9 {
+            return POSTGRES;
+        }
+        // A PostgreSQL client's first message: a length, then protocol 3.0 or an SSL,
+        // GSSAPI or cancel request code (1234.5679, 1234.5680, 1234.5678).
+        if !replying
+            && h[0] == 0
+            && h[1] == 0
+            && ((h[4] == 0 && h[5] == 3) || (h[4] == 0x04 && h[5] == 0xd2))
+        {
+            return POSTGRES;
+        }
+        // A MySQL server's greeting: a 3-byte length, sequence 0, protocol version 10. Its
+        // client's first message is sequence 1 of the same exchange.
+        if !replying && h[3] == 0 && h[4] == 10 && h[2] == 0 {
+            return MYSQL;
+        }
+        if replying && h[3] == 1 && h[2] == 0 && len >= 32 {
+            return MYSQL;
+        }
+        // A text greeting: a three-digit code or "+OK"/"* OK" (SMTP, FTP, POP3, IMAP).
+        if !replying && (is_reply_code(h) || starts(h, b"+OK") || starts(h, b"* OK")) {
+            return TEXT;
+        }
+        // A text client answering a greeting.
+        if replying
+            && (starts_ci(h, b"EHLO")
+                || starts_ci(h, b"HELO")
+                || starts_ci(h, b"USER")
+                || starts_ci(h, b"CAPA"))
+        {
+            return TEXT;
+        }
+        // RESP: an array of bulk strings from a client, or a reply from a server.
+        if (h[0] == b'*' && h[1] >= b'0' && h[1] <= b'9')
+            || (replying && (h[0] == b'+' || h[0] == b'-' || h[0] == b':' || h[0] == b'$'))
+        {
+            return REDIS;
+        }
+        UNKNOWN
+    }
+
+    /// The sizes of one TLS close alert record: TLS 1.3 with any AEAD (5 + 2 + 1 + 16), TLS 1.2
+    /// with AES-GCM (5 + 8 + 2 + 16) or ChaCha20-Poly1305 (5 + 2 + 16), and in clear text
+    /// before a handshake completes (5 + 2). A record that size carries two bytes of
+    /// application data at most: no answer to anything.
+    pub const fn is_tls_alert_size(n: u64) -> bool {
+        matches!(n, 7 | 23 | 24 | 31)
+    }
+
+    /// Whether `n` bytes of input after the last answer are exactly the peer's goodbye on a
+    /// connection of protocol `p`: PostgreSQL's Terminate and MySQL's COM_QUIT are five bytes
+    /// each ('X' and a length of 4; a 1-byte payload 0x01 behind a 4-byte header), clear or
+    /// as one TLS record, maybe followed by a TLS close alert; on TLS, a close alert.
+    ///
+    /// A size, not the bytes: no probe mode sees received bytes in the same way (tracepoint
+    /// mode sees none), so the decision rests on what every mode can measure.
+    pub const fn is_goodbye_size(p: u8, n: u64) -> bool {
+        match p {
+            POSTGRES | MYSQL => n == 5 || is_tls_wrapped(5, n),
+            TLS => is_tls_alert_size(n),
+            _ => false,
+        }
+    }
+
+    /// `n` is a `plain`-byte message as one TLS record, alone or followed by the close alert
+    /// of the same record protection (TLS 1.3, TLS 1.2 AES-GCM, TLS 1.2 ChaCha20-Poly1305).
+    const fn is_tls_wrapped(plain: u64, n: u64) -> bool {
+        let overheads: [(u64, u64); 3] = [(22, 24), (29, 31), (21, 23)];
+        let mut i = 0;
+        while i < overheads.len() {
+            let (record, alert) = overheads[i];
+            if n == plain + record || n == plain + record + alert {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    const fn starts(h: &Head, s: &[u8]) -> bool {
+        let mut i = 0;
+        while i < s.len() {
+            if h[i] != s[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    const fn starts_ci(h: &Head, s: &[u8]) -> bool {
+        let mut i = 0;
+        while i < s.len() {
+            if h[i].to_ascii_uppercase() != s[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    const fn zero4(h: &Head, at: usize) -> bool {
+        h[at] == 0 && h[at + 1] == 0 && h[at + 2] == 0 && h[at + 3] == 0
+    }
+
+    const fn is_reply_code(h: &Head) -> bool {
+        h[0] >= b'1'
+            && h[0] <= b'5'
+            && h[1].is_ascii_digit()
+            && h[2].is_ascii_digit()
+            && (h[3] == b' ' || h[3] == b'-')
+    }
+
+    const fn is_http_method(h: &Head) -> bool {
+        starts(h, b"GET ")
+            || starts(h, b"POST ")
+            || starts(h, b"PUT ")
+            || starts(h, b"HEAD ")
+            || starts(h, b"DELETE ")
+            || starts(h, b"OPTIONS ")
+            || starts(h, b"PATCH ")
+            || starts(h, b"CONNECT ")
+    }
+
+    /// A text protocol's QUIT command on a line of its own (IMAP's tagged LOGOUT is not
+    /// recognised).
+    pub const fn is_quit(h: &Head, len: u32) -> bool {
+        (len == 6 || len == 5) && starts_ci(h, b"QUIT") && (h[4] == b'\r' || h[4] == b'\n')
     }
 }
 
@@ -417,6 +762,25 @@ pub struct FdOffsets {
     pub _pad: u32,
 }
 
+/// Where the programs find the message a write-family syscall is sending, to read its first
+/// bytes ([`SockState::send_needs_peek`]): the current task's user registers, then the buffer
+/// its syscall arguments point at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeekOffsets {
+    /// Non-zero: `bpf_task_pt_regs` exists (Linux 5.15+) and finds the user registers. Else they
+    /// sit at the top of the task's kernel stack: `task_struct.stack` + `stack_top`.
+    pub by_helper: u32,
+    pub task_stack: u32,
+    /// `sizeof(union thread_union)` (THREAD_SIZE) less `sizeof(struct pt_regs)`.
+    pub stack_top: u32,
+    /// `struct pt_regs`: the second syscall argument and the syscall number.
+    pub regs_arg1: u32,
+    pub regs_nr: u32,
+    /// `struct user_msghdr.msg_iov`.
+    pub msg_iov: u32,
+}
+
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) the EBADF detector watches.
 pub mod nr {
     pub const WRITE: u64 = 1;
@@ -446,7 +810,14 @@ pub struct Config {
     /// sets it, to measure what the hooks cost with nothing done in them. The verifier sees the
     /// value (read-only data) and removes the branch when it is zero.
     pub empty_programs: u32,
+    pub peek: PeekOffsets,
+    /// `--explain-port`: every judged close of a connection on one of these ports (local or
+    /// remote) is reported with its verdict, loss or not. Zeros are unused slots.
+    pub explain_ports: [u16; EXPLAIN_PORTS],
 }
+
+/// How many `--explain-port`s the programs take.
+pub const EXPLAIN_PORTS: usize = 4;
 
 #[cfg(feature = "user")]
 // SAFETY: plain old data, `#[repr(C)]`, every field an integer, no implicit padding.
@@ -482,14 +853,119 @@ mod tests {
             copied_at_start: 100,
             ..SockState::default()
         };
-        st.record_send(178);
+        st.record_send(178, 120, &head(b"HTTP/1.1 200 OK\r\n"));
         assert_eq!(
             st.flags & (flag::SENT | flag::PEER_FIRST),
             flag::SENT | flag::PEER_FIRST
         );
+        assert_eq!(st.proto, proto::HTTP);
         assert_eq!(st.copied_at_last_out, 178);
-        st.record_send(178);
-        st.record_send(258);
+        st.record_send(178, 120, &Head::default());
+        st.record_send(258, 120, &Head::default());
         assert_eq!(st.copied_at_last_out, 258);
+    }
+
+    fn head(bytes: &[u8]) -> Head {
+        let mut h = Head::default();
+        let n = bytes.len().min(HEAD_LEN);
+        h[..n].copy_from_slice(&bytes[..n]);
+        h
+    }
+
+    #[test]
+    fn first_messages_name_their_protocol() {
+        let cases: &[(&[u8], u32, bool, u8)] = &[
+            (b"HTTP/1.1 200 OK\r\n", 200, true, proto::HTTP),
+            (b"GET / HTTP/1.1\r\n", 78, false, proto::HTTP),
+            (b"HTTP/1.1 101 Switching", 129, true, proto::WEBSOCKET),
+            (b"\x16\x03\x03\x00\x7a\x02", 1400, true, proto::TLS),
+            (b"\x16\x03\x01\x02\x00\x01", 517, false, proto::TLS),
+            (b"PRI * HTTP/2.0\r\n", 24, false, proto::H2),
+            // A server's SETTINGS frame: 18 bytes of settings, type 4, no flags, stream 0.
+            (
+                b"\x00\x00\x12\x04\x00\x00\x00\x00\x00",
+                27,
+                false,
+                proto::H2,
+            ),
+            (b"N", 1, true, proto::POSTGRES),
+            (
+                b"R\x00\x00\x00\x08\x00\x00\x00\x00S",
+                300,
+                true,
+                proto::POSTGRES,
+            ),
+            (
+                b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+                8,
+                false,
+                proto::POSTGRES,
+            ),
+            (
+                b"\x00\x00\x00\x54\x00\x03\x00\x00user",
+                84,
+                false,
+                proto::POSTGRES,
+            ),
+            (b"\x5b\x00\x00\x00\x0a5.5.5-10.11", 95, false, proto::MYSQL),
+            (b"\xb4\x00\x00\x01\x85\xa6\xff\x01", 184, true, proto::MYSQL),
+            (b"220 mail.example ESMTP", 30, false, proto::TEXT),
+            (b"+OK POP3 ready\r\n", 16, false, proto::TEXT),
+            (b"ehlo [127.0.0.1]\r\n", 18, true, proto::TEXT),
+            (b"*1\r\n$4\r\nPING\r\n", 14, false, proto::REDIS),
+            (b"+PONG\r\n", 7, true, proto::REDIS),
+            (b"\x00\x01\x02", 3, true, proto::UNKNOWN),
+        ];
+        for &(bytes, len, replying, want) in cases {
+            assert_eq!(
+                proto::name(proto::of_first_message(&head(bytes), len, replying)),
+                proto::name(want),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn goodbyes_are_told_by_protocol_and_bytes_or_size() {
+        let none = Head::default();
+        assert_eq!(SendKind::of(proto::TLS, &none, 24), SendKind::GOODBYE);
+        assert_eq!(SendKind::of(proto::TLS, &none, 31), SendKind::GOODBYE);
+        assert_eq!(SendKind::of(proto::TLS, &none, 90), SendKind::ANSWER);
+        // The size of an alert means nothing outside TLS.
+        assert_eq!(SendKind::of(proto::HTTP, &none, 24), SendKind::ANSWER);
+        let ws_close = head(b"\x88\x02\x03\xe8");
+        assert_eq!(
+            SendKind::of(proto::WEBSOCKET, &ws_close, 4),
+            SendKind::ANSWER_AND_GOODBYE
+        );
+        assert_eq!(
+            SendKind::of(proto::WEBSOCKET, &head(b"\x81\x05hello"), 7),
+            SendKind::ANSWER
+        );
+        let goaway = head(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00");
+        assert_eq!(
+            SendKind::of(proto::H2, &goaway, 17),
+            SendKind::ANSWER_AND_GOODBYE
+        );
+        let settings_ack = head(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00");
+        assert_eq!(SendKind::of(proto::H2, &settings_ack, 9), SendKind::ANSWER);
+        assert_eq!(
+            SendKind::of(proto::TEXT, &head(b"QUIT\r\n"), 6),
+            SendKind::ANSWER_AND_GOODBYE
+        );
+        assert_eq!(
+            SendKind::of(proto::TEXT, &head(b"NOOP\r\n"), 6),
+            SendKind::ANSWER
+        );
+        // Received: sizes only.
+        assert!(proto::is_goodbye_size(proto::POSTGRES, 5));
+        assert!(proto::is_goodbye_size(proto::POSTGRES, 27));
+        assert!(proto::is_goodbye_size(proto::POSTGRES, 27 + 24));
+        assert!(!proto::is_goodbye_size(proto::POSTGRES, 28));
+        assert!(proto::is_goodbye_size(proto::MYSQL, 5));
+        assert!(proto::is_goodbye_size(proto::TLS, 24));
+        assert!(!proto::is_goodbye_size(proto::TLS, 101));
+        assert!(!proto::is_goodbye_size(proto::HTTP, 5));
+        assert!(!proto::is_goodbye_size(proto::UNKNOWN, 5));
     }
 }

@@ -4,9 +4,14 @@
 //! the raw pointers of kprobes and classic tracepoints) and [`Direct`] (plain loads, for the
 //! BTF-typed pointers of tp_btf and fentry/fexit programs).
 
-use agent_common::{AF_INET, AF_INET6, IPPROTO_TCP, MAX_FIELD_OFFSET, SockState};
+use agent_common::{
+    AF_INET, AF_INET6, HEAD_LEN, Head, IPPROTO_TCP, MAX_FIELD_OFFSET, SockState, nr,
+};
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{self, bpf_get_current_task_btf, bpf_skc_to_tcp_sock, bpf_task_pt_regs},
+    },
     programs::TracePointContext,
 };
 
@@ -207,4 +212,75 @@ pub fn receive_side<M: Mem>(sk: u64) -> (u32, u32, u64) {
 #[inline(always)]
 pub fn owned_by_user<M: Mem>(sk: u64) -> bool {
     M::read::<i32>(sk, config!(sock.sk_lock_owned)).unwrap_or(0) != 0
+}
+
+/// The current task's user registers (its syscall's arguments).
+#[inline(always)]
+fn user_regs() -> Option<u64> {
+    if config!(peek.by_helper) != 0 {
+        // SAFETY: plain helper calls; the task pointer comes from the kernel. The verifier
+        // drops this branch on kernels without the helpers (the flag is read-only data).
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
+        return (regs != 0).then_some(regs as u64);
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    // task_pt_regs() on x86_64 without FRED (which came with the helper's kernels).
+    let stack: u64 = read(task, config!(peek.task_stack))?;
+    (stack != 0).then_some(stack + config!(peek.stack_top) as u64)
+}
+
+/// A `T` at a user address.
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user tolerates any address; a bad one returns an error.
+    unsafe { bpf_probe_read_user(addr as *const T).ok() }
+}
+
+/// The first bytes of the message of `len` bytes that the current task's write-family syscall
+/// is sending, zeros where they cannot be read (sendfile and splice have no user buffer; a send
+/// from a kernel thread has no syscall).
+#[inline(always)]
+pub fn peek_send(len: u32, head: &mut Head) {
+    let Some(regs) = user_regs() else {
+        return;
+    };
+    let (Some(nr), Some(arg1)) = (
+        read::<u64>(regs, config!(peek.regs_nr)),
+        read::<u64>(regs, config!(peek.regs_arg1)),
+    ) else {
+        return;
+    };
+    // (buffer, bytes in it): write and sendto pass the buffer; writev an iovec array; sendmsg
+    // and sendmmsg a msghdr (the first of sendmmsg's is at the start of its array).
+    let (buf, avail) = match nr {
+        nr::WRITE | nr::SENDTO => (arg1, len as u64),
+        nr::WRITEV => first_iovec(arg1),
+        nr::SENDMSG | nr::SENDMMSG => match read_user::<u64>(arg1 + config!(peek.msg_iov) as u64) {
+            Some(iov) => first_iovec(iov),
+            None => return,
+        },
+        _ => return,
+    };
+    let n = if avail >= HEAD_LEN as u64 {
+        HEAD_LEN as u32
+    } else {
+        avail as u32
+    };
+    if n == 0 || buf == 0 {
+        return;
+    }
+    // SAFETY: writes at most n <= HEAD_LEN bytes into `head`; bad addresses return an error.
+    unsafe {
+        generated::bpf_probe_read_user(head.as_mut_ptr().cast(), n, buf as *const _);
+    }
+}
+
+/// (`iov_base`, `iov_len`) of the first `struct iovec` at user address `iov`.
+#[inline(always)]
+fn first_iovec(iov: u64) -> (u64, u64) {
+    match read_user::<[u64; 2]>(iov) {
+        Some([base, len]) => (base, len),
+        None => (0, 0),
+    }
 }

@@ -117,7 +117,7 @@ pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg(0) {
-        state::on_close::<Probe, _>(&ctx, sk);
+        state::on_close::<Probe>(sk);
     }
     0
 }

@@ -1,8 +1,8 @@
 //! Per-socket bookkeeping shared by every probe mode's entry points.
 
 use agent_common::{
-    AbortEvent, COMM_LEN, EventHeader, NO_REASON, SIZE_UNKNOWN, SockState, TeardownEvent,
-    WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
+    AbortEvent, COMM_LEN, EXPLAIN_PORTS, EventHeader, Head, NO_REASON, SIZE_UNKNOWN, SockState,
+    TeardownEvent, WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -119,6 +119,10 @@ fn start_tracking<M: Mem>(
     kernel::fill_identity::<M>(tp, st);
     st.copied_at_start = copied_at_start;
     st.write_at_start = write_at_start;
+    // A socket adopted after the peer's FIN: the state change that would have said so is past.
+    if kernel::tcp_state::<M>(tp) == tcp_state::CLOSE_WAIT {
+        st.flags |= flag::PEER_FIN;
+    }
     let st: &SockState = st;
     if SOCKS.insert(tp, st, map_flags).is_err() {
         return None;
@@ -173,20 +177,20 @@ pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u6
         return;
     }
     if ret > 0 {
-        record_write::<M, C>(ctx, sk, ret as u32);
+        record_write::<M, C>(ctx, sk, ret as u32, ret as u32);
     }
 }
 
-/// What a send that queued bytes on `sk` leaves in its state: the owner, and where the
-/// process's reading stood. `queued` is what this send queued, if that is in `write_seq`
-/// already (0 at a send's entry). Returns what it replaced, when it recorded anything.
+/// What a send of `len` bytes on `sk` leaves in its state: the owner, where the process's
+/// reading stood, and what the message was (an answer, a goodbye). `queued` is what this send
+/// queued, if that is in `write_seq` already (0 at a send's entry). Returns what it replaced,
+/// when it recorded anything.
 ///
 /// Nothing is stored per write that the socket itself keeps (bytes written: `write_seq`): a store
 /// on every send dirties the map value's cache line, which the other CPU then has to fetch back
-/// (entries share lines with their neighbours). Without it, keep-alive program work per request
-/// went from 285 to 158 ns.
+/// (entries share lines with their neighbours).
 #[inline(always)]
-fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32) -> Option<Undo> {
+fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32, len: u32) -> Option<Undo> {
     // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
     let st = unsafe { &mut *lookup_or_adopt::<M, C>(ctx, sk, queued)? };
     claim(st);
@@ -199,10 +203,21 @@ fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32) -> Option
     let tp = M::tcp(sk)?;
     let undo = Undo {
         copied_at_last_out: st.copied_at_last_out,
+        copied_at_goodbye: st.copied_at_goodbye,
         flags: st.flags,
         _pad: 0,
     };
-    st.record_send(kernel::copied_seq::<M>(tp));
+    // The message's first bytes, only where its kind depends on them: once per connection, and
+    // for the small messages of a few protocols. Two words, not an array: zeroing an array is
+    // a call to the target's byte-at-a-time memset.
+    let mut head = [0u64; 2];
+    if st.send_needs_peek(len) {
+        // SAFETY: two u64s are HEAD_LEN bytes.
+        kernel::peek_send(len, unsafe { &mut *head.as_mut_ptr().cast::<Head>() });
+    }
+    // SAFETY: as above.
+    let head = unsafe { &*head.as_ptr().cast::<Head>() };
+    st.record_send(kernel::copied_seq::<M>(tp), len, head);
     Some(undo)
 }
 
@@ -211,6 +226,7 @@ fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32) -> Option
 #[repr(C)]
 pub struct Undo {
     copied_at_last_out: u32,
+    copied_at_goodbye: u32,
     flags: u16,
     _pad: u16,
 }
@@ -219,6 +235,7 @@ impl Undo {
     /// Nothing to undo.
     pub const NONE: Self = Self {
         copied_at_last_out: 0,
+        copied_at_goodbye: 0,
         flags: 0,
         _pad: 0,
     };
@@ -235,28 +252,36 @@ pub fn on_send_entry<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, size: u64) -> Opt
     if size == 0 {
         return None;
     }
-    record_write::<M, C>(ctx, sk, 0)
+    let len = if size > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        size as u32
+    };
+    record_write::<M, C>(ctx, sk, 0, len)
 }
 
-/// The send [`on_send_entry`] recorded failed: it wrote nothing, so the read position and the
-/// first-write flags go back to what they were.
+/// The send [`on_send_entry`] recorded failed: it wrote nothing, so the read position, the
+/// goodbye and the first-write flags go back to what they were.
 pub fn undo_send(sk: u64, undo: Undo) {
     skip_if_empty!();
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         // SAFETY: see on_send.
         let st = unsafe { &mut *st };
-        let mask = flag::SENT | flag::PEER_FIRST;
+        let mask = flag::SENT | flag::PEER_FIRST | flag::GOODBYE_SENT;
         st.copied_at_last_out = undo.copied_at_last_out;
+        st.copied_at_goodbye = undo.copied_at_goodbye;
         st.flags = (st.flags & !mask) | (undo.flags & mask);
     }
 }
 
 /// The process closes `sk` (fentry/kprobe `tcp_close`, in the caller's context). The teardown
 /// itself is judged at the state change this close causes, as in every mode; this records that
-/// close() (not shutdown()) started it, and who called it.
-pub fn on_close<M: Mem, C: EbpfContext>(ctx: &C, sk: u64) {
+/// close() (not shutdown()) started it, and who called it. A socket the agent does not track is
+/// left alone: adopting it here, at its current read position, would take what it read before
+/// for answered; the state change adopts it as it must ([`adopt_unwritten`]).
+pub fn on_close<M: Mem>(sk: u64) {
     skip_if_empty!();
-    let Some(st) = lookup_or_adopt::<M, C>(ctx, sk, 0) else {
+    let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return;
     };
     // SAFETY: see on_send.
@@ -280,6 +305,8 @@ pub fn on_state<M: Mem>(sk: u64, old: u32, new: u32) {
                 on_closing::<M>(tp, old, new);
             }
         }
+        // The peer's FIN crossed ours. Rare, and it matters only where a teardown was reported.
+        tcp_state::CLOSING => on_simultaneous_close(sk, old, new),
         // SYN_SENT, SYN_RECV, FIN_WAIT2, TIME_WAIT, CLOSING, LISTEN: nothing to learn, not even
         // a lookup (a short connection goes through ten state changes).
         _ => {}
@@ -357,9 +384,42 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     // This state change comes before the kernel queues the FIN it announces.
     settle::<M>(tp, st, false);
     // The clocks are read only for a record: most closes owe nothing.
-    if st.may_owe_answer() {
+    if st.may_owe_answer() || explained(st) {
         st.last_in_ns = last_input_ns::<M>(tp);
-        emit_teardown(tp, st, closer, old, new);
+        st.flags |= flag::TEARDOWN_SENT;
+        emit_teardown(kind::TEARDOWN, tp, st, closer, old, new);
+    }
+}
+
+/// A connection on one of the `--explain-port`s: its close is reported whatever the verdict.
+#[inline(always)]
+fn explained(st: &SockState) -> bool {
+    let mut i = 0;
+    while i < EXPLAIN_PORTS {
+        // SAFETY: CONFIG is a plain static that nothing writes after load (see `config!`).
+        let port = unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(crate::CONFIG.explain_ports[i]))
+        };
+        if port != 0 && (st.lport == port || st.rport == port) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// FIN_WAIT1 -> CLOSING: the peer's FIN arrived before it acknowledged ours, so it closed on
+/// its own, not in reaction to our close. Reported for a socket whose teardown was.
+#[inline(always)]
+fn on_simultaneous_close(sk: u64, old: u32, new: u32) {
+    let Some(st) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    // SAFETY: see on_send.
+    let st = unsafe { &mut *st };
+    if st.flags & flag::TEARDOWN_SENT != 0 {
+        st.flags |= flag::PEER_FIN;
+        emit_teardown(kind::SIMULTANEOUS_CLOSE, sk, st, 0, old, new);
     }
 }
 
@@ -573,7 +633,7 @@ pub fn on_destroy(sk: u64) {
 }
 
 #[inline(always)]
-fn emit_teardown(sk: u64, st: &SockState, closer: u32, old: u32, new: u32) {
+fn emit_teardown(kind: u32, sk: u64, st: &SockState, closer: u32, old: u32, new: u32) {
     let Some(mut entry) = EVENTS.reserve::<TeardownEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -581,7 +641,7 @@ fn emit_teardown(sk: u64, st: &SockState, closer: u32, old: u32, new: u32) {
     let ev = entry.as_mut_ptr();
     // SAFETY: see abort().
     unsafe {
-        (*ev).header = header(kind::TEARDOWN, core::mem::size_of::<TeardownEvent>());
+        (*ev).header = header(kind, core::mem::size_of::<TeardownEvent>());
         (*ev).sock = *st;
         (*ev).sk = sk;
         (*ev).closer_tgid = closer;

@@ -102,6 +102,43 @@ pub fn fd_offsets(btf: &Btf) -> Result<agent_common::FdOffsets, BtfError> {
     })
 }
 
+/// Where the programs find a sending syscall's buffer: the task's user registers (x86_64
+/// `pt_regs`), by `bpf_task_pt_regs` where the kernel has it (`BPF_FUNC_task_pt_regs` in its
+/// `enum bpf_func_id`), else at the top of the task's kernel stack, as `task_pt_regs()` finds
+/// them.
+pub fn peek_offsets(btf: &Btf) -> Result<agent_common::PeekOffsets, BtfError> {
+    let f = |ty: &str, field: &str| field_offset(btf, ty, field);
+    let by_helper = enum_value(btf, "bpf_func_id", "BPF_FUNC_task_pt_regs").is_ok();
+    // THREAD_SIZE, where BTF has `union thread_union` (it often does not: nothing typed uses
+    // it); else x86_64's 16 KiB (PAGE_SIZE << 2, arch/x86/include/asm/page_64_types.h, without
+    // KASAN). Only kernels without the helper (before 5.15) need it.
+    let thread_size = type_size(btf, "thread_union").unwrap_or(X86_64_THREAD_SIZE);
+    let regs_size = type_size(btf, "pt_regs")?;
+    Ok(agent_common::PeekOffsets {
+        by_helper: by_helper as u32,
+        task_stack: f("task_struct", "stack")?,
+        stack_top: thread_size.saturating_sub(regs_size),
+        regs_arg1: f("pt_regs", "si")?,
+        regs_nr: f("pt_regs", "orig_ax")?,
+        msg_iov: f("user_msghdr", "msg_iov")?,
+    })
+}
+
+/// x86_64's kernel stack size without KASAN.
+const X86_64_THREAD_SIZE: u32 = 16 * 1024;
+
+/// The size in bytes of struct or union `name`.
+pub fn type_size(btf: &Btf, name: &str) -> Result<u32, BtfError> {
+    btf.resolve_types_by_name(name)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) | Type::Union(s) => Some(s.size() as u32),
+            _ => None,
+        })
+        .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+}
+
 /// Every enumerator of a (32-bit) enum, value to name; empty if the kernel has no such enum.
 pub fn enum_names(btf: &Btf, ty: &str) -> HashMap<u32, String> {
     let mut out = HashMap::new();

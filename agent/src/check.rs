@@ -12,6 +12,18 @@ use crate::{
     tracefs,
 };
 
+/// What the unanswered-close decision tells apart, in every probe mode that runs it.
+const UNANSWERED_CLOSE_SHAPES: &[&str] = &[
+    "unanswered_close tells apart, in every mode above that runs it:",
+    "  not loss  a peer that closed or reset first; a FIN that crossed ours; a client's side;",
+    "            PostgreSQL Terminate and MySQL COM_QUIT (by protocol and size, clear or TLS);",
+    "            a TLS close alert either way (by size); QUIT, WebSocket close, HTTP/2 GOAWAY",
+    "            sent by the process (by their bytes)",
+    "  loss      a request read and left without an answer, a TLS close alert notwithstanding",
+    "  cannot    received bytes are judged by size only; a process that sends by sendfile,",
+    "            splice or io_uring has no protocol (its goodbyes are not recognised)",
+];
+
 /// A mode's result, as printed.
 struct ModeRow {
     mode: ProbeMode,
@@ -42,6 +54,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
         detect_ebadf: Some(true),
         skip_hooks: &args.skip_hook,
         empty_programs: false,
+        explain_ports: &[],
     };
     // One parse of the kernel's BTF serves the btf line and every mode below.
     let kernel = Kernel::open(&opts);
@@ -59,6 +72,9 @@ pub fn check(args: &KernelArgs) -> ExitCode {
         },
     );
     row("tracefs", tracefs);
+    if let Ok(k) = &kernel {
+        row("protocols", k.protocols());
+    }
     let caps: Vec<String> = privileges::RELEVANT
         .iter()
         .map(|c| format!("{c}={}", if privileges::has(*c) { "yes" } else { "no" }))
@@ -103,6 +119,12 @@ pub fn check(args: &KernelArgs) -> ExitCode {
                 modes.join(", ")
             },
         );
+    }
+    println!();
+    // The same facts feed the decision in every mode (README, "What unanswered close tells
+    // apart"), so this holds for each mode above that runs the detector.
+    for line in UNANSWERED_CLOSE_SHAPES {
+        println!("{line}");
     }
     println!();
     let complete = rows

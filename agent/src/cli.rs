@@ -92,9 +92,18 @@ pub struct RunArgs {
     pub events_ring_bytes: Option<u32>,
 
     /// Attach every program but have each return as soon as it has its arguments: detects
-    /// nothing. The overhead bench runs it to measure what the hooks themselves cost.
+    /// nothing (every detector reports off). The overhead bench runs it to measure what the
+    /// hooks themselves cost.
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+
+    /// Explain every close of a connection on this port (local or remote), loss or not: one
+    /// EXPLAIN line each with the verdict and why, and
+    /// lostwrite_explained_closes_total{port,verdict}. For finding out why something is, or is
+    /// not, counted. Up to 4 times; each explained close is one record to the agent.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..),
+          action = clap::ArgAction::Append)]
+    pub explain_port: Vec<u16>,
 
     #[command(flatten)]
     pub kernel: KernelArgs,

@@ -5,6 +5,8 @@ use agent_common::{AbortEvent, EventHeader, TeardownEvent, WriteErrorEvent, kind
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     Teardown(TeardownEvent),
+    /// The peer's FIN crossed ours after a reported teardown (`kind::SIMULTANEOUS_CLOSE`).
+    SimultaneousClose(TeardownEvent),
     Abort(AbortEvent),
     WriteError(WriteErrorEvent),
 }
@@ -31,6 +33,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: EventHeader = bytemuck::pod_read_unaligned(head);
     match header.kind {
         kind::TEARDOWN => body::<TeardownEvent>(bytes, &header).map(Event::Teardown),
+        kind::SIMULTANEOUS_CLOSE => {
+            body::<TeardownEvent>(bytes, &header).map(Event::SimultaneousClose)
+        }
         kind::ABORT => body::<AbortEvent>(bytes, &header).map(Event::Abort),
         kind::WRITE_ERROR => body::<WriteErrorEvent>(bytes, &header).map(Event::WriteError),
         other => Err(DecodeError::UnknownKind(other)),

@@ -21,6 +21,10 @@ pub fn record(
 ) -> Option<Incident> {
     match events::decode(bytes) {
         Ok(Event::Teardown(ev)) => correlator.teardown(&ev, listeners),
+        Ok(Event::SimultaneousClose(ev)) => {
+            correlator.simultaneous_close(&ev);
+            None
+        }
         Ok(Event::Abort(ev)) => correlator.abort(&ev),
         Ok(Event::WriteError(ev)) => correlator.write_error(&ev),
         Err(e) => {
@@ -68,6 +72,7 @@ mod tests {
     fn records() -> impl Strategy<Value = Vec<u8>> {
         let kinds = [
             (kind::TEARDOWN, size_of::<TeardownEvent>()),
+            (kind::SIMULTANEOUS_CLOSE, size_of::<TeardownEvent>()),
             (kind::ABORT, size_of::<AbortEvent>()),
             (kind::WRITE_ERROR, size_of::<WriteErrorEvent>()),
         ];
@@ -80,7 +85,7 @@ mod tests {
             prop::collection::vec(any::<u8>(), 256),
         )
             .prop_map(|((real, size), other, skew, honest_len, noise)| {
-                let kind = other.map_or(real, |k| if k.is_multiple_of(2) { k % 4 } else { k });
+                let kind = other.map_or(real, |k| if k.is_multiple_of(2) { k % 5 } else { k });
                 let len = (size as i64 + skew).max(0) as usize;
                 let mut bytes: Vec<u8> = noise.iter().cycle().take(len).copied().collect();
                 let header = EventHeader {

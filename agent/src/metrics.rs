@@ -5,7 +5,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::correlate::{Detail, Incident};
+use crate::correlate::{Detail, Explained, Incident};
 
 /// Delay from the last read to the close: sub-millisecond panics up to proxy/LB idle timeouts.
 const DELAY_BUCKETS: &[f64] = &[
@@ -52,6 +52,7 @@ pub struct Metrics {
     decode_errors: IntCounter,
     detector_enabled: IntGaugeVec,
     probe_mode: IntGaugeVec,
+    explained: IntCounterVec,
     pod_labels: bool,
 }
 
@@ -150,6 +151,16 @@ impl Metrics {
                 &["detector"],
             )
             .expect("valid metric"),
+            explained: IntCounterVec::new(
+                Opts::new(
+                    "lostwrite_explained_closes_total",
+                    "Closes judged on an --explain-port, by verdict (unanswered, answered, \
+                     peer_goodbye, goodbye_sent, peer_closed, client, simultaneous_close, \
+                     not_the_responder).",
+                ),
+                &["port", "verdict"],
+            )
+            .expect("valid metric"),
             probe_mode: IntGaugeVec::new(
                 Opts::new("lostwrite_probe_mode_info", "The probe mode in use."),
                 &["mode"],
@@ -178,6 +189,7 @@ impl Metrics {
             Box::new(m.socket_evictions.clone()),
             Box::new(m.decode_errors.clone()),
             Box::new(m.detector_enabled.clone()),
+            Box::new(m.explained.clone()),
             Box::new(m.probe_mode.clone()),
             Box::new(build),
         ] {
@@ -234,6 +246,13 @@ impl Metrics {
                     .inc_by(*undelivered_bytes);
             }
         }
+    }
+
+    /// A close on an `--explain-port` and its verdict.
+    pub fn explained(&self, e: &Explained) {
+        self.explained
+            .with_label_values(&[&e.port.to_string(), e.verdict.as_str()])
+            .inc();
     }
 
     pub fn decode_error(&self) {

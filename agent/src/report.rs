@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     cli::LogFormat,
-    correlate::{Detail, Incident, Role},
+    correlate::{Detail, Explained, Incident, Role},
 };
 
 #[derive(Serialize)]
@@ -42,6 +42,8 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<&'a str>,
     peer_closed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
     message: String,
 }
 
@@ -70,16 +72,19 @@ impl<'a> Record<'a> {
             pod: i.pod.as_ref().map(|p| p.name.as_str()),
             container: i.pod.as_ref().map(|p| p.container.as_str()),
             peer_closed: i.peer_closed,
+            protocol: None,
             message: i.sentence(),
         };
         match &i.detail {
             Detail::UnansweredClose {
                 unanswered_bytes,
                 delay,
+                protocol,
                 ..
             } => {
                 r.unanswered_bytes = Some(*unanswered_bytes);
                 r.delay_seconds = Some(delay.as_secs_f64());
+                r.protocol = Some(protocol);
             }
             Detail::WriteAfterClose { attempted, .. } => r.attempted_bytes = *attempted,
             Detail::Undelivered {
@@ -109,6 +114,7 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
                     extra.push_str(&format!(" {k}={v}"));
                 }
             };
+            add("protocol", r.protocol.map(str::to_owned));
             add("unanswered", r.unanswered_bytes.map(|v| v.to_string()));
             add("delay", r.delay_seconds.map(|v| format!("{v:.3}s")));
             add("undelivered", r.undelivered_bytes.map(|v| v.to_string()));
@@ -142,6 +148,37 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
             )
         }
     }
+}
+
+/// Formats one explained close as a single line: the verdict, then the close as the incident
+/// it would be.
+pub fn explained_line(format: LogFormat, at: SystemTime, e: &Explained) -> String {
+    match format {
+        LogFormat::Json => {
+            let mut v = serde_json::to_value(Record::new(at, &e.incident))
+                .expect("a flat record always serializes");
+            v["kind"] = "explain".into();
+            v["verdict"] = e.verdict.as_str().into();
+            v["explain_port"] = e.port.into();
+            v.to_string()
+        }
+        LogFormat::Text => {
+            let line = line(format, at, &e.incident);
+            let (ts, rest) = line.split_once(" INCIDENT ").unwrap_or(("", &line));
+            format!(
+                "{ts} EXPLAIN port {} verdict={}: {rest}",
+                e.port,
+                e.verdict.as_str()
+            )
+        }
+    }
+}
+
+/// Writes an explained close to stdout.
+pub fn emit_explained(format: LogFormat, e: &Explained) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", explained_line(format, SystemTime::now(), e))
+        .and_then(|()| out.flush());
 }
 
 /// Writes the line to stdout. A closed stdout must not stop the agent: metrics still work.

@@ -32,7 +32,14 @@ pub struct ListenError {
     source: std::io::Error,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("--explain-port is given {0} times; the programs take at most {max}", max = agent_common::EXPLAIN_PORTS)]
+pub struct TooManyExplainPorts(usize);
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.explain_port.len() > agent_common::EXPLAIN_PORTS {
+        return Err(TooManyExplainPorts(args.explain_port.len()).into());
+    }
     privileges::require()?;
     // Bind before touching the kernel: a busy port fails fast and leaves nothing behind.
     let listener = std::net::TcpListener::bind(args.listen)
@@ -56,6 +63,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         skip_hooks: &args.kernel.skip_hook,
         empty_programs: args.empty_programs,
+        explain_ports: &args.explain_port,
     };
     let kernel = Kernel::open(&opts)?;
     let mut probes = match args.probe_mode {
@@ -67,13 +75,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for f in &probes.failed {
         warn!("{} not attached: {}", f.hook, f.reason);
     }
+    if probes.empty_programs {
+        warn!(
+            "--empty-programs: the programs are attached but return at once; nothing is detected"
+        );
+    }
     let hooks: Vec<String> = probes
         .attached
         .iter()
         .map(|a| format!("{}({})", a.name, a.via))
         .collect();
     let off: Vec<&str> = probes
-        .detectors()
+        .detecting()
         .iter()
         .filter(|(_, on)| !on)
         .map(|(d, _)| d.as_str())
@@ -137,7 +150,7 @@ async fn serve(
     pods: Option<k8s::Resolver>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(pods.is_some()));
-    let detectors = probes.detectors().map(|(d, on)| (d.as_str(), on));
+    let detectors = probes.detecting().map(|(d, on)| (d.as_str(), on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     let stats = Mutex::new(probes.take_stats()?);
     // Walking SOCKS takes a few syscalls; concurrent scrapes take turns on the lock.
@@ -160,12 +173,13 @@ async fn serve(
         });
     }
 
-    let correlator = Correlator::new(ephemeral_ports(), rst_reasons);
+    let mut correlator = Correlator::new(ephemeral_ports(), rst_reasons);
+    correlator.explain_ports = args.explain_port.clone();
     let filter = Filter {
         ports: args.port.clone(),
         comms: args.comm.clone(),
         detectors_off: probes
-            .detectors()
+            .detecting()
             .iter()
             .filter(|(_, on)| !on)
             .map(|(d, _)| d.as_str())
@@ -208,6 +222,7 @@ async fn read_events(
                 for i in correlator.expired(monotonic_ns()) {
                     report_incident(&filter, &metrics, &mut pods, format, i);
                 }
+                report_explained(&mut correlator, &metrics, format);
                 continue;
             }
         };
@@ -218,6 +233,15 @@ async fn read_events(
             }
         }
         guard.clear_ready();
+        report_explained(&mut correlator, &metrics, format);
+    }
+}
+
+/// `--explain-port`: what was decided about each close on those ports.
+fn report_explained(correlator: &mut Correlator, metrics: &Metrics, format: LogFormat) {
+    for e in correlator.take_explained() {
+        metrics.explained(&e);
+        report::emit_explained(format, &e);
     }
 }
 

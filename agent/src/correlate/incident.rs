@@ -93,6 +93,10 @@ pub enum Detail {
         unanswered_bytes: u64,
         /// From the last input to the close.
         delay: Duration,
+        /// The protocol told from the process's first message (`agent_common::proto::name`).
+        protocol: &'static str,
+        /// The process's last message was a goodbye that answers nothing (a TLS close alert).
+        goodbye_sent: bool,
     },
     /// A write-family call failed because the connection was already torn down.
     WriteAfterClose {
@@ -175,24 +179,23 @@ impl Incident {
                 how,
                 unanswered_bytes,
                 delay,
+                protocol,
+                goodbye_sent,
             } => {
                 let verb = match how {
                     CloseHow::Fin => "closed",
                     CloseHow::Reset => "reset",
                 };
-                let what = if self.bytes_out == 0 {
+                let what = if *goodbye_sent && *protocol == "tls" {
+                    "without writing a response (only its TLS close alert)"
+                } else if self.bytes_out == 0 {
                     "without writing a response"
                 } else {
                     "without writing anything after that read"
                 };
-                let peer = if self.peer_closed {
-                    " (the peer had already closed its side: it gave up waiting)"
-                } else {
-                    ""
-                };
                 format!(
                     "{who} read {unanswered_bytes} bytes on {} from {} and {verb} the connection \
-                     {:.1} s later {what}{peer}",
+                     {:.1} s later {what}",
                     self.local,
                     self.remote,
                     delay.as_secs_f64(),
@@ -262,6 +265,8 @@ pub mod samples {
                 how: CloseHow::Fin,
                 unanswered_bytes: 78,
                 delay: Duration::from_millis(2003),
+                protocol: "http",
+                goodbye_sent: false,
             },
             pid: 4242,
             comm: "seedsrv".into(),

@@ -14,8 +14,8 @@ mod incident;
 use std::collections::HashMap;
 
 use agent_common::{
-    AF_INET6, AbortEvent, SockState, TeardownEvent, WriteErrorEvent, errno, flag, role, tcp_state,
-    trigger,
+    AF_INET6, AbortEvent, SockState, TeardownEvent, Verdict, WriteErrorEvent, errno, flag, proto,
+    role, tcp_state, trigger,
 };
 #[cfg(test)]
 pub use incident::samples;
@@ -38,13 +38,44 @@ pub struct Correlator {
     pub ephemeral: RangeInclusive<u16>,
     /// This kernel's `enum sk_rst_reason`, value to name (from BTF; empty before Linux 6.10).
     pub rst_reasons: HashMap<u32, String>,
+    /// `--explain-port`: closes on these ports are explained, loss or not.
+    pub explain_ports: Vec<u16>,
     pairs: ResetPairs,
+    held: HeldCloses,
+    explained: Vec<Explained>,
 }
 
 impl Default for Correlator {
     fn default() -> Self {
         Self::new(32768..=60999, HashMap::new())
     }
+}
+
+/// A close on an `--explain-port`, and what was decided about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explained {
+    /// The explain port the connection is on.
+    pub port: u16,
+    pub verdict: Verdict,
+    /// The close, described as the incident it would be.
+    pub incident: Incident,
+}
+
+/// Unanswered closes held back briefly, in case the peer's FIN turns out to have crossed ours
+/// (FIN_WAIT1 -> CLOSING): a peer that closed at the same moment was not waiting for an answer
+/// (a client that sent its goodbye and closed). A peer that was waiting reacts to our FIN
+/// instead, and its FIN acknowledges ours. Bounded and short-lived.
+#[derive(Clone, Debug, Default)]
+struct HeldCloses {
+    /// By socket address: (when, incident, explain port).
+    by_sk: HashMap<u64, (u64, Incident, Option<u16>)>,
+}
+
+impl HeldCloses {
+    const MAX: usize = 4096;
+    /// Long enough for the peer's FIN to cross the network; short enough that the seed is on
+    /// /metrics well within a second.
+    const WINDOW_NS: u64 = 200_000_000;
 }
 
 /// Pairs the two ends of a connection reset on this host by a process that closed it with input
@@ -138,31 +169,48 @@ impl Correlator {
         Self {
             ephemeral,
             rst_reasons,
+            explain_ports: Vec::new(),
             pairs: ResetPairs::default(),
+            held: HeldCloses::default(),
+            explained: Vec::new(),
         }
     }
 
+    /// The explanations made since the last call.
+    pub fn take_explained(&mut self) -> Vec<Explained> {
+        std::mem::take(&mut self.explained)
+    }
+
+    fn explain_port(&self, s: &SockState) -> Option<u16> {
+        self.explain_ports
+            .iter()
+            .copied()
+            .find(|&p| p == s.lport || p == s.rport)
+    }
+
     /// SPEC §2 "unanswered close": the local process read ≥1 byte, wrote nothing after that last
-    /// read, and then closed the connection itself (FIN or RST, in its own context).
-    pub fn teardown(&self, ev: &TeardownEvent, listeners: &impl Listeners) -> Option<Incident> {
+    /// read, and then closed the connection itself (FIN or RST, in its own context), and the
+    /// peer was waiting for an answer. The socket's own facts are judged by
+    /// [`SockState::verdict`], the function the kernel pre-filter applies too; what only the
+    /// agent can tell is judged here.
+    ///
+    /// A FIN close that owes an answer is held back briefly (see [`HeldCloses`]) and comes out
+    /// of [`Correlator::expired`].
+    pub fn teardown(&mut self, ev: &TeardownEvent, listeners: &impl Listeners) -> Option<Incident> {
         let s = &ev.sock;
-        // The kernel pre-filter applies the same rule; repeating it keeps this function the
-        // single, complete statement of the detector.
-        if !s.may_owe_answer() || s.tgid == 0 {
-            return None;
-        }
-        // The RST came from the peer: the connection was torn down, not closed by the process.
-        if s.flags & flag::PEER_RESET != 0 {
-            return None;
-        }
-        // A timer or softirq (keepalive, retransmission timeout) ended it, not the process.
-        if ev.closer_tgid != s.tgid {
-            return None;
-        }
         let role = Role::from_wire(s.role);
-        // A socket older than the agent is a server's only if its process listens on its local
-        // port; otherwise it may be a client that read a response, which owes nothing.
-        if role == Role::Unknown && !listeners.listening(s.tgid, s.lport) {
+        let verdict = match s.verdict() {
+            // A timer or softirq (keepalive, retransmission timeout) ended it, not the process.
+            Verdict::Owes if s.tgid == 0 || ev.closer_tgid != s.tgid => Verdict::NotTheResponder,
+            // A socket older than the agent is a server's only if its process listens on its
+            // local port; otherwise it may be a client that read a response, which owes nothing.
+            Verdict::Owes if role == Role::Unknown && !listeners.listening(s.tgid, s.lport) => {
+                Verdict::NotTheResponder
+            }
+            v => v,
+        };
+        let port = self.explain_port(s);
+        if verdict != Verdict::Owes && port.is_none() {
             return None;
         }
         let detail = Detail::UnansweredClose {
@@ -173,8 +221,41 @@ impl Correlator {
             },
             unanswered_bytes: s.unanswered_in,
             delay: Duration::from_nanos(ev.header.ts_ns.saturating_sub(s.last_in_ns)),
+            protocol: proto::name(s.proto),
+            goodbye_sent: s.flags & flag::GOODBYE_SENT != 0,
         };
-        Some(self.incident(s, role, s.tgid, comm(&s.comm), detail))
+        let incident = self.incident(s, role, s.tgid, comm(&s.comm), detail);
+        if verdict != Verdict::Owes {
+            self.explain(port, verdict, incident);
+            return None;
+        }
+        // Our FIN can still be crossed by the peer's; an abortive close cannot.
+        if ev.newstate == tcp_state::FIN_WAIT1 && self.held.by_sk.len() < HeldCloses::MAX {
+            self.held
+                .by_sk
+                .insert(ev.sk, (ev.header.ts_ns, incident, port));
+            return None;
+        }
+        self.explain(port, verdict, incident.clone());
+        Some(incident)
+    }
+
+    /// The peer's FIN crossed ours on a socket whose teardown was reported: a held unanswered
+    /// close is no loss after all.
+    pub fn simultaneous_close(&mut self, ev: &TeardownEvent) {
+        if let Some((_, incident, port)) = self.held.by_sk.remove(&ev.sk) {
+            self.explain(port, Verdict::SimultaneousClose, incident);
+        }
+    }
+
+    fn explain(&mut self, port: Option<u16>, verdict: Verdict, incident: Incident) {
+        if let Some(port) = port {
+            self.explained.push(Explained {
+                port,
+                verdict,
+                incident,
+            });
+        }
     }
 
     /// SPEC §2 "undelivered bytes": the connection ended abortively while bytes write() accepted
@@ -224,10 +305,25 @@ impl Correlator {
         Some(incident)
     }
 
-    /// Incidents held back waiting for a local peer's record that did not come; call it
+    /// Incidents held back whose window passed: peer resets whose local peer's record did not
+    /// come, and unanswered closes whose peer did not close at the same moment. Call it
     /// periodically with the current CLOCK_MONOTONIC time in nanoseconds.
     pub fn expired(&mut self, now_ns: u64) -> Vec<Incident> {
-        self.pairs.expired(now_ns)
+        let mut out = self.pairs.expired(now_ns);
+        let due: Vec<u64> = self
+            .held
+            .by_sk
+            .iter()
+            .filter(|(_, (t, _, _))| now_ns.saturating_sub(*t) >= HeldCloses::WINDOW_NS)
+            .map(|(sk, _)| *sk)
+            .collect();
+        for sk in due {
+            if let Some((_, incident, port)) = self.held.by_sk.remove(&sk) {
+                self.explain(port, Verdict::Owes, incident.clone());
+                out.push(incident);
+            }
+        }
+        out
     }
 
     /// Maps the kernel's facts to a SPEC reason: the reset reason where the kernel gives one,

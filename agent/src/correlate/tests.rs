@@ -96,13 +96,25 @@ impl Conn {
         self
     }
 
-    /// A write that returned `ret` (the programs see only successful ones here).
-    fn send(mut self, _t: u64, ret: i64) -> Self {
+    /// A write that returned `ret` (the programs see only successful ones here), of a message
+    /// whose first bytes do not matter.
+    fn send(self, t: u64, ret: i64) -> Self {
+        self.send_msg(t, ret, b"")
+    }
+
+    /// A write of `ret` bytes of a message starting with `head`, as the programs record it:
+    /// its first bytes are read only where `send_needs_peek` asks for them.
+    fn send_msg(mut self, _t: u64, ret: i64, head: &[u8]) -> Self {
         if ret > 0 {
             self.claim();
             self.write_seq = self.write_seq.wrapping_add(ret as u32);
             if self.st.send_needs_read_position() {
-                self.st.record_send(self.copied);
+                let mut h = agent_common::Head::default();
+                if self.st.send_needs_peek(ret as u32) {
+                    let n = head.len().min(h.len());
+                    h[..n].copy_from_slice(&head[..n]);
+                }
+                self.st.record_send(self.copied, ret as u32, &h);
             }
         }
         self
@@ -172,10 +184,15 @@ fn incidents(ev: Option<TeardownEvent>) -> Vec<Incident> {
     incidents_with(ev, |_, _| false)
 }
 
+/// What the agent reports for the record, once every held-back close has come out.
 fn incidents_with(ev: Option<TeardownEvent>, listeners: impl Listeners) -> Vec<Incident> {
-    ev.iter()
-        .filter_map(|e| Correlator::default().teardown(e, &listeners))
-        .collect()
+    let mut c = Correlator::default();
+    let mut out: Vec<Incident> = ev
+        .iter()
+        .filter_map(|e| c.teardown(e, &listeners))
+        .collect();
+    out.extend(c.expired(u64::MAX));
+    out
 }
 
 #[test]
@@ -195,6 +212,8 @@ fn seed_go_write_timeout_counts_one() {
             how: CloseHow::Fin,
             unanswered_bytes: 78,
             delay: Duration::from_secs(2),
+            protocol: "unknown",
+            goodbye_sent: false,
         }
     );
     assert_eq!((i.kind(), i.reason()), ("unanswered_close", "fin"));
@@ -293,6 +312,8 @@ fn input_that_arrived_before_a_write_and_was_read_before_the_next_counts_zero() 
             how: CloseHow::Fin,
             unanswered_bytes: 78,
             delay: Duration::from_secs(2),
+            protocol: "unknown",
+            goodbye_sent: false,
         }
     );
 }
@@ -321,10 +342,9 @@ fn connection_reset_by_peer_counts_zero() {
         .peer_reset()
         .close_by(2 * SEC, tcp_state::CLOSE, OWNER);
     assert!(
-        ev.is_some(),
-        "the kernel reports it; the correlation drops it"
+        ev.is_none(),
+        "the shared decision drops it in the kernel already"
     );
-    assert!(incidents(ev).is_empty());
 }
 
 #[test]
@@ -354,15 +374,11 @@ fn abortive_close_with_unanswered_request_counts_as_reset() {
 }
 
 #[test]
-fn peer_that_gave_up_is_reported_as_such() {
-    let got = incidents(Conn::server().recv(SEC, 78).peer_fin().close(5 * SEC));
-    assert_eq!(got.len(), 1);
-    assert!(got[0].peer_closed);
-    assert!(
-        got[0]
-            .sentence()
-            .ends_with("(the peer had already closed its side: it gave up waiting)")
-    );
+fn peer_that_closed_its_side_first_was_not_waiting() {
+    // SPEC §2: a peer that closed or reset its side before the local close was not waiting
+    // (a one-way stream's sender, a client that gave up).
+    assert!(incidents(Conn::server().recv(SEC, 78).peer_fin().close(5 * SEC)).is_empty());
+    assert!(incidents(Conn::server().recv(SEC, 78).peer_reset().close(5 * SEC)).is_empty());
 }
 
 #[test]
@@ -774,4 +790,256 @@ fn server_reset_by_a_client_that_had_closed_first_counts_zero() {
     let mut ev = abort_ev(client, trigger::RECEIVE_RESET, NO_REASON, 1000, 0);
     ev.sock.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
     assert!(c.abort(&ev).is_some());
+}
+
+// --- Real protocols (SPEC §2 "not loss" and "still loss"): the messages each side sends, with
+// their sizes and first bytes as the programs see them.
+
+/// A PostgreSQL session as `psql -c` has it: SSLRequest refused, startup, trust, one query.
+fn postgres_session() -> Conn {
+    Conn::server()
+        .recv(SEC, 8)
+        .send_msg(SEC, 1, b"N")
+        .recv(SEC, 84)
+        .send_msg(SEC, 330, b"R\x00\x00\x00\x08\x00\x00\x00\x00")
+        .recv(SEC, 14)
+        .send_msg(SEC, 60, b"T\x00\x00\x00\x21")
+}
+
+#[test]
+fn postgres_terminate_then_close_counts_zero() {
+    let ev = postgres_session().recv(SEC, 5).close(SEC + 1);
+    assert_eq!(
+        ev, None,
+        "the kernel drops it: PostgreSQL's Terminate asks for no answer"
+    );
+    // Terminate in a TLS record (5 + 22), with the client's close alert behind it.
+    assert_eq!(postgres_session().recv(SEC, 27 + 24).close(SEC + 1), None);
+}
+
+#[test]
+fn postgres_backend_killed_during_a_query_counts_one() {
+    // `select pg_sleep(30)`: a Query message of 25 bytes, then SIGKILL.
+    let got = incidents(postgres_session().recv(SEC, 25).close(3 * SEC));
+    assert_eq!(got.len(), 1);
+    assert!(matches!(
+        got[0].detail,
+        Detail::UnansweredClose {
+            unanswered_bytes: 25,
+            protocol: "postgres",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn mysql_com_quit_then_close_counts_zero() {
+    // The server speaks first (its greeting), the client authenticates and queries.
+    let c = Conn::server()
+        .send_msg(0, 95, b"\x5b\x00\x00\x00\x0a5.5.5-10.11")
+        .recv(SEC, 184)
+        .send_msg(SEC, 11, b"\x07\x00\x00\x02\x00")
+        .recv(SEC, 13)
+        .send_msg(SEC, 70, b"\x01\x00\x00\x01\x01");
+    assert_eq!(c.st.proto, agent_common::proto::MYSQL);
+    assert_eq!(c.recv(SEC, 5).close(SEC + 1), None);
+}
+
+/// A TLS server after its handshake and one answered request.
+fn tls_session() -> Conn {
+    Conn::server()
+        .recv(SEC, 517)
+        .send_msg(SEC, 1400, b"\x16\x03\x03\x00\x7a\x02")
+        .recv(SEC, 64)
+        .send_msg(SEC, 250, b"\x17\x03\x03")
+        .recv(SEC, 101)
+        .send_msg(SEC, 180, b"\x17\x03\x03")
+}
+
+#[test]
+fn tls_close_alerts_in_either_direction_count_zero() {
+    // The client's alert, read before the close.
+    assert_eq!(tls_session().recv(2 * SEC, 24).close(2 * SEC), None);
+    // Both: the client's alert, then the server's own.
+    assert_eq!(
+        tls_session()
+            .recv(2 * SEC, 24)
+            .send(2 * SEC, 24)
+            .close(2 * SEC),
+        None
+    );
+    // The server's alert first, then the client's answer to it.
+    assert_eq!(
+        tls_session()
+            .send(2 * SEC, 24)
+            .recv(2 * SEC, 24)
+            .close(2 * SEC),
+        None
+    );
+    // Neither.
+    assert_eq!(tls_session().close(2 * SEC), None);
+}
+
+#[test]
+fn seed_over_tls_counts_one_although_a_close_alert_was_written() {
+    // WriteTimeout expired: nothing for the request, then Go's TLS layer writes its alert.
+    let got = incidents(
+        tls_session()
+            .recv(2 * SEC, 101)
+            .send(4 * SEC, 24)
+            .close(4 * SEC),
+    );
+    assert_eq!(got.len(), 1);
+    assert!(matches!(
+        got[0].detail,
+        Detail::UnansweredClose {
+            unanswered_bytes: 101,
+            protocol: "tls",
+            goodbye_sent: true,
+            ..
+        }
+    ));
+    assert!(
+        got[0]
+            .sentence()
+            .ends_with("2.0 s later without writing a response (only its TLS close alert)"),
+        "{}",
+        got[0].sentence()
+    );
+}
+
+#[test]
+fn websocket_close_handshake_from_either_side_counts_zero() {
+    let upgraded = || {
+        Conn::server()
+            .recv(SEC, 250)
+            .send_msg(SEC, 129, b"HTTP/1.1 101 Switching Protocols")
+            .recv(SEC, 11)
+            .send_msg(SEC, 7, b"\x81\x05hello")
+    };
+    // The server starts it; the client's masked close frame answers.
+    assert_eq!(
+        upgraded()
+            .send_msg(SEC, 4, b"\x88\x02\x03\xe8")
+            .recv(SEC, 8)
+            .close(SEC),
+        None
+    );
+    // The client starts it; the server answers with its own.
+    assert_eq!(
+        upgraded()
+            .recv(SEC, 8)
+            .send_msg(SEC, 4, b"\x88\x02\x03\xe8")
+            .close(SEC),
+        None
+    );
+}
+
+#[test]
+fn http2_goaway_then_the_peers_reply_counts_zero() {
+    let c = Conn::server()
+        .send_msg(0, 27, b"\x00\x00\x12\x04\x00\x00\x00\x00\x00")
+        .recv(SEC, 100)
+        .send_msg(SEC, 60, b"\x00\x00\x10\x01\x04\x00\x00\x00\x01");
+    // The server's GOAWAY; the client's own GOAWAY and a WINDOW_UPDATE after it.
+    let c = c
+        .send_msg(SEC, 17, b"\x00\x00\x08\x07\x00\x00\x00\x00\x00")
+        .recv(SEC, 30);
+    assert_eq!(c.close(SEC), None);
+}
+
+#[test]
+fn server_first_text_session_ended_by_quit_counts_zero() {
+    // SMTP's client side: greeting, EHLO, NOOP, QUIT, 221.
+    let c = Conn::client()
+        .recv(SEC, 30)
+        .send_msg(SEC, 18, b"ehlo [127.0.0.1]\r\n")
+        .recv(SEC, 60)
+        .send_msg(SEC, 6, b"NOOP\r\n")
+        .recv(SEC, 14)
+        .send_msg(SEC, 6, b"QUIT\r\n")
+        .recv(SEC, 9);
+    assert_eq!(c.st.proto, agent_common::proto::TEXT);
+    assert_eq!(c.close(SEC), None);
+}
+
+#[test]
+fn one_way_stream_ended_by_its_sender_counts_zero() {
+    let c = Conn::server()
+        .recv(SEC, 400)
+        .recv(SEC, 400)
+        .peer_fin()
+        .recv(SEC, 0);
+    assert_eq!(c.close(SEC), None);
+}
+
+#[test]
+fn a_peer_whose_fin_crossed_ours_was_not_waiting() {
+    let ev = Conn::server()
+        .recv(SEC, 78)
+        .close(2 * SEC)
+        .expect("owes an answer");
+    let mut c = Correlator::default();
+    let listening = |_: u32, _: u16| false;
+    assert_eq!(c.teardown(&ev, &listening), None, "held back");
+    let crossed = TeardownEvent {
+        header: EventHeader {
+            kind: kind::SIMULTANEOUS_CLOSE,
+            ts_ns: 2 * SEC + 1000,
+            ..ev.header
+        },
+        oldstate: tcp_state::FIN_WAIT1,
+        newstate: tcp_state::CLOSING,
+        ..ev
+    };
+    c.simultaneous_close(&crossed);
+    assert!(c.expired(u64::MAX).is_empty());
+    // Without the crossing FIN it comes out once its window has passed, not before.
+    assert_eq!(c.teardown(&ev, &listening), None);
+    assert!(c.expired(2 * SEC + 1000).is_empty());
+    assert_eq!(c.expired(3 * SEC).len(), 1);
+}
+
+#[test]
+fn explained_ports_get_a_verdict_for_every_close() {
+    let mut c = Correlator {
+        explain_ports: vec![8800],
+        ..Correlator::default()
+    };
+    let listening = |_: u32, _: u16| false;
+    let mut judge = |conn: Conn| {
+        let mut st = conn.st;
+        st.flags |= flag::LOCAL_CLOSE;
+        st.settle(
+            conn.copied,
+            conn.rcv_nxt,
+            conn.received,
+            conn.write_seq,
+            false,
+        );
+        let ev = TeardownEvent {
+            header: EventHeader {
+                kind: kind::TEARDOWN,
+                len: size_of::<TeardownEvent>() as u32,
+                ts_ns: SEC,
+            },
+            sock: st,
+            sk: 1,
+            closer_tgid: OWNER,
+            oldstate: tcp_state::ESTABLISHED,
+            newstate: tcp_state::FIN_WAIT1,
+            _pad: 0,
+        };
+        assert_eq!(c.teardown(&ev, &listening), None);
+        c.take_explained().pop().map(|e| (e.port, e.verdict))
+    };
+    assert_eq!(
+        judge(postgres_session().recv(SEC, 5)),
+        Some((8800, Verdict::PeerGoodbye))
+    );
+    assert_eq!(judge(postgres_session()), Some((8800, Verdict::Answered)));
+    assert_eq!(
+        judge(Conn::client().send(SEC, 78).recv(SEC, 100)),
+        Some((8800, Verdict::Client))
+    );
 }

@@ -181,6 +181,8 @@ pub struct LoadOptions<'a> {
     pub skip_hooks: &'a [String],
     /// Attach every program, each returning at once (the overhead bench's floor).
     pub empty_programs: bool,
+    /// `--explain-port`s.
+    pub explain_ports: &'a [u16],
 }
 
 /// What the programs need from this kernel, resolved once for every mode tried.
@@ -195,6 +197,9 @@ pub struct Kernel {
     fd_offsets: bool,
     /// `enum sk_rst_reason` of this kernel, value to name (empty before Linux 6.10).
     pub rst_reasons: HashMap<u32, String>,
+    /// Whether the user registers are found by `bpf_task_pt_regs`, or why sent messages cannot
+    /// be read at all.
+    peek: Result<bool, String>,
 }
 
 impl Kernel {
@@ -209,12 +214,18 @@ impl Kernel {
         let fd_offsets = btf::fd_offsets(&kernel_btf)
             .inspect_err(|e| info!("EBADF detector unavailable: {e}"))
             .ok();
+        let peek = btf::peek_offsets(&kernel_btf).map_err(|e| e.to_string());
+        if let Err(e) = &peek {
+            warn!("the first bytes of sent messages are unreadable, protocols unknown: {e}");
+        }
         let config = Config {
             sock: offsets,
             tp: classic.as_ref().copied().unwrap_or_default(),
             fd: fd_offsets.unwrap_or_default(),
             jiffy_ns: jiffy_ns(),
             empty_programs: opts.empty_programs as u32,
+            peek: peek.as_ref().copied().unwrap_or_default(),
+            explain_ports: explain_ports(opts.explain_ports),
         };
         let arities = ProbeMode::ALL
             .iter()
@@ -244,8 +255,30 @@ impl Kernel {
             classic_unavailable: classic.err().map(|e| e.to_string()),
             fd_offsets: fd_offsets.is_some(),
             rst_reasons,
+            peek: peek.map(|p| p.by_helper != 0),
         })
     }
+
+    /// How the programs read the first bytes of the messages a process sends (which name its
+    /// protocol and its goodbyes), as `agent check` prints it.
+    pub fn protocols(&self) -> String {
+        match &self.peek {
+            Ok(true) => "first bytes of sent messages readable (bpf_task_pt_regs)".to_owned(),
+            Ok(false) => "first bytes of sent messages readable (user registers at the top of \
+                          the kernel stack)"
+                .to_owned(),
+            Err(e) => format!("UNREADABLE ({e}): protocols unknown, goodbyes not recognised"),
+        }
+    }
+}
+
+/// The `--explain-port`s as the programs take them (unused slots 0).
+fn explain_ports(ports: &[u16]) -> [u16; agent_common::EXPLAIN_PORTS] {
+    let mut out = [0; agent_common::EXPLAIN_PORTS];
+    for (slot, port) in out.iter_mut().zip(ports) {
+        *slot = *port;
+    }
+    out
 }
 
 /// Every hook of every mode, for `--skip-hook`.
@@ -269,6 +302,8 @@ pub struct Probes {
     pub failed: Vec<Failure>,
     /// The EBADF detector's hooks are attached.
     pub ebadf: bool,
+    /// `--empty-programs`: attached, detecting nothing (every detector reports off).
+    pub empty_programs: bool,
 }
 
 impl Probes {
@@ -325,6 +360,7 @@ impl Probes {
             attached,
             failed,
             ebadf: false,
+            empty_programs: false,
         };
         // A "fentry" mode without a single trampoline would be another mode misnamed.
         let own = |a: &Attached| mode.own_hooks().iter().any(|h| h.target == a.name);
@@ -356,6 +392,7 @@ impl Probes {
                     }));
             }
         }
+        probes.empty_programs = opts.empty_programs;
         Ok(probes)
     }
 
@@ -411,6 +448,13 @@ impl Probes {
             };
             (d, on)
         })
+    }
+
+    /// What the agent detects: [`Probes::detectors`], and nothing at all with
+    /// `--empty-programs`, whose programs return before they do anything.
+    pub fn detecting(&self) -> [(Detector, bool); 4] {
+        self.detectors()
+            .map(|(d, on)| (d, on && !self.empty_programs))
     }
 
     /// The ring buffer the programs write records to.

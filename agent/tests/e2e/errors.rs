@@ -206,3 +206,46 @@ fn check_into_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn more_explain_ports_than_the_programs_take() {
+    let mut args = vec!["run"];
+    for port in ["1", "2", "3", "4", "5"] {
+        args.extend(["--explain-port", port]);
+    }
+    let out = agent(&args);
+    assert_clean_failure(
+        &out,
+        1,
+        "--explain-port is given 5 times; the programs take at most 4",
+    );
+    assert_clean_failure(&agent(&["run", "--explain-port", "0"]), 2, "--explain-port");
+}
+
+/// `--empty-programs` (the overhead bench's floor) attaches everything and detects nothing: it
+/// must say so, not pass for a working agent.
+#[test]
+fn empty_programs_report_every_detector_off_and_warn() {
+    if !root_or_skip("empty_programs_report_every_detector_off_and_warn") {
+        return;
+    }
+    let agent = crate::harness::Agent::start(&["--empty-programs"]);
+    let m = agent.scrape();
+    for detector in [
+        "unanswered_close",
+        "write_after_close",
+        "undelivered_bytes",
+        "write_after_close_ebadf",
+    ] {
+        assert_eq!(
+            m.value("lostwrite_detector_enabled", &[("detector", detector)]),
+            Some(0.0),
+            "{detector}"
+        );
+    }
+    let err = agent.stderr_text();
+    assert!(
+        err.contains("--empty-programs: the programs are attached but return at once"),
+        "{err}"
+    );
+}

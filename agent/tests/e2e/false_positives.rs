@@ -74,7 +74,8 @@ pub fn assert_no_loss_on(
     let closes: f64 = verdicts.values().sum();
     assert!(
         closes >= min_closes,
-        "{name}: the agent judged only {closes} closes on port {port}: {verdicts:?}"
+        "{name}: the agent judged only {closes} closes on port {port}: {verdicts:?}\n{:?}",
+        agent.explained()
     );
     assert_counted_nothing(name, &agent, &m);
     verdicts
@@ -113,7 +114,8 @@ fn wrk_keep_alive_load_against_nginx() {
         return;
     }
     let n = nginx("fp-wrk");
-    assert_no_loss("wrk", 20.0, || {
+    // wrk's 10 connections, each closed at both ends.
+    let verdicts = assert_no_loss_on("wrk", n.port, 10.0, || {
         let out = Command::new("wrk")
             .args(["-t1", "-c10", "-d3s", &http(n.port, "/1k")])
             .output()
@@ -124,6 +126,10 @@ fn wrk_keep_alive_load_against_nginx() {
             "{text}"
         );
     });
+    assert!(
+        verdicts.get("client").copied().unwrap_or(0.0) >= 10.0,
+        "{verdicts:?}"
+    );
 }
 
 #[test]

@@ -259,7 +259,23 @@ impl Agent {
     }
 
     /// Incident lines (JSON) printed so far.
+    /// The incident lines on stdout, parsed (explained closes, `--explain-port`, left out).
     pub fn incidents(&self) -> Vec<serde_json::Value> {
+        self.stdout_records()
+            .into_iter()
+            .filter(|v| v["kind"] != "explain")
+            .collect()
+    }
+
+    /// The explained closes on stdout (`--explain-port`), parsed.
+    pub fn explained(&self) -> Vec<serde_json::Value> {
+        self.stdout_records()
+            .into_iter()
+            .filter(|v| v["kind"] == "explain")
+            .collect()
+    }
+
+    fn stdout_records(&self) -> Vec<serde_json::Value> {
         self.stdout
             .lock()
             .unwrap()

@@ -7,7 +7,9 @@
 
 mod aborts;
 mod bpf_objects;
+mod close_shapes;
 mod databases;
+mod db_servers;
 mod errors;
 mod false_positives;
 mod faults;

@@ -87,6 +87,24 @@ pub const SCENARIOS: &[Scenario] = &[
         needs: &[],
     },
     Scenario {
+        name: "query-then-close",
+        test: "close_shapes::query_then_close_counts_one",
+        detector: Detector::UnansweredClose,
+        needs: &[],
+    },
+    Scenario {
+        name: "tls-alert-sized-writes",
+        test: "close_shapes::tls_alert_sized_final_writes_count_only_the_dropped_request",
+        detector: Detector::UnansweredClose,
+        needs: &[],
+    },
+    Scenario {
+        name: "pre-existing-unanswered",
+        test: "unanswered::connection_from_before_the_agent_closed_unanswered_counts_one",
+        detector: Detector::UnansweredClose,
+        needs: &[],
+    },
+    Scenario {
         name: "linger-zero",
         test: "aborts::linger_zero_close_with_megabytes_queued",
         detector: Detector::UndeliveredBytes,
@@ -127,6 +145,30 @@ pub const SCENARIOS: &[Scenario] = &[
         test: "false_positives::http_shapes_against_a_rust_server",
         detector: Detector::FalsePositive,
         needs: &[Need::Curl],
+    },
+    Scenario {
+        name: "goodbye-then-close",
+        test: "close_shapes::goodbye_then_close_counts_zero",
+        detector: Detector::FalsePositive,
+        needs: &[],
+    },
+    Scenario {
+        name: "peer-fin-first",
+        test: "close_shapes::peer_fin_first_counts_zero",
+        detector: Detector::FalsePositive,
+        needs: &[],
+    },
+    Scenario {
+        name: "simultaneous-close",
+        test: "close_shapes::simultaneous_close_counts_zero",
+        detector: Detector::FalsePositive,
+        needs: &[],
+    },
+    Scenario {
+        name: "pre-existing-keep-alive",
+        test: "close_shapes::keep_alive_connection_from_before_the_agent_closed_by_its_client_counts_zero",
+        detector: Detector::FalsePositive,
+        needs: &[],
     },
     Scenario {
         name: "udp-unix-listen",
