@@ -167,6 +167,8 @@ fn start_python_tls(name: &str, mode: &str, args: &[&str]) -> (Process, u16) {
     (process, port)
 }
 
+/// nginx over TLS with its default protocols: nginx 1.22 offers TLS 1.2 at most unless told
+/// otherwise, so its close alerts are 31 bytes (AES-GCM with an explicit nonce).
 fn nginx_tls(name: &str) -> Nginx {
     start_nginx_tls(name, "keepalive_timeout 1s;")
 }
@@ -203,6 +205,36 @@ fn nginx_tls_with_curl() {
         assert_eq!(
             curl_tls(&[], &[https(n.port, "/big")]),
             [format!("200 2 1 {}", 20 * 1024 * 1024)]
+        );
+    });
+}
+
+/// nginx with TLS 1.3 (what Debian's stock nginx.conf allows): 24-byte close alerts.
+#[test]
+fn nginx_tls_1_3_with_curl_and_the_go_client() {
+    if !root_or_skip("nginx_tls_1_3_with_curl_and_the_go_client") {
+        return;
+    }
+    let n = start_nginx_tls(
+        "tls-nginx-13",
+        "keepalive_timeout 1s;\n    ssl_protocols TLSv1.2 TLSv1.3;",
+    );
+    let url = https(n.port, "/1k");
+    assert_no_loss_on("nginx tls 1.3", n.port, 4.0, || {
+        let (code, _, err) = curl(&["-vk".into(), "-o".into(), "/dev/null".into(), url.clone()]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(err.contains("SSL connection using TLSv1.3"), "{err}");
+        assert_eq!(
+            curl_tls(&[], &times(3, &url)),
+            on_one_connection(3, "2", 1024)
+        );
+        assert_eq!(
+            curl_tls(&["--http1.1"], &times(3, &url)),
+            on_one_connection(3, "1.1", 1024)
+        );
+        assert_eq!(
+            go_client(&url, &["-n", "2", "-idle", "1500ms"]),
+            go_answers(2, "HTTP/2.0", 1024)
         );
     });
 }
@@ -589,11 +621,24 @@ fn seed_over_https_counts_exactly_one() {
     assert_eq!(i["pid"], pid);
     assert_eq!(i["local"], format!("127.0.0.1:{port}"));
     assert_eq!(i["peer_closed"], false, "{i}");
+    assert_eq!(i["protocol"], "tls", "{i}");
     eprintln!("seed over https incident: {i}");
     let read = i["bytes_read"].as_u64().unwrap();
     assert!(
         read > 600,
         "the TLS handshake and the request, got {read}: {i}"
+    );
+    // Since its last write (the handshake) the server read the client's Finished and the
+    // request; the close alert it wrote afterwards answers nothing.
+    let unanswered = i["unanswered_bytes"].as_u64().unwrap();
+    assert!((100..read).contains(&unanswered), "{i}");
+    let msg = i["message"].as_str().unwrap();
+    assert!(
+        msg.ends_with(
+            " and closed the connection 2.0 s later without writing a response (only its TLS \
+             close alert)"
+        ),
+        "{msg}"
     );
 }
 
@@ -621,5 +666,9 @@ fn python_tls_handler_that_raises_counts_exactly_one() {
     );
     eprintln!("python raise incident: {i}");
     assert_eq!(i["local"], format!("127.0.0.1:{port}"));
+    assert_eq!(i["protocol"], "tls", "{i}");
     assert!(i["bytes_read"].as_u64().unwrap() > 600, "{i}");
+    // The request, one TLS record: what the server read after its last write (the handshake).
+    let unanswered = i["unanswered_bytes"].as_u64().unwrap();
+    assert!((60..200).contains(&unanswered), "{i}");
 }
