@@ -549,20 +549,23 @@ pub mod proto {
     }
 
     const fn starts(h: &Head, s: &[u8]) -> bool {
-        let mut i = 0;
-        while i < s.len() {
-            if h[i] != s[i] {
-                return false;
-            }
-            i += 1;
-        }
-        true
+        starts_folded(h, s, false)
     }
 
+    /// `s` is upper case; `h` may be in either case.
     const fn starts_ci(h: &Head, s: &[u8]) -> bool {
+        starts_folded(h, s, true)
+    }
+
+    const fn starts_folded(h: &Head, s: &[u8], fold: bool) -> bool {
         let mut i = 0;
         while i < s.len() {
-            if h[i].to_ascii_uppercase() != s[i] {
+            let b = if fold {
+                h[i].to_ascii_uppercase()
+            } else {
+                h[i]
+            };
+            if b != s[i] {
                 return false;
             }
             i += 1;

@@ -212,6 +212,7 @@ fn simultaneous_close_counts_zero() {
         libc::SO_SNDBUF,
         &(4 * BLOB as libc::c_int),
     );
+    let (closed, server_closed) = std::sync::mpsc::channel();
     let srv = thread::Builder::new()
         .name("shapesrv".into())
         .spawn(move || {
@@ -222,6 +223,8 @@ fn simultaneous_close_counts_zero() {
                 conn.write_all(&vec![b'f'; BLOB]).unwrap();
                 let mut req = vec![0; crate::servers::REQUEST.len()];
                 conn.read_exact(&mut req).unwrap();
+                drop(conn);
+                closed.send(()).unwrap();
             }
         })
         .unwrap();
@@ -230,10 +233,14 @@ fn simultaneous_close_counts_zero() {
             let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
             set_socket_option(c.as_raw_fd(), libc::SO_RCVBUF, &4096);
             c.write_all(crate::servers::REQUEST).unwrap();
-            // The server has closed by now; its FIN waits behind the blob.
-            thread::sleep(Duration::from_millis(200));
+            // The server has closed; its FIN waits behind the blob.
+            server_closed
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the server closes");
             c.shutdown(Shutdown::Write).unwrap();
             thread::sleep(Duration::from_millis(50));
+            // Room for the rest at once, rather than 4 KiB windows at a time.
+            set_socket_option(c.as_raw_fd(), libc::SO_RCVBUF, &(4 * BLOB as libc::c_int));
             let mut got = Vec::new();
             c.read_to_end(&mut got).unwrap();
             assert_eq!(got.len(), BLOB);
