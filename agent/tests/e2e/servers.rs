@@ -22,28 +22,38 @@ pub const SEED_PORT: u16 = 8800;
 /// `LOSTWRITE_SEEDSRV` names a prebuilt one instead (the kernel-matrix guests have no Go).
 pub fn seedsrv_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(prebuilt) = std::env::var_os("LOSTWRITE_SEEDSRV").filter(|p| !p.is_empty()) {
-            return PathBuf::from(prebuilt);
-        }
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-bin");
-        std::fs::create_dir_all(&out).unwrap();
-        let bin = out.join("seedsrv");
-        let status = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/servers/seedsrv"
-            ))
-            .env("GOCACHE", out.join("cache"))
-            .env("GOFLAGS", "-buildvcs=false")
-            .status()
-            .expect("run `go build` (golang-go is installed by `cargo xtask setup`)");
-        assert!(status.success(), "go build of seedsrv failed: {status}");
-        bin
+    BIN.get_or_init(|| match std::env::var_os("LOSTWRITE_SEEDSRV") {
+        Some(prebuilt) if !prebuilt.is_empty() => PathBuf::from(prebuilt),
+        _ => go_build("seedsrv"),
     })
+}
+
+/// Builds tests/servers/goclient (a net/http client over TLS) once per test run.
+pub fn goclient_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| go_build("goclient"))
+}
+
+/// `go build` of the Go program in tests/servers/`name`, into a binary called `name`.
+fn go_build(name: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-bin");
+    std::fs::create_dir_all(&out).unwrap();
+    let bin = out.join(name);
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/servers")
+                .join(name),
+        )
+        .env("GOCACHE", out.join("cache"))
+        .env("GOFLAGS", "-buildvcs=false")
+        .status()
+        .expect("run `go build` (golang-go is installed by `cargo xtask setup`)");
+    assert!(status.success(), "go build of {name} failed: {status}");
+    bin
 }
 
 /// Starts the seed server on 127.0.0.1:8800 and waits until it accepts connections.
@@ -197,12 +207,58 @@ pub struct Nginx {
 }
 
 pub fn start_nginx(name: &str, directives: &str) -> Nginx {
+    start_nginx_listening(name, "", |_| directives.to_owned())
+}
+
+/// The same over TLS, HTTP/1.1 and HTTP/2 (by ALPN), with a self-signed certificate for
+/// localhost made by openssl in the scratch dir.
+pub fn start_nginx_tls(name: &str, directives: &str) -> Nginx {
+    start_nginx_listening(name, " ssl http2", |dir| {
+        let (cert, key) = self_signed_cert(dir);
+        format!(
+            "ssl_certificate {};\n    ssl_certificate_key {};\n    {directives}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// A self-signed RSA certificate for CN=localhost, made by `openssl req` in `dir`: the
+/// certificate and key files.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// nginx listening on `127.0.0.1:PORT{listen_options}`, its server block ending with what
+/// `directives` returns for the scratch dir.
+fn start_nginx_listening(
+    name: &str,
+    listen_options: &str,
+    directives: impl FnOnce(&Path) -> String,
+) -> Nginx {
     let dir = crate::harness::scratch(name);
     let port = crate::harness::free_port();
     std::fs::create_dir_all(dir.join("html")).unwrap();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     std::fs::write(dir.join("html/1k"), vec![b'a'; 1024]).unwrap();
     std::fs::write(dir.join("html/big"), vec![b'n'; 20 * 1024 * 1024]).unwrap();
+    let directives = directives(&dir);
     std::fs::write(
         dir.join("nginx.conf"),
         format!(
@@ -210,7 +266,7 @@ pub fn start_nginx(name: &str, directives: &str) -> Nginx {
              events {{ worker_connections 1024; }}\nhttp {{\n  access_log {d}/access.log;\n  \
              client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n  \
              uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  server {{\n    listen \
-             127.0.0.1:{port};\n    root {d}/html;\n    {directives}\n  }}\n}}\n",
+             127.0.0.1:{port}{listen_options};\n    root {d}/html;\n    {directives}\n  }}\n}}\n",
             d = dir.display()
         ),
     )

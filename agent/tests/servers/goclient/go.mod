@@ -1,0 +1,3 @@
+module lostwrite.dev/goclient
+
+go 1.19
