@@ -330,6 +330,18 @@ impl SockState {
     }
 }
 
+/// Whether an abortive end put data at stake: bytes the process wrote that the peer never
+/// acknowledged (`unacked`), or input it never read that the abort discards (`dropped`, for a
+/// local abort). Neither counts when it is only a goodbye ([`proto::is_goodbye_size`]): two TLS
+/// ends that each send a close alert and close at once reset the later alert, which was never
+/// more than a goodbye. The kernel applies it before writing an abort record; the agent applies
+/// it again.
+pub const fn data_at_stake(p: u8, unacked: u64, dropped: u64) -> bool {
+    let out = unacked > 0 && !proto::is_goodbye_size(p, unacked);
+    let input = dropped > 0 && !proto::is_goodbye_size(p, dropped);
+    out || input
+}
+
 /// What an unanswered-close judgement found (see [`SockState::verdict`]; the agent adds the
 /// judgements only it can make).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -573,9 +585,30 @@ pub mod proto {
     pub const fn is_goodbye_size(p: u8, n: u64) -> bool {
         match p {
             POSTGRES | MYSQL => n == 5 || is_tls_wrapped(5, n),
-            TLS => is_tls_alert_size(n),
+            TLS => is_tls_alert_size(n) || is_small_record_then_alert(n),
             _ => false,
         }
+    }
+
+    /// The plaintext of HTTP/2 control frames a TLS peer may send just before its close alert
+    /// (a SETTINGS ack is 9 bytes, WINDOW_UPDATE and RST_STREAM 13, PING and GOAWAY 17): a
+    /// record with no more than this, then the alert, is a peer closing its side.
+    const SMALL_RECORD: u64 = 40;
+
+    /// `n` is one TLS record of at most [`SMALL_RECORD`] bytes of data followed by a close
+    /// alert of the same protection: the peer's last control frames, then its goodbye (records
+    /// that arrive together are read together).
+    const fn is_small_record_then_alert(n: u64) -> bool {
+        let overheads: [(u64, u64); 3] = [(22, 24), (29, 31), (21, 23)];
+        let mut i = 0;
+        while i < overheads.len() {
+            let (record, alert) = overheads[i];
+            if n > record + alert && n <= record + alert + SMALL_RECORD {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 
     /// `n` is a `plain`-byte message as one TLS record, alone or followed by the close alert
@@ -1034,7 +1067,19 @@ mod tests {
         assert!(!proto::is_goodbye_size(proto::POSTGRES, 28));
         assert!(proto::is_goodbye_size(proto::MYSQL, 5));
         assert!(proto::is_goodbye_size(proto::TLS, 24));
+        // A SETTINGS ack and the alert, TLS 1.3; a GOAWAY and the alert, TLS 1.2.
+        assert!(proto::is_goodbye_size(proto::TLS, 31 + 24));
+        assert!(proto::is_goodbye_size(proto::TLS, 46 + 31));
         assert!(!proto::is_goodbye_size(proto::TLS, 101));
+        // The seed's client Finished and request: no goodbye.
+        assert!(!proto::is_goodbye_size(proto::TLS, 165));
+        // Bytes at stake at an abort.
+        assert!(!data_at_stake(proto::TLS, 24, 0));
+        assert!(!data_at_stake(proto::TLS, 0, 31));
+        assert!(data_at_stake(proto::TLS, 2_803_712, 0));
+        assert!(data_at_stake(proto::HTTP, 24, 0));
+        assert!(!data_at_stake(proto::POSTGRES, 5, 0));
+        assert!(data_at_stake(proto::UNKNOWN, 0, 5));
         assert!(!proto::is_goodbye_size(proto::HTTP, 5));
         assert!(!proto::is_goodbye_size(proto::UNKNOWN, 5));
     }

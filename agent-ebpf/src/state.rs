@@ -525,7 +525,7 @@ fn abort<M: Mem>(tp: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
         unread -= 1;
     }
     let local = trig == trigger::SEND_RESET;
-    if unacked == 0 && !(local && unread > 0) {
+    if !agent_common::data_at_stake(st.proto, unacked, if local { unread } else { 0 }) {
         return;
     }
     st.flags |= flag::ABORTED;

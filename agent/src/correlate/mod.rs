@@ -273,9 +273,14 @@ impl Correlator {
         }
         // A client that closes with a response it asked for still unread chose to drop it
         // (wrk at the end of a run, a caller that timed out): nothing it wrote was lost. A
-        // server that does the same discarded a request it never fully read.
-        let dropped_input = local && ev.unread > 0 && role != Role::Client;
-        if ev.unacked == 0 && !dropped_input {
+        // server that does the same discarded a request it never fully read. Goodbyes are
+        // never at stake (the kernel's own pre-filter, applied again).
+        let dropped = if local && role != Role::Client {
+            ev.unread
+        } else {
+            0
+        };
+        if !agent_common::data_at_stake(s.proto, ev.unacked, dropped) {
             return None;
         }
         // The mirror case: the client closed its side first (FIN), then reset the response that

@@ -629,6 +629,27 @@ fn aborts_with_nothing_at_stake_count_zero() {
     assert_eq!(c.abort(&ev), None);
 }
 
+#[test]
+fn crossing_tls_close_alerts_put_nothing_at_stake() {
+    let mut c = correlator_with_reasons();
+    // The client's alert answering the server's, reset by the server's closed socket.
+    let client = Conn::client()
+        .send_msg(SEC, 517, b"\x16\x03\x01\x02\x00\x01")
+        .recv(SEC, 1400)
+        .send(SEC, 24);
+    assert_eq!(client.st.proto, agent_common::proto::TLS);
+    let ev = abort_ev(client, trigger::RECEIVE_RESET, NO_REASON, 24, 0);
+    assert_eq!(c.abort(&ev), None);
+    // A server closing with the client's alert (TLS 1.2, 31 bytes) unread.
+    let server = tls_session();
+    let ev = abort_ev(server, trigger::SEND_RESET, 10, 0, 31);
+    assert_eq!(c.abort(&ev), None);
+    // More than an alert is still at stake.
+    let server = tls_session();
+    let ev = abort_ev(server, trigger::SEND_RESET, 10, 2_803_712, 0);
+    assert_eq!(c.abort(&ev).map(|i| i.kind()), Some("undelivered_bytes"));
+}
+
 // --- write after close ---
 
 fn write_ev(conn: Conn, e: u32, tracked: bool) -> WriteErrorEvent {
