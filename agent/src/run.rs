@@ -213,8 +213,9 @@ async fn read_events(
     mut pods: Option<k8s::Resolver>,
     format: LogFormat,
 ) -> anyhow::Result<()> {
-    // Held-back incidents (peer resets waiting for a local peer's record) are released here.
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // Held-back incidents (peer resets waiting for a local peer's record, unanswered closes
+    // waiting for a crossing FIN) are released here.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
     loop {
         let mut guard = tokio::select! {
             guard = ring.readable_mut() => guard?,

@@ -231,10 +231,16 @@ impl Correlator {
         }
         // Our FIN can still be crossed by the peer's; an abortive close cannot.
         if ev.newstate == tcp_state::FIN_WAIT1 && self.held.by_sk.len() < HeldCloses::MAX {
-            self.held
+            // A close held for the same socket address belongs to an earlier connection whose
+            // socket was freed and reused: its FIN can no longer be crossed, so it is final.
+            let earlier = self
+                .held
                 .by_sk
                 .insert(ev.sk, (ev.header.ts_ns, incident, port));
-            return None;
+            return earlier.map(|(_, incident, port)| {
+                self.explain(port, Verdict::Owes, incident.clone());
+                incident
+            });
         }
         self.explain(port, verdict, incident.clone());
         Some(incident)

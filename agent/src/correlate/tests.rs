@@ -1015,6 +1015,17 @@ fn a_peer_whose_fin_crossed_ours_was_not_waiting() {
     };
     c.simultaneous_close(&crossed);
     assert!(c.expired(u64::MAX).is_empty());
+    // A second connection's close on the same (reused) socket address makes the first final.
+    let next = TeardownEvent {
+        header: EventHeader {
+            ts_ns: 2 * SEC + 5000,
+            ..ev.header
+        },
+        ..ev
+    };
+    assert_eq!(c.teardown(&ev, &listening), None);
+    assert!(c.teardown(&next, &listening).is_some());
+    assert_eq!(c.expired(u64::MAX).len(), 1);
     // Without the crossing FIN it comes out once its window has passed, not before.
     assert_eq!(c.teardown(&ev, &listening), None);
     assert!(c.expired(2 * SEC + 1000).is_empty());
