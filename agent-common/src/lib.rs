@@ -185,6 +185,7 @@ impl SockState {
     /// wrote before it read anything: it owes no answer ([`SockState::verdict`]) however its
     /// reads and writes interleave later, so its writes (an HTTP client's requests, a stream of
     /// uploads) skip the read of `copied_seq`.
+    #[inline(always)]
     pub const fn send_needs_read_position(&self) -> bool {
         !(self.role == role::CLIENT && self.flags & (flag::SENT | flag::PEER_FIRST) == flag::SENT)
     }
@@ -193,6 +194,7 @@ impl SockState {
     /// ([`SendKind::of`] needs them): the first message of a connection (it names the
     /// protocol), and small messages of the protocols whose goodbyes are recognised by their
     /// bytes. Everything else is judged by its size alone, or is simply an answer.
+    #[inline(always)]
     pub const fn send_needs_peek(&self, len: u32) -> bool {
         if self.flags & flag::SENT == 0 {
             return true;
@@ -209,6 +211,7 @@ impl SockState {
     /// the socket's `copied_seq` (everything the process had read, as a sequence number).
     /// `head` holds the message's first bytes when [`SockState::send_needs_peek`] asked for
     /// them (zeros when they could not be read).
+    #[inline(always)]
     pub fn record_send(&mut self, copied: u32, len: u32, head: &Head) {
         if self.flags & flag::SENT == 0 {
             self.flags |= flag::SENT;
@@ -241,6 +244,7 @@ impl SockState {
     /// `tcp_sock.bytes_received` (which, like `rcv_nxt`, counts the peer's FIN as one byte).
     /// `fin_queued`: the socket's own FIN is in `write_seq` already (it takes a sequence number
     /// but is not data). `last_in_ns` is set apart, only for a record: it costs two clock reads.
+    #[inline(always)]
     pub fn settle(
         &mut self,
         copied: u32,
@@ -277,6 +281,7 @@ impl SockState {
 
     /// The peer's bytes came first on this connection: the local side is the one being asked.
     /// Meaningful after `settle`.
+    #[inline(always)]
     pub const fn peer_spoke_first(&self) -> bool {
         if self.flags & flag::SENT != 0 {
             self.flags & flag::PEER_FIRST != 0
@@ -302,6 +307,7 @@ impl SockState {
     ///   QUIT, a WebSocket close, a GOAWAY, a TLS close alert).
     /// - That input is only the peer's goodbye, told by the protocol and its size (PostgreSQL
     ///   Terminate, MySQL COM_QUIT, a TLS close alert).
+    #[inline(always)]
     pub const fn verdict(&self) -> Verdict {
         if self.flags & (flag::PEER_FIN | flag::PEER_RESET) != 0 {
             return Verdict::PeerClosed;
@@ -324,7 +330,23 @@ impl SockState {
         Verdict::Owes
     }
 
+    /// A write that failed because the connection was gone loses nothing when the process had
+    /// already said goodbye (a second HTTP/2 GOAWAY answering the peer's, a TLS close alert
+    /// after the last record), or when it is itself a TLS close alert (`attempted`, where the
+    /// probe mode sees the size). The kernel does not report such a failure.
+    #[inline(always)]
+    pub const fn failed_write_loses_nothing(&self, attempted: Option<u64>) -> bool {
+        if self.flags & flag::GOODBYE_SENT != 0 {
+            return true;
+        }
+        match attempted {
+            Some(n) => self.proto == proto::TLS && proto::is_tls_alert_size(n),
+            None => false,
+        }
+    }
+
     /// The kernel-side pre-filter for a teardown record (see [`SockState::verdict`]).
+    #[inline(always)]
     pub const fn may_owe_answer(&self) -> bool {
         matches!(self.verdict(), Verdict::Owes)
     }
@@ -336,6 +358,7 @@ impl SockState {
 /// ends that each send a close alert and close at once reset the later alert, which was never
 /// more than a goodbye. The kernel applies it before writing an abort record; the agent applies
 /// it again.
+#[inline(always)]
 pub const fn data_at_stake(p: u8, unacked: u64, dropped: u64) -> bool {
     let out = unacked > 0 && !proto::is_goodbye_size(p, unacked);
     let input = dropped > 0 && !proto::is_goodbye_size(p, dropped);
@@ -405,6 +428,7 @@ impl SendKind {
 
     /// The kind of a `len`-byte message on a connection of protocol `p` (one of [`proto`]),
     /// `head` its first bytes where [`SockState::send_needs_peek`] asked for them.
+    #[inline(always)]
     pub const fn of(p: u8, head: &Head, len: u32) -> Self {
         match p {
             // TLS 1.3 hides the record type; only the size of a close alert is its own.
@@ -418,10 +442,12 @@ impl SendKind {
         }
     }
 
+    #[inline(always)]
     pub const fn answers(self) -> bool {
         self.0 & Self::ANSWERS != 0
     }
 
+    #[inline(always)]
     pub const fn ends(self) -> bool {
         self.0 & Self::ENDS != 0
     }
@@ -445,6 +471,7 @@ pub mod proto {
     pub const TEXT: u8 = 7;
     pub const REDIS: u8 = 8;
 
+    #[inline(always)]
     pub const fn name(p: u8) -> &'static str {
         match p {
             HTTP => "http",
@@ -461,6 +488,7 @@ pub mod proto {
 
     /// The protocol of a connection from the first message the process sent on it, `len`
     /// bytes long. `replying`: the peer had spoken first (the message answers it).
+    #[inline(always)]
     pub const fn of_first_message(h: &Head, len: u32, replying: bool) -> u8 {
         // A TLS handshake record: ClientHello or ServerHello (RFC 8446 §5.1).
         if h[0] == 0x16 && h[1] == 0x03 && h[2] <= 0x04 {
@@ -527,50 +555,16 @@ pub mod proto {
 
     /// Protocols whose client speaks first: on these an active open never owes an answer,
     /// whatever arrived before its first message.
+    #[inline(always)]
     pub const fn client_speaks_first(p: u8) -> bool {
         matches!(p, HTTP | H2 | TLS | POSTGRES | REDIS | WEBSOCKET)
-    }
-
-    /// A message whose loss loses nothing, when a write of it fails because the connection is
-    /// gone: a goodbye or a control message (an HTTP/2 GOAWAY, PING, SETTINGS, WINDOW_UPDATE or
-    /// RST_STREAM frame; a WebSocket close, ping or pong; a TLS close alert; QUIT). `len` is the
-    /// size the write attempted, or `None` where the probe mode cannot see it (the message's own
-    /// header tells it then).
-    pub const fn is_control_message(p: u8, h: &Head, len: Option<u64>) -> bool {
-        match p {
-            H2 => matches!(h[3], 3 | 4 | 6 | 7 | 8) && zero_high_bit_stream(h),
-            WEBSOCKET => h[0] & 0x80 != 0 && matches!(h[0] & 0x0f, 8..=10),
-            TLS => {
-                // One record: its header's length, and the write no bigger.
-                let record = 5 + ((h[3] as u64) << 8 | h[4] as u64);
-                (h[0] == 0x15 || h[0] == 0x17)
-                    && h[1] == 0x03
-                    && is_tls_alert_size(record)
-                    && match len {
-                        Some(n) => n == record,
-                        None => true,
-                    }
-            }
-            TEXT => is_quit(
-                h,
-                match len {
-                    Some(n) if n < 16 => n as u32,
-                    _ => 6,
-                },
-            ),
-            _ => false,
-        }
-    }
-
-    /// The reserved bit of an HTTP/2 frame's stream identifier is clear (a frame, not noise).
-    const fn zero_high_bit_stream(h: &Head) -> bool {
-        h[5] & 0x80 == 0
     }
 
     /// The sizes of one TLS close alert record: TLS 1.3 with any AEAD (5 + 2 + 1 + 16), TLS 1.2
     /// with AES-GCM (5 + 8 + 2 + 16) or ChaCha20-Poly1305 (5 + 2 + 16), and in clear text
     /// before a handshake completes (5 + 2). A record that size carries two bytes of
     /// application data at most: no answer to anything.
+    #[inline(always)]
     pub const fn is_tls_alert_size(n: u64) -> bool {
         matches!(n, 7 | 23 | 24 | 31)
     }
@@ -582,6 +576,7 @@ pub mod proto {
     ///
     /// A size, not the bytes: no probe mode sees received bytes in the same way (tracepoint
     /// mode sees none), so the decision rests on what every mode can measure.
+    #[inline(always)]
     pub const fn is_goodbye_size(p: u8, n: u64) -> bool {
         match p {
             POSTGRES | MYSQL => n == 5 || is_tls_wrapped(5, n),
@@ -598,6 +593,7 @@ pub mod proto {
     /// `n` is one TLS record of at most [`SMALL_RECORD`] bytes of data followed by a close
     /// alert of the same protection: the peer's last control frames, then its goodbye (records
     /// that arrive together are read together).
+    #[inline(always)]
     const fn is_small_record_then_alert(n: u64) -> bool {
         let overheads: [(u64, u64); 3] = [(22, 24), (29, 31), (21, 23)];
         let mut i = 0;
@@ -613,6 +609,7 @@ pub mod proto {
 
     /// `n` is a `plain`-byte message as one TLS record, alone or followed by the close alert
     /// of the same record protection (TLS 1.3, TLS 1.2 AES-GCM, TLS 1.2 ChaCha20-Poly1305).
+    #[inline(always)]
     const fn is_tls_wrapped(plain: u64, n: u64) -> bool {
         let overheads: [(u64, u64); 3] = [(22, 24), (29, 31), (21, 23)];
         let mut i = 0;
@@ -626,15 +623,18 @@ pub mod proto {
         false
     }
 
+    #[inline(always)]
     const fn starts(h: &Head, s: &[u8]) -> bool {
         starts_folded(h, s, false)
     }
 
     /// `s` is upper case; `h` may be in either case.
+    #[inline(always)]
     const fn starts_ci(h: &Head, s: &[u8]) -> bool {
         starts_folded(h, s, true)
     }
 
+    #[inline(always)]
     const fn starts_folded(h: &Head, s: &[u8], fold: bool) -> bool {
         let mut i = 0;
         while i < s.len() {
@@ -651,10 +651,12 @@ pub mod proto {
         true
     }
 
+    #[inline(always)]
     const fn zero4(h: &Head, at: usize) -> bool {
         h[at] == 0 && h[at + 1] == 0 && h[at + 2] == 0 && h[at + 3] == 0
     }
 
+    #[inline(always)]
     const fn is_reply_code(h: &Head) -> bool {
         h[0] >= b'1'
             && h[0] <= b'5'
@@ -663,6 +665,7 @@ pub mod proto {
             && (h[3] == b' ' || h[3] == b'-')
     }
 
+    #[inline(always)]
     const fn is_http_method(h: &Head) -> bool {
         starts(h, b"GET ")
             || starts(h, b"POST ")
@@ -676,6 +679,7 @@ pub mod proto {
 
     /// A text protocol's QUIT command on a line of its own (IMAP's tagged LOGOUT is not
     /// recognised).
+    #[inline(always)]
     pub const fn is_quit(h: &Head, len: u32) -> bool {
         (len == 6 || len == 5) && starts_ci(h, b"QUIT") && (h[4] == b'\r' || h[4] == b'\n')
     }
@@ -1038,28 +1042,23 @@ mod tests {
             SendKind::of(proto::TEXT, &head(b"NOOP\r\n"), 6),
             SendKind::ANSWER
         );
-        // A failed write of a control message loses nothing.
-        assert!(proto::is_control_message(proto::H2, &goaway, None));
-        assert!(proto::is_control_message(proto::H2, &settings_ack, Some(9)));
-        let data = head(b"\x00\x00\x05\x00\x01\x00\x00\x00\x01hello");
-        assert!(!proto::is_control_message(proto::H2, &data, Some(14)));
-        let alert = head(b"\x17\x03\x03\x00\x13");
-        assert!(proto::is_control_message(proto::TLS, &alert, None));
-        assert!(proto::is_control_message(proto::TLS, &alert, Some(24)));
-        assert!(!proto::is_control_message(proto::TLS, &alert, Some(4000)));
-        let record = head(b"\x17\x03\x03\x01\x00");
-        assert!(!proto::is_control_message(proto::TLS, &record, None));
-        assert!(proto::is_control_message(
-            proto::WEBSOCKET,
-            &ws_close,
-            Some(4)
-        ));
-        assert!(!proto::is_control_message(
-            proto::WEBSOCKET,
-            &head(b"\x81\x05hello"),
-            Some(7)
-        ));
-        assert!(!proto::is_control_message(proto::HTTP, &goaway, None));
+        // A failed write after the process's goodbye, or of a close alert, loses nothing.
+        let mut st = SockState {
+            proto: proto::H2,
+            ..SockState::default()
+        };
+        st.record_send(0, 27, &head(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00"));
+        assert!(!st.failed_write_loses_nothing(None));
+        st.record_send(0, 17, &goaway);
+        assert!(st.failed_write_loses_nothing(None));
+        let tls = SockState {
+            proto: proto::TLS,
+            flags: flag::SENT,
+            ..SockState::default()
+        };
+        assert!(tls.failed_write_loses_nothing(Some(24)));
+        assert!(!tls.failed_write_loses_nothing(Some(4000)));
+        assert!(!tls.failed_write_loses_nothing(None));
         // Received: sizes only.
         assert!(proto::is_goodbye_size(proto::POSTGRES, 5));
         assert!(proto::is_goodbye_size(proto::POSTGRES, 27));

@@ -1,8 +1,8 @@
 //! Per-socket bookkeeping shared by every probe mode's entry points.
 
 use agent_common::{
-    AbortEvent, COMM_LEN, EXPLAIN_PORTS, EventHeader, HEAD_LEN, Head, NO_REASON, SIZE_UNKNOWN,
-    SockState, TeardownEvent, WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
+    AbortEvent, COMM_LEN, EXPLAIN_PORTS, EventHeader, Head, NO_REASON, SIZE_UNKNOWN, SockState,
+    TeardownEvent, WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -564,24 +564,13 @@ fn on_write_error<M: Mem>(sk: u64, e: u32, attempted: u64) {
     if !M::is_inet_tcp(tp) {
         return;
     }
-    // A goodbye or control message written to a connection already gone loses nothing (a
-    // GOAWAY answering the peer's, a close alert). Only on this rare path are its bytes read.
+    // A write after the process's own goodbye, to a connection already gone, loses nothing
+    // (a second GOAWAY, a close alert).
     if let Some(st) = SOCKS.get_ptr(tp) {
-        // SAFETY: a live map value; one byte read.
-        let p = unsafe { (*st).proto };
-        if p != agent_common::proto::UNKNOWN {
-            let mut head = [0u64; 2];
-            let (len, known) = if attempted == SIZE_UNKNOWN {
-                (HEAD_LEN as u32, None)
-            } else {
-                (attempted.min(HEAD_LEN as u64) as u32, Some(attempted))
-            };
-            // SAFETY: two u64s are HEAD_LEN bytes.
-            let head = unsafe { &mut *head.as_mut_ptr().cast::<Head>() };
-            kernel::peek_send(len, head);
-            if agent_common::proto::is_control_message(p, head, known) {
-                return;
-            }
+        let known = (attempted != SIZE_UNKNOWN).then_some(attempted);
+        // SAFETY: a live map value, read in place.
+        if unsafe { (*st).failed_write_loses_nothing(known) } {
+            return;
         }
     }
     emit_write_error(tp, e, attempted, |sock| match SOCKS.get_ptr(tp) {

@@ -81,8 +81,16 @@ fn steps() -> Vec<(&'static str, Command)> {
 
     // This host refuses BPF trampolines and has no kprobes, so the fentry and kprobe modes are
     // proven on Debian kernels under qemu: 5.10, 6.1 and 6.12, both modes, every scenario.
-    let mut vm = Command::new(std::env::current_exe().expect("the running xtask binary"));
-    vm.current_dir(crate::workspace_root()).arg("vm-test");
+    let xtask = || {
+        let mut cmd = Command::new(std::env::current_exe().expect("the running xtask binary"));
+        cmd.current_dir(crate::workspace_root()).arg("vm-test");
+        cmd
+    };
+    let vm = xtask();
+    // Tracepoint mode on a kernel other than this host's: the close shapes (and every other
+    // scenario) where `sock:sock_send_length` is all there is to see a send with.
+    let mut vm_tracepoint = xtask();
+    vm_tracepoint.args(["--kernel", "6.12", "--mode", "tracepoint"]);
 
     vec![
         ("fmt", fmt),
@@ -90,6 +98,7 @@ fn steps() -> Vec<(&'static str, Command)> {
         ("clippy-ebpf", clippy_ebpf),
         ("test", test),
         ("vm-test", vm),
+        ("vm-tp-6.12", vm_tracepoint),
     ]
 }
 
