@@ -3,14 +3,17 @@
 //! Everything that crosses the kernel/userspace boundary is defined here, once, as `#[repr(C)]`
 //! structs without implicit padding, so both sides compile the same layout:
 //! - [`SockState`]: the per-socket value in the `SOCKS` LRU map;
-//! - [`TeardownEvent`]: the only record the programs put on the `EVENTS` ring buffer, always
-//!   behind an [`EventHeader`];
+//! - the records the programs put on the `EVENTS` ring buffer ([`TeardownEvent`], [`AbortEvent`],
+//!   [`WriteErrorEvent`]), each behind an [`EventHeader`];
 //! - [`Config`]: kernel offsets and options the agent writes into the programs before attach;
 //! - the `STATS` per-CPU counter indices ([`stat`]).
 //!
-//! The one piece of policy shared by both sides is [`SockState::may_owe_answer`]: the kernel uses it
-//! to decide whether a teardown is worth a ring-buffer record at all, and the agent's correlation
-//! applies the same function, so the kernel-side pre-filter can never disagree with userspace.
+//! The policy shared by both sides lives here too: [`SockState::verdict`] (is this close an
+//! unanswered one?), [`data_at_stake`] (did this abort lose data?) and
+//! [`SockState::failed_write_loses_nothing`], with the protocol facts they rest on ([`proto`],
+//! [`SendKind`]). The kernel uses them to decide whether a record is worth sending at all, and
+//! the agent's correlation applies the same functions, so the kernel-side pre-filter can never
+//! disagree with userspace.
 #![no_std]
 
 /// Map and global names, shared so the agent never spells them differently from the programs.

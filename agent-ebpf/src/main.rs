@@ -2,10 +2,13 @@
 //!
 //! The programs decide nothing about loss. They keep a little state per socket in an LRU map and
 //! emit a record only when the local side closes a connection that still owes its peer an answer
-//! (the pre-filter shared with userspace, `SockState::may_owe_answer`), or when data is lost to an
-//! abort or a failed write. No program runs when a process reads: what it read is taken from the
-//! socket's own sequence numbers when a record is written. Healthy traffic therefore costs one map
-//! lookup per send, a few per connection, and never touches the ring buffer.
+//! (the decision shared with userspace, `SockState::verdict`), or when data is lost to an abort
+//! or a failed write (`agent_common::data_at_stake`, `SockState::failed_write_loses_nothing`).
+//! No program runs when a process reads: what it read is taken from the socket's own sequence
+//! numbers when a record is written. A send reads the first bytes of its message from the
+//! syscall's buffer once per connection (they name the protocol), and again only for the small
+//! messages of protocols whose goodbyes are told by their bytes. Healthy traffic therefore costs
+//! one map lookup per send, a few per connection, and never touches the ring buffer.
 //!
 //! Every tracepoint has two entry points, a BTF one (`tp_btf`, typed arguments, ~7x cheaper here)
 //! and a classic one that reads its fields at the offsets the agent parsed from tracefs. Both call

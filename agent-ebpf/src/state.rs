@@ -307,7 +307,7 @@ pub fn on_state<M: Mem>(sk: u64, old: u32, new: u32) {
         }
         // The peer's FIN crossed ours. Rare, and it matters only where a teardown was reported.
         tcp_state::CLOSING => on_simultaneous_close(sk, old, new),
-        // SYN_SENT, SYN_RECV, FIN_WAIT2, TIME_WAIT, CLOSING, LISTEN: nothing to learn, not even
+        // SYN_SENT, SYN_RECV, FIN_WAIT2, TIME_WAIT, LISTEN: nothing to learn, not even
         // a lookup (a short connection goes through ten state changes).
         _ => {}
     }
