@@ -593,15 +593,19 @@ pub mod proto {
     /// record with no more than this, then the alert, is a peer closing its side.
     const SMALL_RECORD: u64 = 40;
 
+    /// What one TLS record adds to its data, and the size of a close alert record, under the
+    /// protections seen in practice: TLS 1.3 (any AEAD), TLS 1.2 AES-GCM, TLS 1.2
+    /// ChaCha20-Poly1305 (see `is_tls_alert_size`).
+    const TLS_PROTECTIONS: [(u64, u64); 3] = [(22, 24), (29, 31), (21, 23)];
+
     /// `n` is one TLS record of at most [`SMALL_RECORD`] bytes of data followed by a close
     /// alert of the same protection: the peer's last control frames, then its goodbye (records
     /// that arrive together are read together).
     #[inline(always)]
     const fn is_small_record_then_alert(n: u64) -> bool {
-        let overheads: [(u64, u64); 3] = [(22, 24), (29, 31), (21, 23)];
         let mut i = 0;
-        while i < overheads.len() {
-            let (record, alert) = overheads[i];
+        while i < TLS_PROTECTIONS.len() {
+            let (record, alert) = TLS_PROTECTIONS[i];
             if n > record + alert && n <= record + alert + SMALL_RECORD {
                 return true;
             }
@@ -611,13 +615,12 @@ pub mod proto {
     }
 
     /// `n` is a `plain`-byte message as one TLS record, alone or followed by the close alert
-    /// of the same record protection (TLS 1.3, TLS 1.2 AES-GCM, TLS 1.2 ChaCha20-Poly1305).
+    /// of the same record protection ([`TLS_PROTECTIONS`]).
     #[inline(always)]
     const fn is_tls_wrapped(plain: u64, n: u64) -> bool {
-        let overheads: [(u64, u64); 3] = [(22, 24), (29, 31), (21, 23)];
         let mut i = 0;
-        while i < overheads.len() {
-            let (record, alert) = overheads[i];
+        while i < TLS_PROTECTIONS.len() {
+            let (record, alert) = TLS_PROTECTIONS[i];
             if n == plain + record || n == plain + record + alert {
                 return true;
             }
