@@ -23,6 +23,7 @@ pub mod names {
     pub const STATS: &str = "STATS";
     pub const CLOSED_FDS: &str = "CLOSED_FDS";
     pub const CONFIG: &str = "CONFIG";
+    pub const GO_DEADLINES: &str = "GO_DEADLINES";
 }
 
 /// Indices into the `STATS` per-CPU array.
@@ -47,6 +48,11 @@ pub mod kind {
     /// The peer's FIN crossed the local one (FIN_WAIT1 -> CLOSING) on a socket whose teardown
     /// was reported: the peer was closing too, not waiting. A [`super::TeardownEvent`].
     pub const SIMULTANEOUS_CLOSE: u32 = 4;
+    /// Go net/http reset an HTTP/2 stream because its WriteTimeout expired: a
+    /// [`super::GoStreamEvent`].
+    pub const GO_STREAM_RESET: u32 = 5;
+    /// A process called execve(): an [`super::ExecEvent`], for finding Go binaries.
+    pub const EXEC: u32 = 6;
 }
 
 /// A TCP socket's fd closed by its process, remembered for the EBADF detector.
@@ -112,6 +118,9 @@ pub mod flag {
     /// A teardown record was sent for this socket; a simultaneous close that follows is reported
     /// too (see `kind::SIMULTANEOUS_CLOSE`).
     pub const TEARDOWN_SENT: u16 = 1 << 10;
+    /// The Go runtime's write deadline expired on this connection: its [`super::GoDeadline`]
+    /// is in the `GO_DEADLINES` map.
+    pub const GO_DEADLINE: u16 = 1 << 11;
 }
 
 /// TCP states, from include/net/tcp_states.h.
@@ -718,6 +727,9 @@ pub struct TeardownEvent {
     pub oldstate: u32,
     pub newstate: u32,
     pub _pad: u32,
+    /// The Go write deadline that expired on the connection, if it explains the close
+    /// ([`GoDeadline::explains`]); zeroed otherwise.
+    pub go: GoDeadline,
 }
 
 /// A tracked connection ended abortively with data at stake.
@@ -773,6 +785,106 @@ pub struct WriteErrorEvent {
     pub comm: [u8; COMM_LEN],
     /// 1 if `attempted` is meaningful in this probe mode.
     pub size_known: u32,
+    pub _pad: u32,
+}
+
+/// What the Go runtime hooks report about a deadline, `GoDeadline::which`.
+pub mod go_deadline {
+    /// `runtime.netpollWriteDeadline`: the connection's write deadline expired.
+    pub const WRITE: u8 = 1;
+    /// `runtime.netpollDeadline`: a read and a write deadline set to the same instant expired
+    /// together (they share one timer).
+    pub const READ_WRITE: u8 = 2;
+    /// net/http's HTTP/2 `onWriteTimeout`: one stream's WriteTimeout expired, and net/http
+    /// resets that stream.
+    pub const H2_STREAM: u8 = 3;
+}
+
+/// `SOCK_NOSPACE` in `struct socket`'s `flags` (include/linux/net.h): a writer found the send
+/// buffer full and waits for room.
+pub const SOCK_NOSPACE_BIT: u32 = 2;
+
+/// A Go write deadline that expired on a connection, as the socket stood at that moment.
+/// Recorded by the Go runtime hooks in the `GO_DEADLINES` map (by `struct sock *`); an expiry is
+/// a cause, never an incident by itself: net/http leaves the write deadline armed after a
+/// response, so it also expires on healthy idle keep-alive connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GoDeadline {
+    /// `bpf_ktime_get_ns()` when it expired.
+    pub ns: u64,
+    /// `tcp_sock.copied_seq` then: input read after it re-armed the deadline (net/http sets
+    /// it anew after reading each request).
+    pub copied: u32,
+    /// `write_seq - snd_una` then: bytes written that the peer had not acknowledged.
+    pub unacked: u32,
+    /// `tcp_sock.write_seq` then.
+    pub write_seq: u32,
+    /// The HTTP/2 stream, for [`go_deadline::H2_STREAM`].
+    pub stream_id: u32,
+    /// One of [`go_deadline`]; 0 for none.
+    pub which: u8,
+    /// A write was waiting for room in the send buffer (`SOCK_NOSPACE`): the expiry cut it.
+    pub writer_waiting: u8,
+    pub _pad: [u8; 6],
+}
+
+/// What an expired Go write deadline did to the response a connection was closed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoLoss {
+    /// Nothing: it expired after the response (an idle keep-alive connection), or a request
+    /// read since re-armed it.
+    None,
+    /// The close left the request unanswered: the deadline dropped the whole response.
+    Dropped,
+    /// The response had begun, and a write of it was waiting for the peer when the deadline
+    /// expired: the rest was dropped.
+    CutShort,
+}
+
+impl GoDeadline {
+    /// What this expiry explains about a close judged `verdict`, `copied` being the socket's
+    /// `copied_seq` at the close. The kernel sends a teardown record for it, and the agent
+    /// names the cause from it; both call this.
+    #[inline(always)]
+    pub const fn explains(&self, verdict: Verdict, copied: u32) -> GoLoss {
+        let connection = self.which == go_deadline::WRITE || self.which == go_deadline::READ_WRITE;
+        if !connection || self.copied != copied {
+            return GoLoss::None;
+        }
+        match verdict {
+            Verdict::Owes => GoLoss::Dropped,
+            Verdict::Answered | Verdict::GoodbyeSent if self.writer_waiting != 0 => {
+                GoLoss::CutShort
+            }
+            _ => GoLoss::None,
+        }
+    }
+}
+
+/// Go net/http reset an HTTP/2 stream because its WriteTimeout expired.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GoStreamEvent {
+    pub header: EventHeader,
+    /// The connection's state (it stays open).
+    pub sock: SockState,
+    pub sk: u64,
+    pub go: GoDeadline,
+    /// The task whose timer fired.
+    pub tgid: u32,
+    pub pid: u32,
+}
+
+/// A process called execve() (`sched:sched_process_exec`): its new image may be a Go binary.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
     pub _pad: u32,
 }
 
@@ -850,7 +962,8 @@ pub struct FdOffsets {
     pub regs_arg0: u32,
     pub regs_arg2: u32,
     pub regs_nr: u32,
-    pub _pad: u32,
+    /// `unsigned long socket.flags` ([`SOCK_NOSPACE_BIT`]).
+    pub socket_flags: u32,
 }
 
 /// Where the programs find the message a write-family syscall is sending, to read its first
@@ -1087,5 +1200,40 @@ mod tests {
         assert!(data_at_stake(proto::UNKNOWN, 0, 5));
         assert!(!proto::is_goodbye_size(proto::HTTP, 5));
         assert!(!proto::is_goodbye_size(proto::UNKNOWN, 5));
+    }
+
+    #[test]
+    fn an_expired_go_deadline_explains_only_the_close_of_its_request() {
+        let d = GoDeadline {
+            copied: 500,
+            which: go_deadline::WRITE,
+            ..GoDeadline::default()
+        };
+        assert_eq!(d.explains(Verdict::Owes, 500), GoLoss::Dropped);
+        // A request read since re-armed the deadline.
+        assert_eq!(d.explains(Verdict::Owes, 578), GoLoss::None);
+        // Answered, nothing waiting: the idle keep-alive expiry.
+        assert_eq!(d.explains(Verdict::Answered, 500), GoLoss::None);
+        assert_eq!(d.explains(Verdict::PeerClosed, 500), GoLoss::None);
+        let blocked = GoDeadline {
+            writer_waiting: 1,
+            ..d
+        };
+        assert_eq!(blocked.explains(Verdict::Answered, 500), GoLoss::CutShort);
+        assert_eq!(
+            blocked.explains(Verdict::GoodbyeSent, 500),
+            GoLoss::CutShort
+        );
+        assert_eq!(blocked.explains(Verdict::PeerClosed, 500), GoLoss::None);
+        // A stream's expiry is reported on its own, never at the connection's close.
+        let stream = GoDeadline {
+            which: go_deadline::H2_STREAM,
+            ..blocked
+        };
+        assert_eq!(stream.explains(Verdict::Owes, 500), GoLoss::None);
+        assert_eq!(
+            GoDeadline::default().explains(Verdict::Owes, 0),
+            GoLoss::None
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::{CLOSED_FDS, SOCKS, kernel::read, state};
 
 /// The `struct file *` behind `fd` in the current task's fd table, if it is open.
 #[inline(always)]
-fn fd_file(fd: u64) -> Option<u64> {
+pub(crate) fn fd_file(fd: u64) -> Option<u64> {
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, config!(fd.task_files))?;

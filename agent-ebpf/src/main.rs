@@ -39,6 +39,7 @@ macro_rules! skip_if_empty {
 
 mod ebadf;
 mod fentry;
+mod go;
 mod kernel;
 mod kprobe;
 mod state;
@@ -197,6 +198,21 @@ pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
     if let Ok(sk) = sk {
         state::on_send_reset::<Probe>(sk, reason);
     }
+    0
+}
+
+// --- sched:sched_process_exec (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm),
+// only with the Go runtime hooks: a new program image, which may be a Go binary ---
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn btf_sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
+    go::on_exec();
+    0
+}
+
+#[tracepoint]
+pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
+    go::on_exec();
     0
 }
 

@@ -1,8 +1,9 @@
 //! Per-socket bookkeeping shared by every probe mode's entry points.
 
 use agent_common::{
-    AbortEvent, COMM_LEN, EXPLAIN_PORTS, EventHeader, Head, NO_REASON, SIZE_UNKNOWN, SockState,
-    TeardownEvent, WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
+    AbortEvent, COMM_LEN, EXPLAIN_PORTS, EventHeader, GoDeadline, GoLoss, Head, NO_REASON,
+    SIZE_UNKNOWN, SockState, TeardownEvent, WriteErrorEvent, errno, flag, kind, role, stat,
+    tcp_state, trigger,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -14,7 +15,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    EVENTS, SCRATCH, SOCKS, STATS,
+    EVENTS, SCRATCH, SOCKS, STATS, go,
     kernel::{self, Mem},
 };
 
@@ -57,19 +58,22 @@ fn current_comm(comm: &mut [u8; COMM_LEN]) {
     unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
 
-/// Zeroes `*st` with one 8-byte store per word: `write_bytes` would call the target's
-/// byte-at-a-time `memset`, 128 iterations for every connection tracked.
+/// Zeroes `*p` (a record or state, a whole number of aligned words) with one 8-byte store per
+/// word: `write_bytes` would call the target's byte-at-a-time `memset`, 128 iterations for
+/// every connection tracked.
 #[inline(always)]
-fn zero(st: *mut SockState) {
-    const WORDS: usize = core::mem::size_of::<SockState>() / 8;
-    const _: () = assert!(core::mem::size_of::<SockState>().is_multiple_of(8));
-    let words = st.cast::<u64>();
-    for i in 0..WORDS {
-        // SAFETY: `st` is an aligned SockState, WORDS words long. Volatile, so that the loop is
-        // not turned back into a memset call.
+fn zero<T>(p: *mut T) {
+    let words = p.cast::<u64>();
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        // SAFETY: `p` is an aligned T, a whole number of words long (the wire structs have no
+        // implicit padding and 8-byte alignment). Volatile, so that the loop is not turned back
+        // into a memset call.
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
 }
+
+const _: () = assert!(core::mem::size_of::<SockState>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<GoDeadline>().is_multiple_of(8));
 
 /// Claims `st` for the current task if a process holds the socket's lock: the holder is the one
 /// acting on it. Softirq and timers run only while no process holds it, and must not claim the
@@ -383,11 +387,23 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     };
     // This state change comes before the kernel queues the FIN it announces.
     settle::<M>(tp, st, false);
+    let go = go_deadline_explaining::<M>(tp, st);
     // The clocks are read only for a record: most closes owe nothing.
-    if st.may_owe_answer() || explained(st) {
+    if st.may_owe_answer() || explained(st) || go.is_some() {
         st.last_in_ns = last_input_ns::<M>(tp);
         st.flags |= flag::TEARDOWN_SENT;
-        emit_teardown(kind::TEARDOWN, tp, st, closer, old, new);
+        emit_teardown(kind::TEARDOWN, tp, st, closer, old, new, go.as_ref());
+    }
+}
+
+/// The Go write deadline that expired on the connection, where it explains this close
+/// ([`GoDeadline::explains`]). Only a socket the Go hooks marked costs a lookup.
+#[inline(always)]
+fn go_deadline_explaining<M: Mem>(tp: u64, st: &SockState) -> Option<GoDeadline> {
+    let deadline = go::deadline_of(tp, st.flags)?;
+    match deadline.explains(st.verdict(), kernel::copied_seq::<M>(tp)) {
+        GoLoss::None => None,
+        GoLoss::Dropped | GoLoss::CutShort => Some(deadline),
     }
 }
 
@@ -419,7 +435,7 @@ fn on_simultaneous_close(sk: u64, old: u32, new: u32) {
     let st = unsafe { &mut *st };
     if st.flags & flag::TEARDOWN_SENT != 0 {
         st.flags |= flag::PEER_FIN;
-        emit_teardown(kind::SIMULTANEOUS_CLOSE, sk, st, 0, old, new);
+        emit_teardown(kind::SIMULTANEOUS_CLOSE, sk, st, 0, old, new, None);
     }
 }
 
@@ -461,7 +477,7 @@ fn settle<M: Mem>(tp: u64, st: &mut SockState, fin_queued: bool) {
 
 /// When the last input arrived: `icsk_ack.lrcvtime` (jiffies) placed on the monotonic clock.
 #[inline(always)]
-fn last_input_ns<M: Mem>(tp: u64) -> u64 {
+pub fn last_input_ns<M: Mem>(tp: u64) -> u64 {
     let Some(lrcv) = M::read::<u32>(tp, config!(sock.icsk_lrcvtime)) else {
         return 0;
     };
@@ -642,7 +658,15 @@ pub fn on_destroy(sk: u64) {
 }
 
 #[inline(always)]
-fn emit_teardown(kind: u32, sk: u64, st: &SockState, closer: u32, old: u32, new: u32) {
+fn emit_teardown(
+    kind: u32,
+    sk: u64,
+    st: &SockState,
+    closer: u32,
+    old: u32,
+    new: u32,
+    go: Option<&GoDeadline>,
+) {
     let Some(mut entry) = EVENTS.reserve::<TeardownEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -657,6 +681,10 @@ fn emit_teardown(kind: u32, sk: u64, st: &SockState, closer: u32, old: u32, new:
         (*ev).oldstate = old;
         (*ev).newstate = new;
         (*ev)._pad = 0;
+        match go {
+            Some(d) => (*ev).go = *d,
+            None => zero(core::ptr::addr_of_mut!((*ev).go)),
+        }
     }
     entry.submit(0);
     bump(stat::EVENTS_SENT);

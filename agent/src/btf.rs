@@ -98,7 +98,7 @@ pub fn fd_offsets(btf: &Btf) -> Result<agent_common::FdOffsets, BtfError> {
         regs_arg0: f("pt_regs", "di")?,
         regs_arg2: f("pt_regs", "dx")?,
         regs_nr: f("pt_regs", "orig_ax")?,
-        _pad: 0,
+        socket_flags: f("socket", "flags")?,
     })
 }
 

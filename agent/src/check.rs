@@ -55,6 +55,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
         skip_hooks: &args.skip_hook,
         empty_programs: false,
         explain_ports: &[],
+        go_runtime: Some(false),
     };
     // One parse of the kernel's BTF serves the btf line and every mode below.
     let kernel = Kernel::open(&opts);
@@ -82,7 +83,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
     row("capabilities", caps.join(" "));
     println!();
 
-    let rows = probe_modes(&opts, &kernel);
+    let (rows, go) = probe_modes(&opts, &kernel);
     println!(
         "{:<12} {:<6} {:<9} detail",
         "probe mode", "loads", "attaches"
@@ -120,6 +121,17 @@ pub fn check(args: &KernelArgs) -> ExitCode {
             },
         );
     }
+    println!(
+        "{:<24} {:<10} {}",
+        "go_write_timeout",
+        if go.is_ok() { "yes" } else { "no" },
+        match &go {
+            Ok(()) => "uprobes attach: Go 1.17+ binaries running or started are hooked \
+                       (--go-runtime)"
+                .to_owned(),
+            Err(e) => format!("uprobes unavailable: {e}"),
+        }
+    );
     println!();
     // The same facts feed the decision in every mode (README, "What unanswered close tells
     // apart"), so this holds for each mode above that runs the detector.
@@ -152,7 +164,12 @@ pub fn check(args: &KernelArgs) -> ExitCode {
     }
 }
 
-fn probe_modes(opts: &LoadOptions<'_>, kernel: &Result<Kernel, ProbeError>) -> Vec<ModeRow> {
+/// Each mode's row, and whether the Go runtime hooks' uprobes attach (from the first mode
+/// that loads).
+fn probe_modes(
+    opts: &LoadOptions<'_>,
+    kernel: &Result<Kernel, ProbeError>,
+) -> (Vec<ModeRow>, Result<(), String>) {
     let failed = |mode, loads: bool, detail: String| ModeRow {
         mode,
         loads: if loads { "yes" } else { "no" },
@@ -161,22 +178,24 @@ fn probe_modes(opts: &LoadOptions<'_>, kernel: &Result<Kernel, ProbeError>) -> V
         detectors: Vec::new(),
     };
     if let Err(e) = privileges::require() {
-        return ProbeMode::ALL
-            .map(|m| failed(m, false, e.to_string()))
-            .into();
+        let rows = ProbeMode::ALL.map(|m| failed(m, false, e.to_string()));
+        return (rows.into(), Err(e.to_string()));
     }
     privileges::raise_memlock();
     let kernel = match kernel {
         Ok(k) => k,
         Err(e) => {
-            return ProbeMode::ALL
-                .map(|m| failed(m, false, e.to_string()))
-                .into();
+            let rows = ProbeMode::ALL.map(|m| failed(m, false, e.to_string()));
+            return (rows.into(), Err(e.to_string()));
         }
     };
-    ProbeMode::ALL
+    let mut go: Option<Result<(), String>> = None;
+    let rows = ProbeMode::ALL
         .map(|mode| match Probes::load(kernel, mode, opts) {
-            Ok(p) => {
+            Ok(mut p) => {
+                if go.is_none() {
+                    go = Some(p.uprobes_attach());
+                }
                 let hooks: Vec<String> = p
                     .attached
                     .iter()
@@ -210,5 +229,9 @@ fn probe_modes(opts: &LoadOptions<'_>, kernel: &Result<Kernel, ProbeError>) -> V
             }
             Err(e) => failed(mode, false, e.to_string()),
         })
-        .into()
+        .into();
+    (
+        rows,
+        go.unwrap_or_else(|| Err("no probe mode loads".to_owned())),
+    )
 }

@@ -65,6 +65,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Switch::Auto)]
     pub detect_ebadf: Switch,
 
+    /// Name the cause when a Go server's write deadline (net/http's WriteTimeout) drops or cuts
+    /// short a response, and count it (lostwrite_go_write_timeouts_total): uprobes on the Go
+    /// runtime's deadline timers in every Go binary running or started, which run only when a
+    /// deadline expires. `auto` loads them where uprobes work; `on` fails where they do not.
+    #[arg(long, value_enum, default_value_t = Switch::Auto)]
+    pub go_runtime: Switch,
+
     /// Upper bound on sockets tracked in kernel memory (LRU: the oldest entries are evicted).
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]

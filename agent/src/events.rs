@@ -1,6 +1,8 @@
 //! Decoding ring-buffer records (header first, then the body its kind names).
 
-use agent_common::{AbortEvent, EventHeader, TeardownEvent, WriteErrorEvent, kind};
+use agent_common::{
+    AbortEvent, EventHeader, ExecEvent, GoStreamEvent, TeardownEvent, WriteErrorEvent, kind,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -9,6 +11,10 @@ pub enum Event {
     SimultaneousClose(TeardownEvent),
     Abort(AbortEvent),
     WriteError(WriteErrorEvent),
+    /// Go net/http reset an HTTP/2 stream on its WriteTimeout.
+    GoStreamReset(GoStreamEvent),
+    /// A process exec'd (only with the Go runtime hooks).
+    Exec(ExecEvent),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +44,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         kind::ABORT => body::<AbortEvent>(bytes, &header).map(Event::Abort),
         kind::WRITE_ERROR => body::<WriteErrorEvent>(bytes, &header).map(Event::WriteError),
+        kind::GO_STREAM_RESET => body::<GoStreamEvent>(bytes, &header).map(Event::GoStreamReset),
+        kind::EXEC => body::<ExecEvent>(bytes, &header).map(Event::Exec),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -80,6 +88,7 @@ mod tests {
             oldstate: 1,
             newstate: 4,
             _pad: 0,
+            go: Default::default(),
         }
     }
 
@@ -121,7 +130,7 @@ mod tests {
         );
         // A record whose header names a kind of another size is rejected.
         let mut wrong = write;
-        wrong.header.kind = kind::TEARDOWN;
+        wrong.header.kind = kind::EXEC;
         assert!(matches!(
             decode(bytemuck::bytes_of(&wrong)),
             Err(DecodeError::BadLength { .. })

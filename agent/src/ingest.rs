@@ -27,6 +27,11 @@ pub fn record(
         }
         Ok(Event::Abort(ev)) => correlator.abort(&ev),
         Ok(Event::WriteError(ev)) => correlator.write_error(&ev),
+        Ok(Event::GoStreamReset(ev)) => correlator.stream_reset(&ev),
+        Ok(Event::Exec(ev)) => {
+            correlator.exec(ev.tgid);
+            None
+        }
         Err(e) => {
             metrics.decode_error();
             warn!("dropping a malformed kernel record: {e}");

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod correlate;
 mod events;
+mod go_runtime;
 mod http;
 mod ingest;
 mod k8s;

@@ -53,6 +53,7 @@ pub struct Metrics {
     detector_enabled: IntGaugeVec,
     probe_mode: IntGaugeVec,
     explained: IntCounterVec,
+    go_write_timeouts: IntCounterVec,
     pod_labels: bool,
 }
 
@@ -161,6 +162,16 @@ impl Metrics {
                 &["port", "verdict"],
             )
             .expect("valid metric"),
+            go_write_timeouts: IntCounterVec::new(
+                Opts::new(
+                    "lostwrite_go_write_timeouts_total",
+                    "Responses a Go server dropped or cut short because its write deadline \
+                     (net/http's WriteTimeout) expired, by protocol (http1: the connection \
+                     closed; h2: the stream was reset).",
+                ),
+                &labels(&["comm", "port", "protocol"]),
+            )
+            .expect("valid metric"),
             probe_mode: IntGaugeVec::new(
                 Opts::new("lostwrite_probe_mode_info", "The probe mode in use."),
                 &["mode"],
@@ -190,6 +201,7 @@ impl Metrics {
             Box::new(m.decode_errors.clone()),
             Box::new(m.detector_enabled.clone()),
             Box::new(m.explained.clone()),
+            Box::new(m.go_write_timeouts.clone()),
             Box::new(m.probe_mode.clone()),
             Box::new(build),
         ] {
@@ -245,6 +257,12 @@ impl Metrics {
                     .with_label_values(&labels)
                     .inc_by(*undelivered_bytes);
             }
+            Detail::GoWriteTimeout { .. } => {}
+        }
+        if let Some(go) = &i.go {
+            self.go_write_timeouts
+                .with_label_values(&[&[comm, &port, go.protocol()][..], &pod].concat())
+                .inc();
         }
     }
 
@@ -317,6 +335,23 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn go_write_timeouts_count_incidents_with_a_go_cause() {
+        let m = Metrics::new(false);
+        m.record(&samples::seed());
+        m.record(&samples::seed_with_cause());
+        let out = m.render();
+        assert!(
+            out.contains(
+                "lostwrite_go_write_timeouts_total{comm=\"seedsrv\",port=\"8800\",protocol=\"http1\"} 1"
+            ),
+            "{out}"
+        );
+        assert!(out.contains(
+            "lostwrite_unanswered_closes_total{comm=\"seedsrv\",port=\"8800\",role=\"server\"} 2"
+        ));
     }
 
     #[test]

@@ -44,6 +44,15 @@ struct Record<'a> {
     peer_closed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<&'static str>,
+    /// The cause, where the Go runtime hooks saw one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    go_deadline: Option<crate::correlate::GoDeadlineKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    go_deadline_after_input_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    go_handler_after_deadline_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<u32>,
     message: String,
 }
 
@@ -73,6 +82,13 @@ impl<'a> Record<'a> {
             container: i.pod.as_ref().map(|p| p.container.as_str()),
             peer_closed: i.peer_closed,
             protocol: None,
+            go_deadline: i.go.map(|g| g.deadline),
+            go_deadline_after_input_seconds: i.go.map(|g| g.after_input.as_secs_f64()),
+            go_handler_after_deadline_seconds: i
+                .go
+                .and_then(|g| g.until_close)
+                .map(|d| d.as_secs_f64()),
+            stream_id: None,
             message: i.sentence(),
         };
         match &i.detail {
@@ -96,6 +112,14 @@ impl<'a> Record<'a> {
                 r.undelivered_bytes = Some(*undelivered_bytes);
                 r.unsent_bytes = Some(*unsent_bytes);
                 r.unread_bytes = Some(*unread_bytes);
+            }
+            Detail::GoWriteTimeout {
+                unacked_bytes,
+                stream_id,
+            } => {
+                r.undelivered_bytes = stream_id.is_none().then_some(*unacked_bytes);
+                r.stream_id = *stream_id;
+                r.protocol = i.go.map(|g| g.protocol());
             }
         }
         r
@@ -121,6 +145,18 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
             add("unsent", r.unsent_bytes.map(|v| v.to_string()));
             add("unread", r.unread_bytes.map(|v| v.to_string()));
             add("attempted", r.attempted_bytes.map(|v| v.to_string()));
+            add("stream", r.stream_id.map(|v| v.to_string()));
+            add(
+                "go_deadline",
+                i.go.map(|g| {
+                    let kind = match g.deadline {
+                        crate::correlate::GoDeadlineKind::Write => "write",
+                        crate::correlate::GoDeadlineKind::ReadWrite => "read_write",
+                        crate::correlate::GoDeadlineKind::H2Stream => "h2_stream",
+                    };
+                    format!("{kind}@{:.3}s", g.after_input.as_secs_f64())
+                }),
+            );
             let mut pod = String::new();
             if let Some(p) = &i.pod {
                 pod = format!(
@@ -253,6 +289,28 @@ mod tests {
             assert!(v.get(k).is_none(), "{k} in {l}");
         }
         assert!(!line(LogFormat::Text, UNIX_EPOCH, &samples::seed()).contains("pod="));
+    }
+
+    #[test]
+    fn go_cause_in_both_formats() {
+        let i = samples::seed_with_cause();
+        let l = line(LogFormat::Text, UNIX_EPOCH, &i);
+        assert!(
+            l.contains(
+                "without writing a response: Go dropped the response: its write deadline \
+                 (WriteTimeout, ~1.0 s after the request was read) expired while the handler \
+                 ran; the handler finished 1.0 s later ["
+            ),
+            "{l}"
+        );
+        assert!(l.contains(" go_deadline=write@1.001s "), "{l}");
+        let v: serde_json::Value =
+            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
+        assert_eq!(v["go_deadline"], "write");
+        assert_eq!(v["go_deadline_after_input_seconds"], 1.001);
+        assert_eq!(v["go_handler_after_deadline_seconds"], 1.002);
+        let plain = line(LogFormat::Json, UNIX_EPOCH, &samples::seed());
+        assert!(!plain.contains("go_deadline"), "{plain}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::{
     cli::{LogFormat, ProbeModeArg, RunArgs, Switch},
     correlate::{Correlator, Filter, Incident},
+    go_runtime::{self, Candidate, Discovery, GoBinary, InspectError, Outcome},
     http::{self, AppState},
     ingest, k8s,
     listeners::ProcListeners,
@@ -64,6 +65,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         skip_hooks: &args.kernel.skip_hook,
         empty_programs: args.empty_programs,
         explain_ports: &args.explain_port,
+        go_runtime: match args.go_runtime {
+            Switch::On => Some(true),
+            Switch::Off => None,
+            Switch::Auto => Some(false),
+        },
     };
     let kernel = Kernel::open(&opts)?;
     let mut probes = match args.probe_mode {
@@ -150,8 +156,15 @@ async fn serve(
     pods: Option<k8s::Resolver>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(pods.is_some()));
-    let detectors = probes.detecting().map(|(d, on)| (d.as_str(), on));
+    let go_on = probes.go.is_ok() && !probes.empty_programs;
+    let mut detectors: Vec<(&str, bool)> =
+        probes.detecting().map(|(d, on)| (d.as_str(), on)).into();
+    detectors.push(("go_write_timeout", go_on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
+    match &probes.go {
+        Ok(()) => info!("Go runtime hooks loaded: Go binaries running or started get them"),
+        Err(reason) => info!("Go runtime hooks not loaded: {reason}"),
+    }
     let stats = Mutex::new(probes.take_stats()?);
     // Walking SOCKS takes a few syscalls; concurrent scrapes take turns on the lock.
     let state = Arc::new(AppState {
@@ -185,24 +198,141 @@ async fn serve(
             .map(|(d, _)| d.as_str())
             .collect(),
     };
-    let reader = tokio::spawn(read_events(
+    let (exec_tx, mut execs) = tokio::sync::mpsc::unbounded_channel();
+    let mut reader = tokio::spawn(read_events(
         readable(events)?,
         correlator,
         filter,
         metrics,
         pods,
         args.log_format,
+        exec_tx,
     ));
     state.ready.store(true, Ordering::Relaxed);
 
+    let mut go = go_on.then(GoFinder::start);
+    if let Some(go) = &mut go {
+        for pid in go_runtime::running() {
+            go.look(pid);
+        }
+    }
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received, detaching"),
-        _ = term.recv() => info!("SIGTERM received, detaching"),
-        r = server => warn!("metrics server stopped: {r:?}"),
-        r = reader => warn!("event reader stopped: {r:?}"),
+    let mut server = server;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                info!("SIGINT received, detaching");
+                break;
+            }
+            _ = term.recv() => {
+                info!("SIGTERM received, detaching");
+                break;
+            }
+            r = &mut server => {
+                warn!("metrics server stopped: {r:?}");
+                break;
+            }
+            r = &mut reader => {
+                warn!("event reader stopped: {r:?}");
+                break;
+            }
+            Some(pid) = execs.recv() => {
+                if let Some(go) = &mut go {
+                    go.look(pid);
+                }
+            }
+            Some((c, found)) = async {
+                match &mut go {
+                    Some(go) => go.results.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(go) = &mut go {
+                    go.attach(probes, c, found);
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Finds Go binaries for the Go runtime hooks: each process image (at start, then at every
+/// exec) is looked at once, read on a thread of its own (a Go binary is read whole), and
+/// hooked here.
+struct GoFinder {
+    discovery: Discovery,
+    inspect: std::sync::mpsc::Sender<Candidate>,
+    results: tokio::sync::mpsc::UnboundedReceiver<Inspected>,
+}
+
+type Inspected = (Candidate, Result<Option<GoBinary>, InspectError>);
+
+impl GoFinder {
+    fn start() -> Self {
+        let (inspect, queue) = std::sync::mpsc::channel::<Candidate>();
+        let (done, results) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("go-binaries".into())
+            .spawn(move || {
+                for c in queue {
+                    let found = go_runtime::inspect(&c);
+                    if done.send((c, found)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the Go binary reader");
+        Self {
+            discovery: Discovery::default(),
+            inspect,
+            results,
+        }
+    }
+
+    fn look(&mut self, pid: u32) {
+        if let Some(c) = self.discovery.candidate(pid) {
+            let _ = self.inspect.send(c);
+        }
+    }
+
+    fn attach(
+        &mut self,
+        probes: &mut Probes,
+        c: Candidate,
+        found: Result<Option<GoBinary>, InspectError>,
+    ) {
+        let outcome = match found {
+            Ok(None) => Outcome::Settled,
+            Ok(Some(binary)) => match probes.attach_go(&c.path, &binary) {
+                Ok(n) => {
+                    info!(
+                        pid = c.pid,
+                        version = binary.version,
+                        "Go runtime hooks attached to {} ({n} functions; {} Go binaries hooked)",
+                        std::fs::read_link(&c.path).map_or_else(
+                            |_| c.path.display().to_string(),
+                            |p| p.display().to_string()
+                        ),
+                        self.discovery.hooked() + 1,
+                    );
+                    Outcome::Hooked
+                }
+                // The process may have exited before its image could be hooked by path; the
+                // next process of it gets another try.
+                Err(_) if !c.path.exists() => Outcome::Retry,
+                Err(e) => {
+                    warn!(pid = c.pid, "Go runtime hooks not attached: {}", e.reason);
+                    Outcome::Settled
+                }
+            },
+            Err(InspectError::Read { .. }) => Outcome::Retry,
+            Err(e) => {
+                info!(pid = c.pid, "Go binary not hooked: {e}");
+                Outcome::Settled
+            }
+        };
+        self.discovery.done(c.key, outcome);
+    }
 }
 
 async fn read_events(
@@ -212,6 +342,7 @@ async fn read_events(
     metrics: Arc<Metrics>,
     mut pods: Option<k8s::Resolver>,
     format: LogFormat,
+    execs: tokio::sync::mpsc::UnboundedSender<u32>,
 ) -> anyhow::Result<()> {
     // Held-back incidents (peer resets waiting for a local peer's record, unanswered closes
     // waiting for a crossing FIN) are released here.
@@ -235,6 +366,9 @@ async fn read_events(
         }
         guard.clear_ready();
         report_explained(&mut correlator, &metrics, format);
+        for pid in correlator.take_execs() {
+            let _ = execs.send(pid);
+        }
     }
 }
 

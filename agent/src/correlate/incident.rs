@@ -83,6 +83,51 @@ impl Errno {
     }
 }
 
+/// Which of Go's deadlines expired (`agent_common::go_deadline`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoDeadlineKind {
+    /// The connection's write deadline (net/http's WriteTimeout for HTTP/1).
+    Write,
+    /// A read and a write deadline set to the same instant (`SetDeadline`), expired together.
+    ReadWrite,
+    /// One HTTP/2 stream's WriteTimeout (net/http's `onWriteTimeout`).
+    H2Stream,
+}
+
+/// The cause the Go runtime hooks found: a write deadline expired while the response was due.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GoWriteTimeout {
+    pub deadline: GoDeadlineKind,
+    /// From the last input (the request) to the expiry: about the WriteTimeout.
+    pub after_input: Duration,
+    /// From the expiry to the close (how much longer the handler ran), for a close.
+    pub until_close: Option<Duration>,
+}
+
+impl GoWriteTimeout {
+    /// The `protocol` label of `lostwrite_go_write_timeouts_total`.
+    pub fn protocol(&self) -> &'static str {
+        match self.deadline {
+            GoDeadlineKind::H2Stream => "h2",
+            GoDeadlineKind::Write | GoDeadlineKind::ReadWrite => "http1",
+        }
+    }
+
+    /// "its write deadline (WriteTimeout, ~1.0 s after the request was read) expired".
+    fn expired(&self, input: &str) -> String {
+        let which = match self.deadline {
+            GoDeadlineKind::Write => "its write deadline (WriteTimeout",
+            GoDeadlineKind::ReadWrite => "its read and write deadline (SetDeadline",
+            GoDeadlineKind::H2Stream => "the stream's write deadline (WriteTimeout",
+        };
+        format!(
+            "{which}, ~{:.1} s after {input}) expired",
+            self.after_input.as_secs_f64()
+        )
+    }
+}
+
 /// What kind of loss, with what only that kind has.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Detail {
@@ -103,6 +148,15 @@ pub enum Detail {
         errno: Errno,
         /// Bytes the call tried to write, when the probe mode sees them.
         attempted: Option<u64>,
+    },
+    /// A Go server's write deadline expired while a response was still being written (HTTP/1:
+    /// the rest was dropped and the connection closed), or before an HTTP/2 stream's response
+    /// was done (the stream was reset; the connection lives). The cause is `Incident::go`.
+    GoWriteTimeout {
+        /// Bytes written and not yet acknowledged when the deadline expired (HTTP/1).
+        unacked_bytes: u64,
+        /// The reset stream (HTTP/2).
+        stream_id: Option<u32>,
     },
     /// The connection ended abortively with data at stake.
     Undelivered {
@@ -133,6 +187,8 @@ pub struct Incident {
     pub cgroup_id: u64,
     /// The peer had sent FIN before (a client that gave up waiting, for an unanswered close).
     pub peer_closed: bool,
+    /// Why, where the Go runtime hooks saw it: the response's write deadline expired.
+    pub go: Option<GoWriteTimeout>,
     /// The process's pod, on Kubernetes. The correlation leaves it empty; the agent attributes
     /// the incident afterwards (it needs the filesystem, which correlation never touches).
     pub pod: Option<Arc<Pod>>,
@@ -144,6 +200,7 @@ impl Incident {
             Detail::UnansweredClose { .. } => "unanswered_close",
             Detail::WriteAfterClose { .. } => "write_after_close",
             Detail::Undelivered { .. } => "undelivered_bytes",
+            Detail::GoWriteTimeout { .. } => "go_write_timeout",
         }
     }
 
@@ -156,6 +213,10 @@ impl Incident {
             },
             Detail::WriteAfterClose { errno, .. } => errno.as_str(),
             Detail::Undelivered { reason, .. } => reason.as_str(),
+            Detail::GoWriteTimeout { stream_id, .. } => match stream_id {
+                Some(_) => "stream_reset",
+                None => "cut_short",
+            },
         }
     }
 
@@ -193,13 +254,52 @@ impl Incident {
                 } else {
                     "without writing anything after that read"
                 };
+                let why = match &self.go {
+                    Some(go) => format!(
+                        ": Go dropped the response: {} while the handler ran; the handler \
+                         finished {:.1} s later",
+                        go.expired("the request was read"),
+                        go.until_close.unwrap_or_default().as_secs_f64()
+                    ),
+                    None => String::new(),
+                };
                 format!(
                     "{who} read {unanswered_bytes} bytes on {} from {} and {verb} the connection \
-                     {:.1} s later {what}",
+                     {:.1} s later {what}{why}",
                     self.local,
                     self.remote,
                     delay.as_secs_f64(),
                 )
+            }
+            Detail::GoWriteTimeout {
+                unacked_bytes,
+                stream_id,
+            } => {
+                let expired = self.go.map_or_else(
+                    || "its write deadline expired".to_owned(),
+                    |go| go.expired("the request was read"),
+                );
+                match stream_id {
+                    Some(id) => format!(
+                        "{who} reset HTTP/2 stream {id} on {} from {}: {expired} before the \
+                         response was written, so Go net/http dropped it; the connection stays \
+                         open",
+                        self.local, self.remote
+                    ),
+                    None => format!(
+                        "{who} cut short a response on {} to {}: {expired} while a write of it \
+                         waited for the peer ({unacked_bytes} bytes unacknowledged), and Go \
+                         dropped the rest; {} bytes had been written when it closed the \
+                         connection {:.1} s later",
+                        self.local,
+                        self.remote,
+                        self.bytes_out,
+                        self.go
+                            .and_then(|go| go.until_close)
+                            .unwrap_or_default()
+                            .as_secs_f64()
+                    ),
+                }
             }
             Detail::WriteAfterClose { errno, attempted } => {
                 let size = attempted.map_or(String::new(), |n| format!(" {n} bytes"));
@@ -278,7 +378,21 @@ pub mod samples {
             bytes_out: 0,
             cgroup_id: 1,
             peer_closed: false,
+            go: None,
             pod: None,
+        }
+    }
+
+    /// The seed with its cause: the Go runtime hooks saw the write deadline expire 1.0 s after
+    /// the request, and the handler finish 1.0 s after that.
+    pub fn seed_with_cause() -> Incident {
+        Incident {
+            go: Some(GoWriteTimeout {
+                deadline: GoDeadlineKind::Write,
+                after_input: Duration::from_millis(1001),
+                until_close: Some(Duration::from_millis(1002)),
+            }),
+            ..seed()
         }
     }
 

@@ -14,12 +14,14 @@ mod incident;
 use std::collections::HashMap;
 
 use agent_common::{
-    AF_INET6, AbortEvent, SockState, TeardownEvent, Verdict, WriteErrorEvent, errno, flag, proto,
-    role, tcp_state, trigger,
+    AF_INET6, AbortEvent, GoDeadline, GoLoss, GoStreamEvent, SockState, TeardownEvent, Verdict,
+    WriteErrorEvent, errno, flag, go_deadline, proto, role, tcp_state, trigger,
 };
 #[cfg(test)]
 pub use incident::samples;
-pub use incident::{AbortReason, CloseHow, Detail, Errno, Incident, Role};
+pub use incident::{
+    AbortReason, CloseHow, Detail, Errno, GoDeadlineKind, GoWriteTimeout, Incident, Role,
+};
 
 impl Role {
     pub fn from_wire(r: u8) -> Self {
@@ -43,6 +45,7 @@ pub struct Correlator {
     pairs: ResetPairs,
     held: HeldCloses,
     explained: Vec<Explained>,
+    execs: Vec<u32>,
 }
 
 impl Default for Correlator {
@@ -173,7 +176,21 @@ impl Correlator {
             pairs: ResetPairs::default(),
             held: HeldCloses::default(),
             explained: Vec::new(),
+            execs: Vec::new(),
         }
+    }
+
+    /// A process exec'd a new image (for the Go runtime hooks, which look at it).
+    pub fn exec(&mut self, tgid: u32) {
+        // Bounded: an exec storm between two drains keeps the first ones.
+        if self.execs.len() < 4096 {
+            self.execs.push(tgid);
+        }
+    }
+
+    /// The processes that exec'd since the last call.
+    pub fn take_execs(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.execs)
     }
 
     /// The explanations made since the last call.
@@ -210,6 +227,19 @@ impl Correlator {
             v => v,
         };
         let port = self.explain_port(s);
+        // The kernel sends an expired Go write deadline only where it explains the close.
+        let go = go_cause(&ev.go, s.last_in_ns, ev.header.ts_ns);
+        let loss = ev.go.explains(s.verdict(), ev.go.copied);
+        if loss == GoLoss::CutShort {
+            let detail = Detail::GoWriteTimeout {
+                unacked_bytes: u64::from(ev.go.unacked),
+                stream_id: None,
+            };
+            let mut incident = self.incident(s, role, s.tgid, comm(&s.comm), detail);
+            incident.go = go;
+            self.explain(port, verdict, incident.clone());
+            return Some(incident);
+        }
         if verdict != Verdict::Owes && port.is_none() {
             return None;
         }
@@ -224,7 +254,10 @@ impl Correlator {
             protocol: proto::name(s.proto),
             goodbye_sent: s.flags & flag::GOODBYE_SENT != 0,
         };
-        let incident = self.incident(s, role, s.tgid, comm(&s.comm), detail);
+        let mut incident = self.incident(s, role, s.tgid, comm(&s.comm), detail);
+        if loss == GoLoss::Dropped {
+            incident.go = go;
+        }
         if verdict != Verdict::Owes {
             self.explain(port, verdict, incident);
             return None;
@@ -243,6 +276,19 @@ impl Correlator {
             });
         }
         self.explain(port, verdict, incident.clone());
+        Some(incident)
+    }
+
+    /// Go net/http reset an HTTP/2 stream whose WriteTimeout expired: the response was dropped.
+    pub fn stream_reset(&self, ev: &GoStreamEvent) -> Option<Incident> {
+        let s = &ev.sock;
+        let detail = Detail::GoWriteTimeout {
+            unacked_bytes: 0,
+            stream_id: Some(ev.go.stream_id),
+        };
+        let mut incident =
+            self.incident(s, Role::from_wire(s.role), ev.tgid, comm(&s.comm), detail);
+        incident.go = go_cause(&ev.go, s.last_in_ns, ev.header.ts_ns);
         Some(incident)
     }
 
@@ -407,6 +453,7 @@ impl Correlator {
             bytes_out: s.bytes_out,
             cgroup_id: s.cgroup_id,
             peer_closed: s.flags & flag::PEER_FIN != 0,
+            go: None,
             pod: None,
         }
     }
@@ -425,6 +472,23 @@ impl Correlator {
             Role::Unknown => lport,
         }
     }
+}
+
+/// The cause an expired Go deadline gives a record written at `ts_ns` (a close, or the expiry
+/// itself) on a socket whose last input came at `last_in_ns`. None when no deadline is recorded.
+fn go_cause(d: &GoDeadline, last_in_ns: u64, ts_ns: u64) -> Option<GoWriteTimeout> {
+    let deadline = match d.which {
+        go_deadline::WRITE => GoDeadlineKind::Write,
+        go_deadline::READ_WRITE => GoDeadlineKind::ReadWrite,
+        go_deadline::H2_STREAM => GoDeadlineKind::H2Stream,
+        _ => return None,
+    };
+    Some(GoWriteTimeout {
+        deadline,
+        after_input: Duration::from_nanos(d.ns.saturating_sub(last_in_ns)),
+        until_close: (deadline != GoDeadlineKind::H2Stream)
+            .then(|| Duration::from_nanos(ts_ns.saturating_sub(d.ns))),
+    })
 }
 
 /// A task comm, up to its NUL.

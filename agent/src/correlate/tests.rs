@@ -26,6 +26,8 @@ struct Conn {
     /// `tcp_sock.write_seq`: where the process's writes have got to.
     write_seq: u32,
     last_arrival: u64,
+    /// The Go write deadline that expired on it, as the uprobe records it.
+    go: GoDeadline,
 }
 
 impl Conn {
@@ -48,6 +50,7 @@ impl Conn {
             received: 0,
             write_seq: OWN_ISN,
             last_arrival: 0,
+            go: GoDeadline::default(),
         }
     }
 
@@ -154,7 +157,16 @@ impl Conn {
             false,
         );
         st.last_in_ns = self.last_arrival;
-        st.may_owe_answer().then_some(TeardownEvent {
+        // The kernel's rule (state::on_closing): a record when the close may owe an answer, or
+        // when an expired Go deadline explains it.
+        let go = if st.flags & flag::GO_DEADLINE != 0
+            && self.go.explains(st.verdict(), self.copied) != GoLoss::None
+        {
+            self.go
+        } else {
+            GoDeadline::default()
+        };
+        (st.may_owe_answer() || go.which != 0).then_some(TeardownEvent {
             header: EventHeader {
                 kind: kind::TEARDOWN,
                 len: size_of::<TeardownEvent>() as u32,
@@ -166,7 +178,24 @@ impl Conn {
             oldstate: old,
             newstate,
             _pad: 0,
+            go,
         })
+    }
+
+    /// The Go runtime's write deadline expires at `t`; `waiting`: a write was blocked on a full
+    /// send buffer (SOCK_NOSPACE), with `unacked` bytes not acknowledged.
+    fn deadline_expires(mut self, t: u64, waiting: bool, unacked: u32) -> Self {
+        self.go = GoDeadline {
+            ns: t,
+            copied: self.copied,
+            unacked,
+            write_seq: self.write_seq,
+            which: go_deadline::WRITE,
+            writer_waiting: u8::from(waiting),
+            ..GoDeadline::default()
+        };
+        self.st.flags |= flag::GO_DEADLINE;
+        self
     }
 
     fn close(self, t: u64) -> Option<TeardownEvent> {
@@ -225,6 +254,123 @@ fn seed_go_write_timeout_counts_one() {
         i.sentence(),
         "pid 4242 (seedsrv) read 78 bytes on 127.0.0.1:8800 from 127.0.0.1:60154 and closed the \
          connection 2.0 s later without writing a response"
+    );
+}
+
+#[test]
+fn seed_with_the_go_runtime_hooks_names_the_cause() {
+    let got = incidents(
+        Conn::server()
+            .recv(SEC, 78)
+            .deadline_expires(2 * SEC, false, 0)
+            .close(3 * SEC),
+    );
+    assert_eq!(got.len(), 1);
+    let i = &got[0];
+    assert_eq!(i.kind(), "unanswered_close");
+    let go = i.go.expect("the cause");
+    assert_eq!(go.deadline, GoDeadlineKind::Write);
+    assert_eq!(go.protocol(), "http1");
+    assert_eq!(go.after_input, Duration::from_secs(1));
+    assert_eq!(go.until_close, Some(Duration::from_secs(1)));
+    assert_eq!(
+        i.sentence(),
+        "pid 4242 (seedsrv) read 78 bytes on 127.0.0.1:8800 from 127.0.0.1:60154 and closed the \
+         connection 2.0 s later without writing a response: Go dropped the response: its write \
+         deadline (WriteTimeout, ~1.0 s after the request was read) expired while the handler \
+         ran; the handler finished 1.0 s later"
+    );
+}
+
+#[test]
+fn go_deadline_on_an_idle_keep_alive_connection_is_no_incident() {
+    // The response went out; net/http leaves the write deadline armed, and it expires while the
+    // connection idles. The server's idle close then owes nothing, and neither does the expiry.
+    let idle = Conn::server()
+        .recv(SEC, 78)
+        .send(SEC + 1, 120)
+        .deadline_expires(2 * SEC, false, 0);
+    assert_eq!(idle.close(5 * SEC), None, "no record at all");
+}
+
+#[test]
+fn go_deadline_before_the_next_request_is_not_its_cause() {
+    // The first request's deadline expired while idle; a second request re-armed it, and is
+    // then left unanswered for another reason: the unanswered close has no Go cause.
+    let got = incidents(
+        Conn::server()
+            .recv(SEC, 78)
+            .send(SEC + 1, 120)
+            .deadline_expires(2 * SEC, false, 0)
+            .recv(3 * SEC, 78)
+            .close(4 * SEC),
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].go, None);
+}
+
+#[test]
+fn go_deadline_cutting_a_blocked_response_short_is_one_incident() {
+    let got = incidents(
+        Conn::server()
+            .recv(SEC, 78)
+            .send(SEC + 1, 4_000_000)
+            .deadline_expires(2 * SEC, true, 2_500_000)
+            .close(2 * SEC + 1000),
+    );
+    assert_eq!(got.len(), 1);
+    let i = &got[0];
+    assert_eq!((i.kind(), i.reason()), ("go_write_timeout", "cut_short"));
+    assert_eq!(
+        i.detail,
+        Detail::GoWriteTimeout {
+            unacked_bytes: 2_500_000,
+            stream_id: None
+        }
+    );
+    assert_eq!(i.bytes_out, 4_000_000);
+    assert_eq!(i.go.map(|g| g.protocol()), Some("http1"));
+    // The same expiry with no write waiting on the peer cut nothing a socket can show.
+    let idle = Conn::server()
+        .recv(SEC, 78)
+        .send(SEC + 1, 4_000_000)
+        .deadline_expires(2 * SEC, false, 0);
+    assert_eq!(idle.close(3 * SEC), None);
+}
+
+#[test]
+fn go_h2_stream_reset_is_one_incident() {
+    let conn = Conn::server().recv(SEC, 300).send(SEC + 1, 60);
+    let mut sock = conn.st;
+    sock.last_in_ns = SEC;
+    let ev = GoStreamEvent {
+        header: EventHeader {
+            kind: kind::GO_STREAM_RESET,
+            len: size_of::<GoStreamEvent>() as u32,
+            ts_ns: 2 * SEC,
+        },
+        sock,
+        sk: 1,
+        go: GoDeadline {
+            ns: 2 * SEC,
+            stream_id: 3,
+            which: go_deadline::H2_STREAM,
+            ..GoDeadline::default()
+        },
+        tgid: OWNER,
+        pid: OWNER + 1,
+    };
+    let i = Correlator::default()
+        .stream_reset(&ev)
+        .expect("an incident");
+    assert_eq!((i.kind(), i.reason()), ("go_write_timeout", "stream_reset"));
+    assert_eq!(i.go.map(|g| g.protocol()), Some("h2"));
+    assert_eq!(i.go.and_then(|g| g.until_close), None);
+    assert_eq!(
+        i.sentence(),
+        "pid 4242 (seedsrv) reset HTTP/2 stream 3 on 127.0.0.1:8800 from 127.0.0.1:60154: the \
+         stream's write deadline (WriteTimeout, ~1.0 s after the request was read) expired \
+         before the response was written, so Go net/http dropped it; the connection stays open"
     );
 }
 
@@ -1061,6 +1207,7 @@ fn explained_ports_get_a_verdict_for_every_close() {
             oldstate: tcp_state::ESTABLISHED,
             newstate: tcp_state::FIN_WAIT1,
             _pad: 0,
+            go: Default::default(),
         };
         assert_eq!(c.teardown(&ev, &listening), None);
         c.take_explained().pop().map(|e| (e.port, e.verdict))

@@ -4,6 +4,7 @@
 //! and which detector needs which hook. Support is probed by loading and attaching for real, and
 //! every failure keeps the verifier's words.
 
+mod go;
 mod stats;
 mod table;
 
@@ -79,6 +80,8 @@ pub enum ProbeError {
     NoMode(Vec<String>),
     #[error("kernel map {0} missing from the eBPF object")]
     Map(&'static str),
+    #[error("--go-runtime on, but the Go runtime hooks cannot load here: {0}")]
+    GoRuntime(String),
 }
 
 /// How a hook got attached.
@@ -183,6 +186,8 @@ pub struct LoadOptions<'a> {
     pub empty_programs: bool,
     /// `--explain-port`s.
     pub explain_ports: &'a [u16],
+    /// Load the Go runtime hooks (`--go-runtime`): `Some(true)` requires them.
+    pub go_runtime: Option<bool>,
 }
 
 /// What the programs need from this kernel, resolved once for every mode tried.
@@ -304,6 +309,9 @@ pub struct Probes {
     pub ebadf: bool,
     /// `--empty-programs`: attached, detecting nothing (every detector reports off).
     pub empty_programs: bool,
+    /// The Go runtime hooks are loaded (attached per binary, see `Probes::attach_go`), or why
+    /// not.
+    pub go: Result<(), String>,
 }
 
 impl Probes {
@@ -361,6 +369,7 @@ impl Probes {
             failed,
             ebadf: false,
             empty_programs: false,
+            go: Err("off (--go-runtime off)".to_owned()),
         };
         // A "fentry" mode without a single trampoline would be another mode misnamed.
         let own = |a: &Attached| mode.own_hooks().iter().any(|h| h.target == a.name);
@@ -390,6 +399,12 @@ impl Probes {
                         name,
                         via: Via::Btf,
                     }));
+            }
+        }
+        if let Some(required) = opts.go_runtime {
+            probes.go = probes.load_go(kernel).map_err(|e| e.reason);
+            if let (true, Err(reason)) = (required, &probes.go) {
+                return Err(ProbeError::GoRuntime(reason.clone()));
             }
         }
         probes.empty_programs = opts.empty_programs;

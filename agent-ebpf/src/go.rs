@@ -1,0 +1,198 @@
+//! The Go runtime's deadline timers, hooked with uprobes in each Go binary the agent finds.
+//!
+//! They run only when a deadline expires, never per request: `runtime.netpollWriteDeadline`
+//! (the write deadline alone) and `runtime.netpollDeadline` (a read and a write deadline set to
+//! the same instant share one timer) for a connection, and net/http's HTTP/2
+//! `(*http2stream).onWriteTimeout` for a stream. An expiry only marks the connection's socket
+//! ([`GoDeadline`] in [`GO_DEADLINES`]); the close that follows says what it cost
+//! (`GoDeadline::explains`). A reset HTTP/2 stream is the loss itself, reported at once.
+//!
+//! Go passes arguments in registers (ABIInternal, Go 1.17+ on x86_64): RAX, RBX, RCX, ...
+
+use agent_common::{
+    ExecEvent, GoDeadline, GoStreamEvent, SOCK_NOSPACE_BIT, flag, go_deadline, kind, stat,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+};
+
+use crate::{
+    EVENTS, SOCKS, ebadf,
+    kernel::{self, Probe, read},
+    state,
+};
+
+/// Expired write deadlines by `struct sock *`, valid while the socket's state has
+/// [`flag::GO_DEADLINE`]. Never deleted: a recycled socket address starts without the flag, and
+/// the LRU drops what is old.
+#[map(name = "GO_DEADLINES")]
+pub static GO_DEADLINES: LruHashMap<u64, GoDeadline> = LruHashMap::with_max_entries(16384, 0);
+
+/// `runtime.pollDesc.fd`: after the `link *pollDesc` that opens the struct in every Go release.
+const POLLDESC_FD: u64 = 8;
+/// `net.netFD.pfd.Sysfd`: `poll.FD` opens `netFD`, and its 16-byte `fdMutex` precedes `Sysfd`.
+const NETFD_SYSFD: u64 = 16;
+/// `http2stream.sc` and `http2stream.id`, the first two fields.
+const STREAM_SC: u64 = 0;
+const STREAM_ID: u64 = 8;
+/// `http2serverConn.conn` (a `net.Conn`), after two pointers: its itab, then its data.
+const SERVERCONN_CONN: u64 = 16;
+
+#[inline(always)]
+fn user<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user tolerates any address; a bad one returns an error.
+    unsafe { bpf_probe_read_user(addr as *const T).ok() }
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> (u64, u64) {
+    // SAFETY: `regs` is the probe's context, readable for its whole run.
+    unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx) }
+}
+
+/// `netpollWriteDeadline(arg any, seq uintptr, ...)`: `arg` is the `*pollDesc` as an interface
+/// (type in RAX, data in RBX). A pollDesc lives outside the Go heap, so the interface holds it
+/// indirectly: the data word points at `pd.self`, which holds the pointer (`makeArg`).
+#[uprobe]
+pub fn go_write_deadline(ctx: ProbeContext) -> u32 {
+    on_poll_deadline(&ctx, go_deadline::WRITE);
+    0
+}
+
+/// `netpollDeadline(arg any, seq uintptr, ...)`: the same, for a shared read and write timer.
+#[uprobe]
+pub fn go_read_write_deadline(ctx: ProbeContext) -> u32 {
+    on_poll_deadline(&ctx, go_deadline::READ_WRITE);
+    0
+}
+
+#[inline(always)]
+fn on_poll_deadline(ctx: &ProbeContext, which: u8) {
+    skip_if_empty!();
+    let (_, data) = regs(ctx);
+    let Some(pd) = user::<u64>(data) else {
+        return;
+    };
+    if let Some(fd) = user::<u64>(pd + POLLDESC_FD) {
+        mark(fd, which, 0);
+    }
+}
+
+/// `(*http2stream).onWriteTimeout()`: the stream in RAX. Its connection is `sc.conn`, a
+/// `net.Conn` that is a `*net.TCPConn`, or a `*tls.Conn` (or another wrapper) whose first field
+/// is the `net.Conn` it wraps. A wrapper is recognised by that first field: an itab for the
+/// same interface as the outer one.
+#[uprobe]
+pub fn go_h2_write_timeout(ctx: ProbeContext) -> u32 {
+    skip_if_empty!(0);
+    let (st, _) = regs(&ctx);
+    let _ = h2_stream(st);
+    0
+}
+
+#[inline(always)]
+fn h2_stream(st: u64) -> Option<()> {
+    let sc: u64 = user(st + STREAM_SC)?;
+    let stream_id: u32 = user(st + STREAM_ID)?;
+    let itab: u64 = user(sc + SERVERCONN_CONN)?;
+    let mut conn: u64 = user(sc + SERVERCONN_CONN + 8)?;
+    let net_conn: u64 = user(itab)?;
+    let mut depth = 0;
+    while depth < 3 {
+        let first: u64 = user(conn)?;
+        if user::<u64>(first) != Some(net_conn) {
+            break;
+        }
+        conn = user(conn + 8)?;
+        depth += 1;
+    }
+    let netfd: u64 = user(conn)?;
+    let fd: u64 = user(netfd + NETFD_SYSFD)?;
+    mark(fd, go_deadline::H2_STREAM, stream_id)
+}
+
+/// Marks the tracked TCP socket behind the current process's `fd` with an expired deadline.
+#[inline(always)]
+fn mark(fd: u64, which: u8, stream_id: u32) -> Option<()> {
+    let file = ebadf::fd_file(fd)?;
+    let socket: u64 = read(file, config!(fd.file_private_data))?;
+    let sk: u64 = read(socket, config!(fd.socket_sk))?;
+    // Anything but a tracked TCP socket (another kind of file, a socket opened before the
+    // agent and never adopted) matches no entry.
+    let st = SOCKS.get_ptr_mut(sk)?;
+    let socket_flags: u64 = read(socket, config!(fd.socket_flags)).unwrap_or(0);
+    let write_seq = kernel::write_seq::<Probe>(sk);
+    let snd_una: u32 = read(sk, config!(sock.tcp_snd_una)).unwrap_or(write_seq);
+    let deadline = GoDeadline {
+        ns: state::now(),
+        copied: kernel::copied_seq::<Probe>(sk),
+        unacked: write_seq.wrapping_sub(snd_una),
+        write_seq,
+        stream_id,
+        which,
+        writer_waiting: ((socket_flags >> SOCK_NOSPACE_BIT) & 1) as u8,
+        _pad: [0; 6],
+    };
+    if which == go_deadline::H2_STREAM {
+        // SAFETY: a live map value, copied out.
+        emit_stream_reset(sk, unsafe { &*st }, &deadline);
+        return Some(());
+    }
+    GO_DEADLINES.insert(sk, deadline, 0).ok()?;
+    // SAFETY: a live map value; see state::on_send.
+    unsafe { (*st).flags |= flag::GO_DEADLINE };
+    Some(())
+}
+
+#[inline(always)]
+fn emit_stream_reset(sk: u64, st: &agent_common::SockState, deadline: &GoDeadline) {
+    let Some(mut entry) = EVENTS.reserve::<GoStreamEvent>(0) else {
+        state::bump(stat::EVENTS_DROPPED);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: see state::abort.
+    unsafe {
+        (*ev).header = state::header(kind::GO_STREAM_RESET, core::mem::size_of::<GoStreamEvent>());
+        (*ev).sock = *st;
+        (*ev).sock.last_in_ns = state::last_input_ns::<Probe>(sk);
+        (*ev).sk = sk;
+        (*ev).go = *deadline;
+        (*ev).tgid = (id >> 32) as u32;
+        (*ev).pid = id as u32;
+    }
+    entry.submit(0);
+    state::bump(stat::EVENTS_SENT);
+}
+
+/// The expired deadline recorded for `sk`, if its state says there is one.
+#[inline(always)]
+pub fn deadline_of(sk: u64, flags: u16) -> Option<GoDeadline> {
+    if flags & flag::GO_DEADLINE == 0 {
+        return None;
+    }
+    // SAFETY: a live map value, copied out.
+    GO_DEADLINES.get_ptr(sk).map(|d| unsafe { *d })
+}
+
+/// `sched:sched_process_exec`, in the task that exec'd: the agent looks at its new image.
+#[inline(always)]
+pub fn on_exec() {
+    skip_if_empty!();
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        state::bump(stat::EVENTS_DROPPED);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: see state::abort.
+    unsafe {
+        (*ev).header = state::header(kind::EXEC, core::mem::size_of::<ExecEvent>());
+        (*ev).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*ev)._pad = 0;
+    }
+    entry.submit(0);
+}

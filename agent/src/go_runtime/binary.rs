@@ -1,0 +1,147 @@
+//! What the agent needs from a Go binary: its Go version and where the deadline functions are.
+//!
+//! A binary is recognised as Go by its `.go.buildinfo` section, which `-ldflags='-s -w'` keeps
+//! (it drops the symbol table and DWARF). Function addresses come from the pclntab, which every
+//! Go binary carries for its own stack traces, so stripped binaries are read the same way.
+
+use std::{fs::File, path::Path};
+
+use object::{Object as _, read::ReadCache};
+
+/// A function the agent hooks, and the uprobe program for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The function's name in the pclntab.
+    pub function: &'static str,
+    /// The program in the eBPF object.
+    pub program: &'static str,
+}
+
+/// The connection deadline timers (`runtime/netpoll.go`), present in every Go program that
+/// uses the network, and net/http's HTTP/2 stream WriteTimeout (bundled, and in x/net).
+pub const TARGETS: [Target; 4] = [
+    Target {
+        function: "runtime.netpollWriteDeadline",
+        program: "go_write_deadline",
+    },
+    Target {
+        function: "runtime.netpollDeadline",
+        program: "go_read_write_deadline",
+    },
+    Target {
+        function: "net/http.(*http2stream).onWriteTimeout",
+        program: "go_h2_write_timeout",
+    },
+    Target {
+        function: "golang.org/x/net/http2.(*stream).onWriteTimeout",
+        program: "go_h2_write_timeout",
+    },
+];
+
+/// Go passes arguments in registers from 1.17 (ABIInternal); the programs read them there.
+pub const OLDEST: (u32, u32) = (1, 17);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: unreadable Go metadata: {1}")]
+    Go(String, unstrip::Error),
+    #[error("{path}: built with {version}; the deadline hooks need Go 1.17 or newer")]
+    TooOld { path: String, version: String },
+    #[error("{0}: the Go runtime's deadline timers are not in its pclntab")]
+    NoTimers(String),
+}
+
+/// A Go binary's hook points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoBinary {
+    /// As the build info says it (`go1.19.8`).
+    pub version: String,
+    /// Each target found, with its file offset (what a uprobe attaches at).
+    pub hooks: Vec<(Target, u64)>,
+}
+
+/// Reads `path`: `Ok(None)` for anything that is not a Go executable.
+pub fn inspect(path: &Path) -> Result<Option<GoBinary>, InspectError> {
+    let shown = path.display().to_string();
+    let read = |source| InspectError::Read {
+        path: shown.clone(),
+        source,
+    };
+    // Only the headers are read to tell Go from the rest (most execs are not Go).
+    let file = File::open(path).map_err(read)?;
+    let cache = ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return Ok(None);
+    };
+    if elf.section_by_name(".go.buildinfo").is_none() || elf.section_by_name(".gopclntab").is_none()
+    {
+        return Ok(None);
+    }
+    drop(elf);
+
+    let bin = unstrip::GoBinary::open(path).map_err(|e| InspectError::Go(shown.clone(), e))?;
+    let version = unstrip::BuildInfo::parse(&bin)
+        .map(|b| b.go_version)
+        .map_err(|e| InspectError::Go(shown.clone(), e))?;
+    if parse_version(&version).is_none_or(|v| v < OLDEST) {
+        return Err(InspectError::TooOld {
+            path: shown,
+            version,
+        });
+    }
+    let table = unstrip::Pclntab::parse(&bin).map_err(|e| InspectError::Go(shown.clone(), e))?;
+    let functions = table
+        .functions()
+        .map_err(|e| InspectError::Go(shown.clone(), e))?;
+    let hooks: Vec<(Target, u64)> = TARGETS
+        .iter()
+        .filter_map(|t| {
+            let f = functions.iter().find(|f| f.name == t.function)?;
+            let offset = bin.file_offset_for_addr(f.address)?;
+            Some((*t, offset as u64))
+        })
+        .collect();
+    if !hooks
+        .iter()
+        .any(|(t, _)| t.function.starts_with("runtime."))
+    {
+        return Err(InspectError::NoTimers(shown));
+    }
+    Ok(Some(GoBinary { version, hooks }))
+}
+
+/// `go1.19.8` (or `go1.21rc2`, `devel go1.23-abc`) -> (1, 19).
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let v = &v[v.find("go1.")? + 2..];
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("go1.19.8"), Some((1, 19)));
+        assert_eq!(parse_version("go1.23.5"), Some((1, 23)));
+        assert_eq!(parse_version("go1.21rc2"), Some((1, 21)));
+        assert_eq!(parse_version("devel go1.24-1a2b3c"), Some((1, 24)));
+        assert_eq!(parse_version("go1.16"), Some((1, 16)));
+        assert_eq!(parse_version("unknown"), None);
+    }
+
+    #[test]
+    fn the_agent_itself_is_not_go() {
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(inspect(&exe).unwrap(), None);
+    }
+}
