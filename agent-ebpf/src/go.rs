@@ -93,6 +93,20 @@ pub fn go_h2_write_timeout(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The method-value wrapper `(*http2stream).onWriteTimeout-fm` that the timer calls, where the
+/// method itself was inlined into it: the stream is in the closure, whose context pointer is in
+/// RDX (`struct { F uintptr; R *http2stream }`).
+#[uprobe]
+pub fn go_h2_write_timeout_fm(ctx: ProbeContext) -> u32 {
+    skip_if_empty!(0);
+    // SAFETY: see regs().
+    let closure = unsafe { (*ctx.regs).rdx };
+    if let Some(st) = user::<u64>(closure + 8) {
+        let _ = h2_stream(st);
+    }
+    0
+}
+
 #[inline(always)]
 fn h2_stream(st: u64) -> Option<()> {
     let sc: u64 = user(st + STREAM_SC)?;

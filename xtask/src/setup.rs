@@ -33,7 +33,66 @@ impl Env {
 pub fn all() -> Result<Env> {
     let env = build_tools()?;
     apt_packages()?;
+    newer_go()?;
     Ok(env)
+}
+
+/// The newer Go the Go runtime hooks are tested with besides Debian's own (1.19): the
+/// bookworm-backports package, unpacked under the data home.
+pub const NEWER_GO: &str = "1.23";
+
+/// `GOROOT` of [`NEWER_GO`] (its `bin/go` runs with `GOROOT` set to it).
+pub fn newer_goroot() -> Result<PathBuf> {
+    Ok(data_home()?
+        .join(format!("lostwrite/go-{NEWER_GO}"))
+        .join(format!("usr/lib/go-{NEWER_GO}")))
+}
+
+/// Fetches [`NEWER_GO`] from bookworm-backports through a private apt configuration, as the
+/// kernel matrix fetches its kernels: the host's sources, pins and dpkg state stay as they are.
+fn newer_go() -> Result<()> {
+    let goroot = newer_goroot()?;
+    let go = goroot.join("bin/go");
+    if cmd::succeeds(Command::new(&go).arg("version").env("GOROOT", &goroot)) {
+        println!("setup: go {NEWER_GO} ok ({})", go.display());
+        return Ok(());
+    }
+    let base = data_home()?.join("lostwrite");
+    let root = base.join(format!("go-{NEWER_GO}"));
+    let mirror = crate::vm::kernels::host_mirror()?;
+    let apt = crate::vm::kernels::PrivateApt::new(
+        &base.join("apt/bookworm-backports"),
+        "bookworm-backports",
+        &mirror,
+    )?;
+    cmd::run(&mut apt.command("apt-get", &["-q", "update"]))?;
+    let download = base.join(format!(".go-{NEWER_GO}.download"));
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    let packages = [
+        format!("golang-{NEWER_GO}-go"),
+        format!("golang-{NEWER_GO}-src"),
+    ];
+    let mut get = apt.command("apt-get", &["-q", "download", &packages[0], &packages[1]]);
+    get.current_dir(&download);
+    cmd::run(&mut get)?;
+    // The packages link /usr/lib/go-X/src and the like to /usr/share/go-X relatively, so the
+    // unpacked tree works wherever it lies.
+    let unpacked = download.join("root");
+    for entry in fs::read_dir(&download)? {
+        let deb = entry?.path();
+        if deb.extension().is_some_and(|e| e == "deb") {
+            cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        }
+    }
+    let _ = fs::remove_dir_all(&root);
+    fs::rename(&unpacked, &root).with_context(|| format!("moving Go into {}", root.display()))?;
+    let _ = fs::remove_dir_all(&download);
+    if !cmd::succeeds(Command::new(&go).arg("version").env("GOROOT", &goroot)) {
+        bail!("{} does not run after unpacking", go.display());
+    }
+    println!("setup: go {NEWER_GO} ok ({})", go.display());
+    Ok(())
 }
 
 /// What building the agent needs, and nothing the tests use: the container image build runs
@@ -77,16 +136,20 @@ fn nightly_components() -> Result<()> {
     Ok(())
 }
 
-/// Where bpf-linker and its libLLVM links live. Durable: the binary's RUNPATH points at `lib/`.
-fn linker_prefix() -> Result<PathBuf> {
-    let data_home = match env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
+/// `$XDG_DATA_HOME`, or `~/.local/share`.
+fn data_home() -> Result<PathBuf> {
+    Ok(match env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir,
         _ => {
             let home = env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?;
             PathBuf::from(home).join(".local/share")
         }
-    };
-    Ok(data_home.join("lostwrite/bpf-linker"))
+    })
+}
+
+/// Where bpf-linker and its libLLVM links live. Durable: the binary's RUNPATH points at `lib/`.
+fn linker_prefix() -> Result<PathBuf> {
+    Ok(data_home()?.join("lostwrite/bpf-linker"))
 }
 
 /// bpf-linker 0.13 built against the nightly toolchain's own libLLVM. Returns its bin directory.

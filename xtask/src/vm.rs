@@ -8,7 +8,7 @@
 //! emulates (TCG); a scenario still takes only 2–8 s and a boot about 5 s.
 
 mod guest;
-mod kernels;
+pub(crate) mod kernels;
 mod qemu;
 mod report;
 mod scenarios;

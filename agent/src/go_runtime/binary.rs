@@ -15,26 +15,47 @@ pub struct Target {
     pub function: &'static str,
     /// The program in the eBPF object.
     pub program: &'static str,
+    /// Hooked only where this other target is absent (it would run for the same event).
+    pub unless: Option<&'static str>,
 }
 
+const H2_BUNDLED: &str = "net/http.(*http2stream).onWriteTimeout";
+const H2_XNET: &str = "golang.org/x/net/http2.(*stream).onWriteTimeout";
+
 /// The connection deadline timers (`runtime/netpoll.go`), present in every Go program that
-/// uses the network, and net/http's HTTP/2 stream WriteTimeout (bundled, and in x/net).
-pub const TARGETS: [Target; 4] = [
+/// uses the network, and net/http's HTTP/2 stream WriteTimeout (bundled, and in x/net). The
+/// timer calls the stream's method through its method-value wrapper (`-fm`); where the
+/// compiler inlined the method into the wrapper (Go 1.23) only the wrapper is left.
+pub const TARGETS: [Target; 6] = [
     Target {
         function: "runtime.netpollWriteDeadline",
         program: "go_write_deadline",
+        unless: None,
     },
     Target {
         function: "runtime.netpollDeadline",
         program: "go_read_write_deadline",
+        unless: None,
     },
     Target {
-        function: "net/http.(*http2stream).onWriteTimeout",
+        function: H2_BUNDLED,
         program: "go_h2_write_timeout",
+        unless: None,
     },
     Target {
-        function: "golang.org/x/net/http2.(*stream).onWriteTimeout",
+        function: "net/http.(*http2stream).onWriteTimeout-fm",
+        program: "go_h2_write_timeout_fm",
+        unless: Some(H2_BUNDLED),
+    },
+    Target {
+        function: H2_XNET,
         program: "go_h2_write_timeout",
+        unless: None,
+    },
+    Target {
+        function: "golang.org/x/net/http2.(*stream).onWriteTimeout-fm",
+        program: "go_h2_write_timeout_fm",
+        unless: Some(H2_XNET),
     },
 ];
 
@@ -99,8 +120,10 @@ pub fn inspect(path: &Path) -> Result<Option<GoBinary>, InspectError> {
     let functions = table
         .functions()
         .map_err(|e| InspectError::Go(shown.clone(), e))?;
+    let has = |name: &str| functions.iter().any(|f| f.name == name);
     let hooks: Vec<(Target, u64)> = TARGETS
         .iter()
+        .filter(|t| t.unless.is_none_or(|other| !has(other)))
         .filter_map(|t| {
             let f = functions.iter().find(|f| f.name == t.function)?;
             let offset = bin.file_offset_for_addr(f.address)?;

@@ -20,6 +20,7 @@ impl Probes {
     /// started later. Nothing of it runs per request.
     pub(super) fn load_go(&mut self, kernel: &Kernel) -> Result<(), HookError> {
         let mut programs: Vec<&str> = TARGETS.iter().map(|t| t.program).collect();
+        programs.sort_unstable();
         programs.dedup();
         for name in programs {
             let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;

@@ -15,8 +15,9 @@ use crate::{
     servers::{Nginx, curl, start_nginx, start_rust_http},
 };
 
-const LOSSES: [&str; 5] = [
+const LOSSES: [&str; 6] = [
     "lostwrite_unanswered_closes_total",
+    "lostwrite_go_write_timeouts_total",
     "lostwrite_writes_after_close_total",
     "lostwrite_writes_after_close_bytes_total",
     "lostwrite_undelivered_bytes_total",
@@ -42,10 +43,24 @@ pub fn assert_no_loss_on(
     min_closes: f64,
     scenario: impl FnOnce(),
 ) -> BTreeMap<String, f64> {
+    assert_no_loss_on_with(name, port, min_closes, &[], scenario)
+}
+
+/// [`assert_no_loss_on`] with more agent arguments.
+pub fn assert_no_loss_on_with(
+    name: &str,
+    port: u16,
+    min_closes: f64,
+    extra: &[&str],
+    scenario: impl FnOnce(),
+) -> BTreeMap<String, f64> {
     let port_label = port.to_string();
-    let agent = Agent::start(&["--explain-port", &port_label]);
+    let mut args = vec!["--explain-port", &port_label];
+    args.extend(extra);
+    let agent = Agent::start(&args);
     let m = agent.scrape();
-    for detector in DETECTORS {
+    let go = (!extra.contains(&"--go-runtime")).then_some("go_write_timeout");
+    for detector in DETECTORS.into_iter().chain(go) {
         assert_eq!(
             m.value("lostwrite_detector_enabled", &[("detector", detector)]),
             Some(1.0),

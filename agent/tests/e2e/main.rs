@@ -13,6 +13,7 @@ mod db_servers;
 mod errors;
 mod false_positives;
 mod faults;
+mod go_runtime;
 mod harness;
 mod healthy;
 mod kubernetes;

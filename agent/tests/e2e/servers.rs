@@ -36,19 +36,73 @@ pub fn goclient_binary() -> &'static Path {
 
 /// `go build` of the Go program in tests/servers/`name`, into a binary called `name`.
 fn go_build(name: &str) -> PathBuf {
+    go_build_with(name, &GoBuild::default())
+}
+
+/// A Go toolchain and build options for [`go_build_with`].
+#[derive(Clone, Debug, Default)]
+pub struct GoBuild {
+    /// `GOROOT` of another Go than Debian's `go` on PATH ([`newer_goroot`]).
+    pub goroot: Option<PathBuf>,
+    /// `-ldflags` (`-s -w` strips the symbol table and DWARF).
+    pub ldflags: Option<&'static str>,
+    /// `CGO_ENABLED=0`: a static binary that runs in an empty root.
+    pub static_binary: bool,
+    /// The binary's name, when not the program's (it is the process's comm).
+    pub name: Option<&'static str>,
+}
+
+/// The newer Go that `cargo xtask setup` unpacks from bookworm-backports (`NEWER_GO` there).
+pub fn newer_goroot() -> PathBuf {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".local/share")
+        });
+    let goroot = data_home.join("lostwrite/go-1.23/usr/lib/go-1.23");
+    assert!(
+        goroot.join("bin/go").exists(),
+        "{} is missing: `cargo xtask setup` installs it",
+        goroot.display()
+    );
+    goroot
+}
+
+/// `go build` of tests/servers/`name` with `build`'s toolchain and options.
+pub fn go_build_with(name: &str, build: &GoBuild) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-bin");
     std::fs::create_dir_all(&out).unwrap();
-    let bin = out.join(name);
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
+    let bin = out.join(build.name.unwrap_or(name));
+    let mut cmd = match &build.goroot {
+        Some(root) => {
+            let mut cmd = Command::new(root.join("bin/go"));
+            cmd.env("GOROOT", root).env(
+                "GOCACHE",
+                out.join(format!("cache-{}", root.display()).replace('/', "_")),
+            );
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new("go");
+            cmd.env("GOCACHE", out.join("cache"));
+            cmd
+        }
+    };
+    cmd.args(["build", "-o"]).arg(&bin);
+    if let Some(flags) = build.ldflags {
+        cmd.arg(format!("-ldflags={flags}"));
+    }
+    if build.static_binary {
+        cmd.env("CGO_ENABLED", "0");
+    }
+    let status = cmd
         .arg(".")
         .current_dir(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/servers")
                 .join(name),
         )
-        .env("GOCACHE", out.join("cache"))
         .env("GOFLAGS", "-buildvcs=false")
         .status()
         .expect("run `go build` (golang-go is installed by `cargo xtask setup`)");

@@ -131,7 +131,7 @@ fn is_image(name: &str) -> bool {
 }
 
 /// The one regular file in `dir` whose name is `wanted`.
-fn only_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<PathBuf> {
+pub(crate) fn only_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<PathBuf> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
@@ -153,12 +153,12 @@ fn shell_quote(path: &Path) -> String {
 }
 
 /// apt pointed at one suite, with its own sources, lists, cache and (empty) dpkg status.
-struct PrivateApt {
+pub(crate) struct PrivateApt {
     options: Vec<String>,
 }
 
 impl PrivateApt {
-    fn new(dir: &Path, suite: &str, mirror: &str) -> Result<Self> {
+    pub(crate) fn new(dir: &Path, suite: &str, mirror: &str) -> Result<Self> {
         let empty = dir.join("empty.d");
         for sub in ["lists/partial", "cache/archives/partial", "empty.d"] {
             let path = dir.join(sub);
@@ -190,7 +190,7 @@ impl PrivateApt {
         Ok(Self { options })
     }
 
-    fn command(&self, program: &str, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(program);
         for option in &self.options {
             cmd.args(["-o", option]);

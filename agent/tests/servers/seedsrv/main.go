@@ -5,6 +5,8 @@
 //
 // GET /     sleeps -sleep, then writes a body (the lost response).
 // GET /fast answers at once (healthy traffic).
+// GET /big  writes -big bytes: to a client that reads slowly, the write deadline expires while a
+// write waits for room, and net/http cuts the response short.
 //
 // With -tls it serves HTTPS (and HTTP/2, which net/http offers by ALPN) with a self-signed
 // certificate made at start, so no files are needed. -idle-timeout sets http.Server's
@@ -33,6 +35,7 @@ func main() {
 	sleep := flag.Duration("sleep", 2*time.Second, "handler delay before writing on /")
 	useTLS := flag.Bool("tls", false, "serve HTTPS (HTTP/1.1 and HTTP/2) with a self-signed certificate")
 	idleTimeout := flag.Duration("idle-timeout", 0, "http.Server IdleTimeout (0: net/http's default)")
+	big := flag.Int("big", 64<<20, "bytes /big writes")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -44,6 +47,19 @@ func main() {
 	})
 	mux.HandleFunc("/fast", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "fast hello")
+	})
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(*big))
+		chunk := make([]byte, 64<<10)
+		for left := *big; left > 0; left -= len(chunk) {
+			if left < len(chunk) {
+				chunk = chunk[:left]
+			}
+			if _, err := w.Write(chunk); err != nil {
+				log.Printf("/big: %v", err)
+				return
+			}
+		}
 	})
 	srv := &http.Server{Addr: *addr, Handler: mux, WriteTimeout: *writeTimeout, IdleTimeout: *idleTimeout}
 	scheme := "http"
