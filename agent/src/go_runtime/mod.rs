@@ -40,6 +40,7 @@ enum Seen {
 pub struct Discovery {
     seen: HashMap<(u64, u64), Seen>,
     full_warned: bool,
+    denied_warned: bool,
 }
 
 impl Discovery {
@@ -47,7 +48,21 @@ impl Discovery {
     /// is already gone, or the bound is reached).
     pub fn candidate(&mut self, pid: u32) -> Option<Candidate> {
         let path = PathBuf::from(format!("/proc/{pid}/exe"));
-        let meta = std::fs::metadata(&path).ok()?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                if !self.denied_warned {
+                    self.denied_warned = true;
+                    tracing::warn!(
+                        "cannot read {}: {e}; the Go binaries of processes the agent may not \
+                         inspect are not hooked (it needs CAP_SYS_PTRACE)",
+                        path.display()
+                    );
+                }
+                return None;
+            }
+            Err(_) => return None,
+        };
         let key = (meta.dev(), meta.ino());
         if self.seen.contains_key(&key) {
             return None;

@@ -48,7 +48,9 @@ fn not_privileged_and_only_the_needed_capabilities() {
     let caps = sc.capabilities.expect("capabilities");
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
     let added: BTreeSet<String> = caps.add.unwrap_or_default().into_iter().collect();
-    let want: BTreeSet<String> = ["BPF", "PERFMON", "SYS_RESOURCE"].map(String::from).into();
+    let want: BTreeSet<String> = ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"]
+        .map(String::from)
+        .into();
     assert_eq!(
         added, want,
         "no SYS_ADMIN, nothing beyond what the agent uses"
@@ -67,7 +69,7 @@ fn not_privileged_and_only_the_needed_capabilities() {
 #[test]
 fn every_capability_says_why() {
     let text = read("kubernetes/daemonset.yaml");
-    for cap in ["BPF", "PERFMON", "SYS_RESOURCE"] {
+    for cap in ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"] {
         let line = text
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("- {cap} ")))
