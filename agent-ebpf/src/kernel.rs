@@ -298,7 +298,8 @@ fn first_iovec(iov: u64) -> (u64, u64) {
 ///
 /// A single-threaded process (or its main thread) costs what `bpf_get_current_comm` alone did;
 /// another thread two reads more: `current->group_leader`, then that task's `comm`
-/// (include/linux/sched.h, offsets from BTF).
+/// (https://elixir.bootlin.com/linux/v6.12/source/include/linux/sched.h, offsets from BTF;
+/// `/proc/<tgid>/comm` prints that same task's, fs/proc/base.c `comm_show`).
 #[inline(always)]
 pub fn owner_names(comm: &mut [u8; COMM_LEN], thread: &mut [u8; COMM_LEN], tid: u32, tgid: u32) {
     // SAFETY: the helper writes at most COMM_LEN bytes into `thread`.
