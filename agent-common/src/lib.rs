@@ -163,14 +163,19 @@ pub struct SockState {
     /// Bytes the process read after its last write (all it read since tracking began if it
     /// never wrote). Set by `settle`.
     pub unanswered_in: u64,
-    /// Process that first wrote or closed the socket (in its own context).
+    /// Process that first wrote or closed the socket (in its own context), and the thread of
+    /// it that did.
     pub tgid: u32,
     pub pid: u32,
     /// `tcp_sock.copied_seq` when tracking began (connection established, or socket adopted).
     pub copied_at_start: u32,
     /// `tcp_sock.copied_seq` at the process's last write (valid with [`flag::SENT`]).
     pub copied_at_last_out: u32,
+    /// The process's name: its thread-group leader's `comm`, the `comm` label of every series.
     pub comm: [u8; COMM_LEN],
+    /// The name of the thread `pid` (for the incident log only: thread pools number their
+    /// threads, and one process would spread over as many series).
+    pub thread: [u8; COMM_LEN],
     /// Network byte order, IPv4 in the first 4 bytes for AF_INET.
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
@@ -779,10 +784,12 @@ pub struct WriteErrorEvent {
     pub errno: u32,
     /// 1 if the socket was in the SOCKS map (its connection was observed).
     pub tracked: u32,
-    /// The writing task.
+    /// The writing task: its process, its thread, the process's name (thread-group leader's
+    /// `comm`) and the thread's.
     pub tgid: u32,
     pub pid: u32,
     pub comm: [u8; COMM_LEN],
+    pub thread: [u8; COMM_LEN],
     /// 1 if `attempted` is meaningful in this probe mode.
     pub size_known: u32,
     pub _pad: u32,
@@ -985,6 +992,15 @@ pub struct PeekOffsets {
     pub msg_iov: u32,
 }
 
+/// Where the programs find the current task's process name: `task_struct.group_leader`, then
+/// that task's `comm`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub group_leader: u32,
+    pub comm: u32,
+}
+
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) the EBADF detector watches.
 pub mod nr {
     pub const WRITE: u64 = 1;
@@ -1018,6 +1034,8 @@ pub struct Config {
     /// `--explain-port`: every judged close of a connection on one of these ports (local or
     /// remote) is reported with its verdict, loss or not. Zeros are unused slots.
     pub explain_ports: [u16; EXPLAIN_PORTS],
+    /// The claiming task's process name (`SockState::comm`, `WriteErrorEvent::comm`).
+    pub task: TaskOffsets,
 }
 
 /// How many `--explain-port`s the programs take.

@@ -5,12 +5,15 @@
 //! BTF-typed pointers of tp_btf and fentry/fexit programs).
 
 use agent_common::{
-    AF_INET, AF_INET6, HEAD_LEN, Head, IPPROTO_TCP, MAX_FIELD_OFFSET, SockState, nr,
+    AF_INET, AF_INET6, COMM_LEN, HEAD_LEN, Head, IPPROTO_TCP, MAX_FIELD_OFFSET, SockState, nr,
 };
 use aya_ebpf::{
     helpers::{
         bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{self, bpf_get_current_task_btf, bpf_skc_to_tcp_sock, bpf_task_pt_regs},
+        generated::{
+            self, bpf_get_current_comm, bpf_get_current_task_btf, bpf_skc_to_tcp_sock,
+            bpf_task_pt_regs,
+        },
     },
     programs::TracePointContext,
 };
@@ -282,5 +285,76 @@ fn first_iovec(iov: u64) -> (u64, u64) {
     match read_user::<[u64; 2]>(iov) {
         Some([base, len]) => (base, len),
         None => (0, 0),
+    }
+}
+
+/// Names the current task, thread `tid` of process `tgid`: `thread` gets its own `comm`,
+/// `comm` its process's, the thread-group leader's `comm` (what `/proc/<tgid>/comm` and `ps`
+/// show). Thread pools name their threads by number (`pool-1-thread-7`), so only the process
+/// name can be a metric label. Both are written in place (a `[u8; 16]` built on the stack is
+/// zeroed first, a call to the target's byte-at-a-time `memset`) and in full: the helpers pad
+/// or zero what follows the name. `comm` and `thread` must be 8-byte aligned (they are, in
+/// every record and in `SockState`).
+///
+/// A single-threaded process (or its main thread) costs what `bpf_get_current_comm` alone did;
+/// another thread two reads more: `current->group_leader`, then that task's `comm`
+/// (https://elixir.bootlin.com/linux/v6.12/source/include/linux/sched.h, offsets from BTF;
+/// `/proc/<tgid>/comm` prints that same task's, fs/proc/base.c `comm_show`).
+#[inline(always)]
+pub fn owner_names(comm: &mut [u8; COMM_LEN], thread: &mut [u8; COMM_LEN], tid: u32, tgid: u32) {
+    // SAFETY: the helper writes at most COMM_LEN bytes into `thread`.
+    unsafe { bpf_get_current_comm(thread.as_mut_ptr().cast(), COMM_LEN as u32) };
+    if tid != tgid && leader_comm(comm) {
+        return;
+    }
+    copy_comm(thread, comm);
+}
+
+/// The current task's thread-group leader's `comm` into `comm`; false if it cannot be read.
+#[inline(always)]
+fn leader_comm(comm: &mut [u8; COMM_LEN]) -> bool {
+    let off = config!(task.comm);
+    if off == 0 || off > MAX_FIELD_OFFSET {
+        return false;
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(leader) = read::<u64>(task, config!(task.group_leader)) else {
+        return false;
+    };
+    if leader == 0 {
+        return false;
+    }
+    // SAFETY: writes at most COMM_LEN bytes into `comm`; a bad address returns an error (and
+    // zeroes `comm`).
+    let ret = unsafe {
+        generated::bpf_probe_read_kernel(
+            comm.as_mut_ptr().cast(),
+            COMM_LEN as u32,
+            (leader + off as u64) as *const _,
+        )
+    };
+    ret == 0 && comm[0] != 0
+}
+
+const _: () = {
+    use core::mem::offset_of;
+
+    use agent_common::WriteErrorEvent;
+    assert!(offset_of!(SockState, comm) % 8 == 0 && offset_of!(SockState, thread) % 8 == 0);
+    assert!(offset_of!(WriteErrorEvent, comm) % 8 == 0);
+    assert!(offset_of!(WriteErrorEvent, thread) % 8 == 0);
+};
+
+/// Copies a task name as two 8-byte words (a byte array copy is a `memcpy` call here).
+#[inline(always)]
+fn copy_comm(from: &[u8; COMM_LEN], to: &mut [u8; COMM_LEN]) {
+    const _: () = assert!(COMM_LEN == 16);
+    let (from, to) = (from.as_ptr().cast::<u64>(), to.as_mut_ptr().cast::<u64>());
+    // SAFETY: both are 16 bytes and 8-byte aligned (see `owner_names`); volatile so that the
+    // two words are not merged back into a `memcpy`.
+    unsafe {
+        core::ptr::write_volatile(to, core::ptr::read_volatile(from));
+        core::ptr::write_volatile(to.add(1), core::ptr::read_volatile(from.add(1)));
     }
 }

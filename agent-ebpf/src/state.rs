@@ -1,15 +1,13 @@
 //! Per-socket bookkeeping shared by every probe mode's entry points.
 
 use agent_common::{
-    AbortEvent, COMM_LEN, EXPLAIN_PORTS, EventHeader, GoDeadline, GoLoss, Head, NO_REASON,
-    SIZE_UNKNOWN, SockState, TeardownEvent, WriteErrorEvent, errno, flag, kind, role, stat,
-    tcp_state, trigger,
+    AbortEvent, EXPLAIN_PORTS, EventHeader, GoDeadline, GoLoss, Head, NO_REASON, SIZE_UNKNOWN,
+    SockState, TeardownEvent, WriteErrorEvent, errno, flag, kind, role, stat, tcp_state, trigger,
 };
 use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
-        generated::bpf_get_current_comm,
     },
 };
 use aya_log_ebpf::debug;
@@ -33,9 +31,10 @@ pub fn bump(idx: u32) {
     }
 }
 
-/// Records the current task as the socket's owner. Only called where the current task is the one
-/// using the socket: a send, `tcp_close`, or a state change made while a process holds the socket
-/// lock (state changes in softirq or timers run with it released).
+/// Records the current task as the socket's owner: its process (pid and name, the `comm` label)
+/// and the thread that acted (tid and name, for the incident log). Only called where the
+/// current task is the one using the socket: a send, `tcp_close`, or a state change made while
+/// a process holds the socket lock (state changes in softirq or timers run with it released).
 #[inline(always)]
 fn claim(st: &mut SockState) {
     if st.tgid != 0 {
@@ -44,18 +43,9 @@ fn claim(st: &mut SockState) {
     let id = bpf_get_current_pid_tgid();
     st.tgid = (id >> 32) as u32;
     st.pid = id as u32;
-    current_comm(&mut st.comm);
+    kernel::owner_names(&mut st.comm, &mut st.thread, st.pid, st.tgid);
     // SAFETY: plain helper call.
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-}
-
-/// The current task's name, written straight into `comm`. aya's `bpf_get_current_comm()` zeroes
-/// an array first, and the BPF target turns every zeroing into a call to its byte-at-a-time
-/// `memset`; the helper itself pads the name with zeros (and zeroes all of it on failure).
-#[inline(always)]
-fn current_comm(comm: &mut [u8; COMM_LEN]) {
-    // SAFETY: the helper writes at most COMM_LEN bytes into `comm`.
-    unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
 
 /// Zeroes `*p` (a record or state, a whole number of aligned words) with one 8-byte store per
@@ -634,7 +624,7 @@ pub fn emit_write_error(
         (*ev).errno = e;
         (*ev).tgid = (id >> 32) as u32;
         (*ev).pid = id as u32;
-        current_comm(&mut (*ev).comm);
+        kernel::owner_names(&mut (*ev).comm, &mut (*ev).thread, (*ev).pid, (*ev).tgid);
         (*ev)._pad = 0;
     }
     entry.submit(0);

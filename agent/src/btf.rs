@@ -124,6 +124,16 @@ pub fn peek_offsets(btf: &Btf) -> Result<agent_common::PeekOffsets, BtfError> {
     })
 }
 
+/// Where the programs find the current task's process name: `current->group_leader->comm`
+/// (include/linux/sched.h: the thread-group leader's `comm` is what `/proc/<pid>/comm` shows).
+pub fn task_offsets(btf: &Btf) -> Result<agent_common::TaskOffsets, BtfError> {
+    let f = |field: &str| field_offset(btf, "task_struct", field);
+    Ok(agent_common::TaskOffsets {
+        group_leader: f("group_leader")?,
+        comm: f("comm")?,
+    })
+}
+
 /// x86_64's kernel stack size without KASAN.
 const X86_64_THREAD_SIZE: u32 = 16 * 1024;
 
@@ -349,6 +359,17 @@ mod tests {
             off.files_fdt,
             field_offset(&kernel_btf(), "files_struct", "fdt").unwrap()
         );
+    }
+
+    #[test]
+    fn resolves_the_process_name() {
+        let btf = kernel_btf();
+        let off = task_offsets(&btf).unwrap();
+        // Both are task_struct's own members, after `stack` and `pid`/`tgid`.
+        let pid = field_offset(&btf, "task_struct", "tgid").unwrap();
+        assert!(off.group_leader > pid, "{off:?}");
+        assert!(off.comm > off.group_leader, "{off:?}");
+        assert_ne!(off.comm, 0);
     }
 
     #[test]

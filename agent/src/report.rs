@@ -16,6 +16,8 @@ struct Record<'a> {
     reason: &'static str,
     pid: u32,
     comm: &'a str,
+    tid: u32,
+    thread: &'a str,
     role: Role,
     port: u16,
     local: String,
@@ -64,6 +66,8 @@ impl<'a> Record<'a> {
             reason: i.reason(),
             pid: i.pid,
             comm: &i.comm,
+            tid: i.tid,
+            thread: &i.thread,
             role: i.role,
             port: i.port,
             local: i.local.to_string(),
@@ -165,8 +169,9 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
                 );
             }
             format!(
-                "{} INCIDENT {}: {} [reason={} role={} port={} pid={} comm={} local={} remote={} \
-                 bytes_read={} bytes_written={}{extra} cgroup_id={}{pod} peer_closed={}]",
+                "{} INCIDENT {}: {} [reason={} role={} port={} pid={} comm={} tid={} thread={} \
+                 local={} remote={} bytes_read={} bytes_written={}{extra} cgroup_id={}{pod} \
+                 peer_closed={}]",
                 r.ts,
                 r.kind,
                 r.message,
@@ -175,6 +180,8 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
                 r.port,
                 r.pid,
                 r.comm,
+                r.tid,
+                r.thread,
                 r.local,
                 r.remote,
                 r.bytes_read,
@@ -240,6 +247,37 @@ mod tests {
         ));
         assert!(l.contains(" delay=2.003s "), "{l}");
         assert!(!l.contains('\n'));
+    }
+
+    #[test]
+    fn process_and_thread_in_both_formats() {
+        let i = Incident {
+            comm: "java".into(),
+            tid: 4250,
+            thread: "pool-1-thread-3".into(),
+            ..samples::seed()
+        };
+        let l = line(LogFormat::Text, UNIX_EPOCH, &i);
+        assert!(
+            l.contains(" pid=4242 comm=java tid=4250 thread=pool-1-thread-3 "),
+            "{l}"
+        );
+        assert!(
+            l.contains("INCIDENT unanswered_close: pid 4242 (java) read"),
+            "{l}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
+        assert_eq!(
+            (&v["pid"], &v["comm"], &v["tid"], &v["thread"]),
+            (
+                &4242.into(),
+                &"java".into(),
+                &4250.into(),
+                &"pool-1-thread-3".into()
+            ),
+            "{v}"
+        );
     }
 
     #[test]

@@ -174,8 +174,13 @@ pub enum Detail {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Incident {
     pub detail: Detail,
+    /// The process (tgid) and its name, the thread-group leader's comm: the `comm` label.
     pub pid: u32,
     pub comm: String,
+    /// The thread that acted on the socket (its first write, its close, or the failed write)
+    /// and its name, for the log only: thread pools number their threads.
+    pub tid: u32,
+    pub thread: String,
     pub role: Role,
     /// The metric `port` label: local port for servers, remote port for clients, and for an
     /// unknown role whichever of the two is not ephemeral.
@@ -370,6 +375,8 @@ pub mod samples {
             },
             pid: 4242,
             comm: "seedsrv".into(),
+            tid: 4247,
+            thread: "seedsrv".into(),
             role: Role::Server,
             port: 8800,
             local: "127.0.0.1:8800".parse().unwrap(),
@@ -412,6 +419,7 @@ pub mod samples {
     pub fn nginx_linger() -> Incident {
         Incident {
             comm: "nginx".into(),
+            thread: "nginx".into(),
             detail: Detail::Undelivered {
                 reason: AbortReason::LingerZero,
                 undelivered_bytes: 2_803_712,

@@ -235,7 +235,7 @@ impl Correlator {
                 unacked_bytes: u64::from(ev.go.unacked),
                 stream_id: None,
             };
-            let mut incident = self.incident(s, role, s.tgid, comm(&s.comm), detail);
+            let mut incident = self.incident(s, role, Owner::of(s), detail);
             incident.go = go;
             self.explain(port, verdict, incident.clone());
             return Some(incident);
@@ -254,7 +254,7 @@ impl Correlator {
             protocol: proto::name(s.proto),
             goodbye_sent: s.flags & flag::GOODBYE_SENT != 0,
         };
-        let mut incident = self.incident(s, role, s.tgid, comm(&s.comm), detail);
+        let mut incident = self.incident(s, role, Owner::of(s), detail);
         if loss == GoLoss::Dropped {
             incident.go = go;
         }
@@ -286,8 +286,11 @@ impl Correlator {
             unacked_bytes: 0,
             stream_id: Some(ev.go.stream_id),
         };
-        let mut incident =
-            self.incident(s, Role::from_wire(s.role), ev.tgid, comm(&s.comm), detail);
+        let owner = Owner {
+            pid: ev.tgid,
+            ..Owner::of(s)
+        };
+        let mut incident = self.incident(s, Role::from_wire(s.role), owner, detail);
         incident.go = go_cause(&ev.go, s.last_in_ns, ev.header.ts_ns);
         Some(incident)
     }
@@ -350,12 +353,15 @@ impl Correlator {
         };
         // The owner is whoever read or wrote the socket; a socket never used by a process has
         // nothing written, so it cannot get here without one.
-        let (pid, name) = if s.tgid != 0 {
-            (s.tgid, comm(&s.comm))
+        let owner = if s.tgid != 0 {
+            Owner::of(s)
         } else {
-            (ev.current_tgid, String::new())
+            Owner {
+                pid: ev.current_tgid,
+                ..Owner::default()
+            }
         };
-        let incident = self.incident(s, role, pid, name, detail);
+        let incident = self.incident(s, role, owner, detail);
         if ev.trigger == trigger::RECEIVE_RESET {
             return self.pairs.peer_reset(ev.header.ts_ns, ev.unacked, incident);
         }
@@ -429,22 +435,24 @@ impl Correlator {
             attempted: (ev.size_known != 0).then_some(ev.attempted),
         };
         let s = &ev.sock;
-        Some(self.incident(s, Role::from_wire(s.role), ev.tgid, comm(&ev.comm), detail))
+        // The writer, who may not be the socket's owner.
+        let writer = Owner {
+            pid: ev.tgid,
+            comm: comm(&ev.comm),
+            tid: ev.pid,
+            thread: comm(&ev.thread),
+        };
+        Some(self.incident(s, Role::from_wire(s.role), writer, detail))
     }
 
-    fn incident(
-        &self,
-        s: &SockState,
-        role: Role,
-        pid: u32,
-        comm: String,
-        detail: Detail,
-    ) -> Incident {
+    fn incident(&self, s: &SockState, role: Role, owner: Owner, detail: Detail) -> Incident {
         let (local, remote) = addrs(s);
         Incident {
             detail,
-            pid,
-            comm,
+            pid: owner.pid,
+            comm: owner.comm,
+            tid: owner.tid,
+            thread: owner.thread,
             role,
             port: self.port_label(role, s.lport, s.rport),
             local,
@@ -489,6 +497,28 @@ fn go_cause(d: &GoDeadline, last_in_ns: u64, ts_ns: u64) -> Option<GoWriteTimeou
         until_close: (deadline != GoDeadlineKind::H2Stream)
             .then(|| Duration::from_nanos(ts_ns.saturating_sub(d.ns))),
     })
+}
+
+/// Who an incident is about: the process and its name (the thread-group leader's comm), and
+/// the thread that acted on the socket and its name.
+#[derive(Default)]
+struct Owner {
+    pid: u32,
+    comm: String,
+    tid: u32,
+    thread: String,
+}
+
+impl Owner {
+    /// The task that claimed the socket (its first write or its close).
+    fn of(s: &SockState) -> Self {
+        Self {
+            pid: s.tgid,
+            comm: comm(&s.comm),
+            tid: s.pid,
+            thread: comm(&s.thread),
+        }
+    }
 }
 
 /// A task comm, up to its NUL.

@@ -8,6 +8,8 @@ use super::*;
 
 const SEC: u64 = 1_000_000_000;
 const OWNER: u32 = 4242;
+/// The owner's thread that claimed the socket.
+const OWNER_THREAD: u32 = 4250;
 
 /// The first sequence number the peer's data takes; close to the wrap, so that every test also
 /// crosses it.
@@ -64,9 +66,11 @@ impl Conn {
 
     fn claim(&mut self) {
         if self.st.tgid == 0 {
+            // A worker thread of the process: the incident names both.
             self.st.tgid = OWNER;
-            self.st.pid = OWNER;
+            self.st.pid = OWNER_THREAD;
             self.st.comm[..7].copy_from_slice(b"seedsrv");
+            self.st.thread[..8].copy_from_slice(b"worker-1");
         }
     }
 
@@ -248,6 +252,7 @@ fn seed_go_write_timeout_counts_one() {
     assert_eq!((i.kind(), i.reason()), ("unanswered_close", "fin"));
     assert_eq!((i.role, i.port), (Role::Server, 8800));
     assert_eq!((i.pid, i.comm.as_str()), (OWNER, "seedsrv"));
+    assert_eq!((i.tid, i.thread.as_str()), (OWNER_THREAD, "worker-1"));
     assert_eq!((i.bytes_in, i.bytes_out), (78, 0));
     assert!(!i.peer_closed);
     assert_eq!(
@@ -813,6 +818,7 @@ fn write_ev(conn: Conn, e: u32, tracked: bool) -> WriteErrorEvent {
         tgid: 77,
         pid: 78,
         comm: *b"client\0\0\0\0\0\0\0\0\0\0",
+        thread: *b"client-io-2\0\0\0\0\0",
         size_known: 0,
         _pad: 0,
     }
@@ -828,8 +834,8 @@ fn write_after_close_by_errno_name() {
             ("write_after_close", name, Role::Client, 8800)
         );
         assert_eq!(
-            (i.pid, i.comm.as_str()),
-            (77, "client"),
+            (i.pid, i.comm.as_str(), i.tid, i.thread.as_str()),
+            (77, "client", 78, "client-io-2"),
             "the writer, not the owner"
         );
         assert!(

@@ -223,6 +223,8 @@ impl Kernel {
         if let Err(e) = &peek {
             warn!("the first bytes of sent messages are unreadable, protocols unknown: {e}");
         }
+        // Without it every series would be labelled with a thread's name: refuse to start.
+        let task = btf::task_offsets(&kernel_btf)?;
         let config = Config {
             sock: offsets,
             tp: classic.as_ref().copied().unwrap_or_default(),
@@ -231,6 +233,7 @@ impl Kernel {
             empty_programs: opts.empty_programs as u32,
             peek: peek.as_ref().copied().unwrap_or_default(),
             explain_ports: explain_ports(opts.explain_ports),
+            task,
         };
         let arities = ProbeMode::ALL
             .iter()

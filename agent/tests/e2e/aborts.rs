@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    harness::{Agent, Process, free_port, root_or_skip, wait_for},
+    harness::{Agent, Process, assert_own_thread, free_port, own_comm, root_or_skip, wait_for},
     servers::{SETTLE, set_linger_zero, start_nginx},
 };
 
@@ -106,8 +106,9 @@ fn linger_zero_close_with_megabytes_queued() {
     assert!(queued > 1_000_000, "only {queued} bytes queued");
 
     let port = port.to_string();
+    let comm = own_comm();
     let labels = [
-        ("comm", "lingersrv"),
+        ("comm", comm.as_str()),
         ("port", port.as_str()),
         ("role", "server"),
         ("reason", "linger_zero"),
@@ -121,6 +122,13 @@ fn linger_zero_close_with_megabytes_queued() {
         error * 100.0
     );
     assert_eq!(m.value(ABORTED, &labels), Some(1.0));
+    let incidents = agent.incidents();
+    let aborts: Vec<_> = incidents
+        .iter()
+        .filter(|i| i["kind"] == "undelivered_bytes")
+        .collect();
+    assert_eq!(aborts.len(), 1, "{incidents:?}");
+    assert_own_thread(aborts[0], "lingersrv");
 }
 
 #[test]
@@ -338,8 +346,9 @@ fn retransmission_timeout_with_unacknowledged_bytes() {
         .unwrap();
     assert_eq!(err.1.raw_os_error(), Some(libc::ETIMEDOUT), "{}", err.1);
 
+    let comm = own_comm();
     let labels = [
-        ("comm", "rtoclient"),
+        ("comm", comm.as_str()),
         ("port", "9800"),
         ("role", "client"),
         ("reason", "timeout"),
@@ -352,5 +361,12 @@ fn retransmission_timeout_with_unacknowledged_bytes() {
         m.series(UNDELIVERED)
     );
     assert_eq!(m.value(ABORTED, &labels), Some(1.0));
+    let incidents = agent.incidents();
+    let aborts: Vec<_> = incidents
+        .iter()
+        .filter(|i| i["kind"] == "undelivered_bytes")
+        .collect();
+    assert_eq!(aborts.len(), 1, "{incidents:?}");
+    assert_own_thread(aborts[0], "rtoclient");
     drop(err);
 }

@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     false_positives::assert_no_loss_on,
-    harness::{Agent, root_or_skip},
+    harness::{Agent, assert_own_thread, own_comm, root_or_skip},
     servers::set_socket_option,
     unanswered::the_only_unanswered_close,
 };
@@ -54,7 +54,8 @@ fn play(conn: &mut TcpStream, steps: &[Step]) {
 }
 
 /// A listener on a free loopback port whose accepted connections each play `server` (in a
-/// thread named `shapesrv`, the comm the agent reports) and are then closed.
+/// thread named `shapesrv`, the thread the incident log names; the comm is the process's) and
+/// are then closed.
 fn server(server: &[Step]) -> u16 {
     let server = server.to_vec();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -173,10 +174,11 @@ fn query_then_close_counts_one() {
     let (_, i) = the_only_unanswered_close(
         &agent,
         "the unanswered query",
-        "shapesrv",
+        &own_comm(),
         &port.to_string(),
         "server",
     );
+    assert_own_thread(&i, "shapesrv");
     assert_eq!(i["protocol"], "postgres", "{i}");
     assert_eq!(i["unanswered_bytes"], PG_SLEEP.len());
 }
@@ -334,10 +336,11 @@ fn tls_alert_sized_final_writes_count_only_the_dropped_request() {
     let (_, i) = the_only_unanswered_close(
         &agent,
         "the request dropped behind a close alert",
-        "shapesrv",
+        &own_comm(),
         &port.to_string(),
         "server",
     );
+    assert_own_thread(&i, "shapesrv");
     assert_eq!(i["protocol"], "tls", "{i}");
     assert_eq!(
         i["unanswered_bytes"],

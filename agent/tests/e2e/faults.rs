@@ -18,7 +18,7 @@ use crate::{
 
 const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
 
-/// `n` connections to one server thread (comm `floodsrv`) that reads each request and closes
+/// `n` connections to one server thread (named `floodsrv`) that reads each request and closes
 /// without answering: `n` unanswered closes, one ring-buffer record each (the clients wrote
 /// first and owe nothing). Returns the server's port.
 fn unanswered_flood(n: usize) -> u16 {

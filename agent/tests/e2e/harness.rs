@@ -56,6 +56,33 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// This test process's name, the `comm` label of everything its threads do: its thread-group
+/// leader's comm (`/proc/<pid>/comm`; the binary's name, `e2e-<hash>` truncated to 15 bytes, or
+/// `e2e` in the kernel-matrix guests). The threads a test names (`rustsrv`, `pool-1-thread-1`)
+/// appear in the incident log only, as `thread`.
+pub fn own_comm() -> String {
+    let path = format!("/proc/{}/comm", std::process::id());
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {path}: {e}"))
+        .trim_end_matches('\n')
+        .to_owned()
+}
+
+/// Checks that incident `i` names this test process (pid, and [`own_comm`] as its comm) and,
+/// as its thread, the one this test named `thread`.
+pub fn assert_own_thread(i: &serde_json::Value, thread: &str) {
+    assert_eq!(i["pid"], std::process::id(), "{i}");
+    assert_eq!(i["comm"], own_comm(), "{i}");
+    assert_eq!(i["thread"], thread, "{i}");
+    assert_ne!(i["tid"], std::process::id(), "a thread of its own: {i}");
+}
+
+/// The calling thread's id (what the incident log calls `tid`).
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
 /// An unused loopback port (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

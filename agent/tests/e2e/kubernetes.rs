@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     bpf_objects::status_field,
-    harness::{Agent, Process, root_or_skip, scratch, wait_listening},
+    harness::{Agent, Process, own_comm, root_or_skip, scratch, wait_listening},
     servers::{SEED_PORT, curl, rust_server_reads_and_closes, seedsrv_binary},
 };
 
@@ -294,8 +294,9 @@ fn containerd_scope_on_cgroup_v2_is_labelled_with_its_pod() {
     // A process outside any pod on the same node: the labels are there, and empty.
     let (port, _) = rust_server_reads_and_closes();
     let port = port.to_string();
+    let comm = own_comm();
     let host = [
-        ("comm", "rustsrv"),
+        ("comm", comm.as_str()),
         ("port", port.as_str()),
         ("namespace", ""),
         ("pod", ""),

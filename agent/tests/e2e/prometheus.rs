@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    harness::{Agent, Process, free_port, http_get, root_or_skip, scratch, wait_for},
+    harness::{Agent, Process, free_port, http_get, own_comm, root_or_skip, scratch, wait_for},
     servers::rust_server_reads_and_closes,
 };
 
@@ -95,7 +95,8 @@ fn prometheus_server_finds_the_series() {
         series["metric"]["__name__"],
         "lostwrite_unanswered_closes_total"
     );
-    assert_eq!(series["metric"]["comm"], "rustsrv");
+    // The test process's name, not its `rustsrv` thread's.
+    assert_eq!(series["metric"]["comm"], own_comm().as_str());
     assert_eq!(series["metric"]["role"], "server");
     assert_eq!(series["metric"]["job"], "lostwrite");
     assert_eq!(series["value"][1], "1");

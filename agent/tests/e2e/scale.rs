@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     bpf_objects::{self, status_kib},
-    harness::{Agent, Process, root_or_skip},
+    harness::{Agent, Process, own_comm, root_or_skip},
     servers::rust_server_reads_and_closes,
 };
 
@@ -78,7 +78,7 @@ fn hundred_thousand_idle_connections_keep_the_agent_bounded() {
         "an unanswered close with 100k connections open",
         Duration::from_secs(10),
         "lostwrite_unanswered_closes_total",
-        &[("port", &port.to_string()), ("comm", "rustsrv")],
+        &[("port", &port.to_string()), ("comm", &own_comm())],
     );
 
     let observed = after.total("lostwrite_sockets_observed_total")

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    harness::{Agent, Metrics, root_or_skip, wait_for},
+    harness::{Agent, Metrics, assert_own_thread, gettid, own_comm, root_or_skip, wait_for},
     servers::{
         REQUEST, SEED_PORT, curl, rust_server_reads_and_closes, rust_server_reads_and_closes_on,
         start_seedsrv,
@@ -143,10 +143,11 @@ fn rust_server_that_reads_and_closes_counts_one() {
     let (m, i) = the_only_unanswered_close(
         &agent,
         "the Rust server's unanswered close",
-        "rustsrv",
+        &own_comm(),
         &port,
         "server",
     );
+    assert_own_thread(&i, "rustsrv");
     assert!(m.total("lostwrite_sockets_observed_total") >= before + 2.0);
     assert_eq!(i["role"], "server");
     assert_eq!(i["port"].to_string(), port);
@@ -154,11 +155,115 @@ fn rust_server_that_reads_and_closes_counts_one() {
     assert_eq!(i["unanswered_bytes"], REQUEST.len());
     assert!(
         i["message"].as_str().unwrap().contains(&format!(
-            "(rustsrv) read {} bytes on 127.0.0.1:{port} from 127.0.0.1:",
+            "pid {} ({}) read {} bytes on 127.0.0.1:{port} from 127.0.0.1:",
+            std::process::id(),
+            own_comm(),
             REQUEST.len()
         )),
         "{i}"
     );
+}
+
+/// A thread pool named like Java's (`pool-1-thread-1` to `-4`), each thread accepting two
+/// connections, reading the request and closing without an answer. Thread pools number their
+/// threads, so the `comm` label is the process's name (its thread-group leader's comm): one
+/// series with all eight, not one per thread. The incident log names each thread and its tid.
+#[test]
+fn thread_pool_counts_under_the_process_name() {
+    if !root_or_skip("thread_pool_counts_under_the_process_name") {
+        return;
+    }
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 2;
+    const CLOSES: usize = THREADS * PER_THREAD;
+    let agent = Agent::start(&[]);
+    let listener = std::sync::Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let pool: Vec<_> = (1..=THREADS)
+        .map(|n| {
+            let listener = listener.clone();
+            let name = format!("pool-1-thread-{n}");
+            let handle = thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    // Every thread takes exactly its share: the clients below connect one at
+                    // a time, so each connection is accepted by a thread still waiting.
+                    for _ in 0..PER_THREAD {
+                        let (mut conn, _) = listener.accept().unwrap();
+                        let mut buf = vec![0u8; REQUEST.len()];
+                        conn.read_exact(&mut buf).unwrap();
+                        drop(conn); // closed without a response
+                    }
+                    gettid()
+                })
+                .unwrap();
+            (name, handle)
+        })
+        .collect();
+    for _ in 0..CLOSES {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client.write_all(REQUEST).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).unwrap();
+        assert!(reply.is_empty(), "the pool answered");
+    }
+    let tids: std::collections::BTreeMap<String, u32> = pool
+        .into_iter()
+        .map(|(name, h)| (name, h.join().unwrap()))
+        .collect();
+
+    let port_s = port.to_string();
+    let on_port = [("port", port_s.as_str())];
+    wait_for("eight unanswered closes", Duration::from_secs(5), || {
+        (agent.scrape().sum(UNANSWERED, &on_port) >= CLOSES as f64).then_some(())
+    });
+    thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    let comm = own_comm();
+    let one_series = std::collections::BTreeMap::from([(comm.clone(), CLOSES as f64)]);
+    assert_eq!(
+        m.by_label(UNANSWERED, &on_port, "comm"),
+        one_series,
+        "{:?}",
+        m.series(UNANSWERED)
+    );
+    assert_eq!(
+        m.value(
+            UNANSWERED,
+            &[("comm", &comm), ("port", &port_s), ("role", "server")]
+        ),
+        Some(CLOSES as f64)
+    );
+    assert_eq!(
+        m.by_label(
+            "lostwrite_unanswered_close_delay_seconds_count",
+            &on_port,
+            "comm"
+        ),
+        one_series
+    );
+
+    let local = format!("127.0.0.1:{port}");
+    let incidents: Vec<_> = agent
+        .incidents()
+        .into_iter()
+        .filter(|i| i["local"] == local.as_str())
+        .collect();
+    assert_eq!(incidents.len(), CLOSES, "{incidents:?}");
+    let mut by_thread = std::collections::BTreeMap::<String, usize>::new();
+    for i in &incidents {
+        let thread = i["thread"].as_str().unwrap_or_default().to_owned();
+        assert_own_thread(i, &thread);
+        let tid = i["tid"].as_u64().map(|t| t as u32);
+        assert_eq!(tid, tids.get(&thread).copied(), "{i}");
+        *by_thread.entry(thread).or_default() += 1;
+    }
+    let want: std::collections::BTreeMap<String, usize> =
+        tids.keys().map(|name| (name.clone(), PER_THREAD)).collect();
+    assert_eq!(by_thread, want, "{incidents:?}");
 }
 
 /// Keep-alive: the first request is answered, the second (sent the moment the first response is
@@ -199,10 +304,12 @@ fn second_keep_alive_request_left_unanswered_counts_one() {
     let (_, i) = the_only_unanswered_close(
         &agent,
         "the keep-alive server's unanswered close",
-        "kasrv",
+        &own_comm(),
         &port.to_string(),
         "server",
     );
+    // Claimed at its first write, the answered response.
+    assert_own_thread(&i, "kasrv");
     assert_eq!(i["bytes_read"], 2 * REQUEST.len(), "{i}");
     assert_eq!(i["unanswered_bytes"], REQUEST.len(), "{i}");
     assert_eq!(i["bytes_written"], RESPONSE.len(), "{i}");
@@ -245,10 +352,12 @@ fn connection_from_before_the_agent_closed_unanswered_counts_one() {
     let (_, i) = the_only_unanswered_close(
         &agent,
         "the unanswered close of a connection older than the agent",
-        "oldsrv",
+        &own_comm(),
         &port.to_string(),
         "unknown",
     );
+    // Adopted at its close: named like any other.
+    assert_own_thread(&i, "oldsrv");
     drop(close_tx); // the listener goes away only now
     server.join().unwrap();
     assert_eq!(i["bytes_read"], REQUEST.len());
@@ -308,10 +417,11 @@ fn server_that_splices_the_request_and_closes_counts_one() {
     let (_, i) = the_only_unanswered_close(
         &agent,
         "the splicing server's unanswered close",
-        "splicesrv",
+        &own_comm(),
         &port.to_string(),
         "server",
     );
+    assert_own_thread(&i, "splicesrv");
     assert_eq!(i["bytes_read"], REQUEST.len());
     assert_eq!(i["unanswered_bytes"], REQUEST.len());
 }
@@ -355,8 +465,9 @@ fn classic_tracepoint_fallback_detects_the_same() {
     }
     let (port, _) = rust_server_reads_and_closes();
     let port = port.to_string();
+    let comm = own_comm();
     let labels = [
-        ("comm", "rustsrv"),
+        ("comm", comm.as_str()),
         ("port", port.as_str()),
         ("role", "server"),
     ];
@@ -368,6 +479,7 @@ fn classic_tracepoint_fallback_detects_the_same() {
     );
     assert_eq!(m.value(UNANSWERED, &labels), Some(1.0));
     let i = &agent.incidents()[0];
+    assert_own_thread(i, "rustsrv");
     assert_eq!(i["local"], format!("127.0.0.1:{port}"), "{i}");
     assert_eq!(i["bytes_read"], REQUEST.len());
 }
@@ -381,8 +493,9 @@ fn ipv6_server_that_reads_and_closes_counts_one() {
     let (port, reply) = rust_server_reads_and_closes_on("[::1]:0", "rustsrv6");
     assert_eq!(reply, 0);
     let port = port.to_string();
+    let comm = own_comm();
     let labels = [
-        ("comm", "rustsrv6"),
+        ("comm", comm.as_str()),
         ("port", port.as_str()),
         ("role", "server"),
     ];
@@ -390,6 +503,7 @@ fn ipv6_server_that_reads_and_closes_counts_one() {
         agent.scrape().value(UNANSWERED, &labels)
     });
     let i = &agent.incidents()[0];
+    assert_own_thread(i, "rustsrv6");
     assert_eq!(i["local"], format!("[::1]:{port}"), "{i}");
     assert!(i["remote"].as_str().unwrap().starts_with("[::1]:"), "{i}");
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    harness::{Agent, probe_mode, root_or_skip, wait_for},
+    harness::{Agent, assert_own_thread, own_comm, probe_mode, root_or_skip, wait_for},
     servers::{REQUEST, SETTLE, set_linger_zero, set_socket_option},
 };
 
@@ -44,8 +44,9 @@ fn client_writing_after_the_server_closed_gets_epipe() {
     assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
 
     let port = port.to_string();
+    let comm = own_comm();
     let labels = [
-        ("comm", "eagerclient"),
+        ("comm", comm.as_str()),
         ("port", port.as_str()),
         ("role", "client"),
         ("errno", "EPIPE"),
@@ -55,7 +56,7 @@ fn client_writing_after_the_server_closed_gets_epipe() {
     assert_eq!(m.total(WRITES), 1.0, "{:?}", m.series(WRITES));
     // The accepted first send never reached the peer: the server's RST discarded it.
     let peer_reset = [
-        ("comm", "eagerclient"),
+        ("comm", comm.as_str()),
         ("port", port.as_str()),
         ("role", "client"),
         ("reason", "peer_reset"),
@@ -75,6 +76,7 @@ fn client_writing_after_the_server_closed_gets_epipe() {
         .find(|i| i["kind"] == "write_after_close")
         .expect("a write_after_close incident");
     assert_eq!(epipe["reason"], "EPIPE");
+    assert_own_thread(epipe, "eagerclient");
     // fentry and kprobe modes hook tcp_sendmsg and see the size the call attempted; tracepoint
     // mode only sees the call's result.
     let bytes = m.value("lostwrite_writes_after_close_bytes_total", &labels);
@@ -93,7 +95,7 @@ fn client_writing_after_the_server_closed_gets_epipe() {
         epipe["message"]
             .as_str()
             .unwrap()
-            .contains(&format!("(eagerclient) {wrote} 127.0.0.1:")),
+            .contains(&format!("({comm}) {wrote} 127.0.0.1:")),
         "{epipe}"
     );
 }
@@ -147,8 +149,9 @@ fn use_after_close_ebadf_counts_and_a_reused_fd_does_not() {
     assert_eq!(err, Err(libc::EBADF));
 
     let port_s = port.to_string();
+    let comm = own_comm();
     let labels = [
-        ("comm", "fdwriter"),
+        ("comm", comm.as_str()),
         ("port", port_s.as_str()),
         ("role", "client"),
         ("errno", "EBADF"),
@@ -164,6 +167,10 @@ fn use_after_close_ebadf_counts_and_a_reused_fd_does_not() {
         m.value("lostwrite_writes_after_close_bytes_total", &labels),
         Some(10.0)
     );
+    // The thread that wrote, not the one that closed.
+    let incidents = agent.incidents();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_own_thread(&incidents[0], "fdwriter");
 
     // The same fd number reused by a new socket: writing to it works and is not a loss.
     let second = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -285,9 +292,10 @@ fn every_write_family_call_after_reset_is_counted() {
         assert_eq!(*e, libc::EPIPE, "{call}: {results:?}");
     }
     let port = port.to_string();
+    let comm = own_comm();
     let labels = |errno| {
         [
-            ("comm", "writefamily"),
+            ("comm", comm.as_str()),
             ("port", port.as_str()),
             ("role", "client"),
             ("errno", errno),
@@ -311,6 +319,15 @@ fn every_write_family_call_after_reset_is_counted() {
         "{:?}",
         m.series(WRITES)
     );
+    let writes: Vec<_> = agent
+        .incidents()
+        .into_iter()
+        .filter(|i| i["kind"] == "write_after_close")
+        .collect();
+    assert_eq!(writes.len(), 6, "{writes:?}");
+    writes
+        .iter()
+        .for_each(|i| assert_own_thread(i, "writefamily"));
     drop(client);
 }
 
@@ -385,7 +402,8 @@ fn many_blocked_writers_reset_at_once_are_each_counted() {
         };
         *by_errno.entry(errno).or_default() += 1.0;
     }
-    let comm = [("comm", "blockedwriter")];
+    let (comm, port) = (own_comm(), port.to_string());
+    let comm = [("comm", comm.as_str()), ("port", port.as_str())];
     let deadline = std::time::Instant::now() + SETTLE;
     while agent.scrape().sum(WRITES, &comm) < WRITERS as f64 && std::time::Instant::now() < deadline
     {
@@ -402,12 +420,22 @@ fn many_blocked_writers_reset_at_once_are_each_counted() {
     );
     for (errno, n) in by_errno {
         assert_eq!(
-            m.sum(WRITES, &[("comm", "blockedwriter"), ("errno", errno)]),
+            m.sum(WRITES, &[comm[0], comm[1], ("errno", errno)]),
             n,
             "{errno}: {:?}",
             m.series(WRITES)
         );
     }
+    // One series per errno, and in the log every writer thread by its name.
+    let writes: Vec<_> = agent
+        .incidents()
+        .into_iter()
+        .filter(|i| i["kind"] == "write_after_close")
+        .collect();
+    assert_eq!(writes.len(), WRITERS, "{writes:?}");
+    writes
+        .iter()
+        .for_each(|i| assert_own_thread(i, "blockedwriter"));
 }
 
 /// Servers blocked sending their responses to slow readers, more of them at once than kprobe
@@ -474,9 +502,12 @@ fn many_blocked_responses_then_delivered_count_nothing() {
         m.total(observed) >= before + 2.0 * SERVERS as f64,
         "the agent did not see the connections"
     );
+    // This process's servers and clients alike (the comm is the process's, not its
+    // `blockedserver` threads').
+    let (comm, port) = (own_comm(), port.to_string());
     for name in [UNANSWERED, WRITES, UNDELIVERED] {
         assert_eq!(
-            m.sum(name, &[("comm", "blockedserver")]),
+            m.sum(name, &[("comm", comm.as_str()), ("port", port.as_str())]),
             0.0,
             "{:?}",
             m.series(name)

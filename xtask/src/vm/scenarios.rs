@@ -105,6 +105,12 @@ pub const SCENARIOS: &[Scenario] = &[
         needs: &[],
     },
     Scenario {
+        name: "thread-pool-process-name",
+        test: "unanswered::thread_pool_counts_under_the_process_name",
+        detector: Detector::UnansweredClose,
+        needs: &[],
+    },
+    Scenario {
         name: "linger-zero",
         test: "aborts::linger_zero_close_with_megabytes_queued",
         detector: Detector::UndeliveredBytes,
