@@ -115,6 +115,12 @@ pub fn is_root() -> bool {
 /// Install the build tools, build the agent and return the path of its binary.
 fn build(debug: bool) -> Result<PathBuf> {
     let env = setup::build_tools()?;
+    // The build script keeps the eBPF build's own output back unless it fails, so this line
+    // says what the minutes of a first build are spent on.
+    eprintln!(
+        "xtask: building the agent ({}) and its eBPF programs (agent-ebpf, nightly, bpf-linker)",
+        if debug { "debug" } else { "release" }
+    );
     let mut cmd = cargo();
     cmd.args(["build", "--package", "agent", "--bins"]);
     if !debug {
@@ -175,7 +181,7 @@ fn ebpf() -> Result<()> {
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 /// `cargo +nightly <subcommand>` for the eBPF crate alone, for its own target, with the flags
-/// aya-build passes (the architecture cfg aya-ebpf needs, and BTF).
+/// agent/build.rs passes (the architecture cfg aya-ebpf needs, and BTF).
 pub fn ebpf_cargo(subcommand: &str) -> Command {
     let mut cmd = cargo();
     cmd.args(["+nightly", subcommand, "--package", "agent-ebpf", "--bins"])

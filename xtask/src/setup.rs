@@ -15,7 +15,7 @@ use crate::{cmd, is_root};
 
 /// The environment commands that build the agent need.
 pub struct Env {
-    /// Directory holding `bpf-linker`, which aya-build needs on PATH to link the eBPF programs.
+    /// Directory holding `bpf-linker`, which agent/build.rs needs on PATH to link the eBPF programs.
     linker_bin: PathBuf,
 }
 
