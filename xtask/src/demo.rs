@@ -90,11 +90,6 @@ pub fn run() -> Result<ExitCode> {
     let after = scrape(metrics);
     let incident = agent.incident(seed_port);
 
-    seedsrv.stop();
-    let agent_log = agent.stderr();
-    agent.stop();
-    println!("demo: stopped seedsrv and the agent");
-
     let failure = match (&seen, &incident) {
         _ if healthy.code != 0 => Some(format!(
             "the healthy request failed (curl exit {}): {}",
@@ -114,6 +109,10 @@ pub fn run() -> Result<ExitCode> {
             println!("{line}");
         }
     }
+    seedsrv.stop();
+    let agent_log = agent.stderr();
+    agent.stop();
+    println!("demo: stopped seedsrv and the agent");
     match failure {
         None => {
             println!("demo: ok: the lost response was counted as {wanted}");

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     kernels::Kernel,
     qemu::{GuestRun, Outcome},
-    scenarios::{Detector, Scenario},
+    scenarios::{DEFAULT_MODE, Detector, Scenario},
 };
 
 const BEGIN: &str = "<!-- support-table:begin -->";
@@ -36,10 +36,11 @@ impl Matrix<'_> {
     /// Prints the summary and each failure's output; returns whether everything passed.
     pub fn print_summary(&self) -> bool {
         let mut out = String::new();
+        let modes = self.columns();
         let columns: Vec<String> = self
             .runs
             .iter()
-            .flat_map(|(k, _)| self.modes.iter().map(|m| format!("{}/{m}", k.line.name)))
+            .flat_map(|(k, _)| modes.iter().map(|m| format!("{}/{m}", k.line.name)))
             .collect();
         let width = columns.iter().map(String::len).max().unwrap_or(0).max(4);
         let _ = write!(out, "\n{:<26} {:<18}", "scenario", "detector");
@@ -50,15 +51,19 @@ impl Matrix<'_> {
         let (mut passed, mut failed) = (0, 0);
         for sc in self.scenarios {
             let _ = write!(out, "{:<26} {:<18}", sc.name, sc.detector.to_string());
+            let runs_in = sc.modes(self.modes);
             for (_, run) in self.runs {
-                for mode in self.modes {
-                    let ok = Self::passed(run, mode, sc);
-                    if ok {
+                for mode in &modes {
+                    let cell = if !runs_in.contains(mode) {
+                        "-"
+                    } else if Self::passed(run, mode, sc) {
                         passed += 1;
+                        "PASS"
                     } else {
                         failed += 1;
-                    }
-                    let _ = write!(out, " {:>width$}", if ok { "PASS" } else { "FAIL" });
+                        "FAIL"
+                    };
+                    let _ = write!(out, " {cell:>width$}");
                 }
             }
             out.push('\n');
@@ -86,9 +91,9 @@ impl Matrix<'_> {
         }
 
         for (kernel, run) in self.runs {
-            for mode in self.modes {
+            for mode in &modes {
                 for sc in self.scenarios {
-                    if Self::passed(run, mode, sc) {
+                    if !sc.modes(self.modes).contains(mode) || Self::passed(run, mode, sc) {
                         continue;
                     }
                     let _ = writeln!(out, "\n--- FAIL {} {mode} {}", kernel.line.name, sc.name);
@@ -116,7 +121,17 @@ impl Matrix<'_> {
         failed == 0
     }
 
-    /// The markdown table: one row per kernel and mode, one column per detector.
+    /// The summary's modes: the chosen ones, and the default's when a scenario runs in it.
+    fn columns(&self) -> Vec<&str> {
+        let mut modes: Vec<&str> = self.modes.iter().map(String::as_str).collect();
+        if self.scenarios.iter().any(|s| s.default_mode) {
+            modes.push(DEFAULT_MODE);
+        }
+        modes
+    }
+
+    /// The markdown table: one row per kernel and mode, one column per detector. The
+    /// default-mode scenario is left out: it proves the choice, not a mode.
     fn support_table(&self) -> String {
         let mut t = String::from("| kernel | Debian package | probe mode |");
         for d in Detector::ALL {
@@ -134,8 +149,11 @@ impl Matrix<'_> {
                     kernel.release, kernel.version
                 );
                 for d in Detector::ALL {
-                    let scenarios: Vec<_> =
-                        self.scenarios.iter().filter(|s| s.detector == d).collect();
+                    let scenarios: Vec<_> = self
+                        .scenarios
+                        .iter()
+                        .filter(|s| s.detector == d && !s.default_mode)
+                        .collect();
                     let cell = if scenarios.is_empty() {
                         "–"
                     } else if scenarios.iter().all(|s| Self::passed(run, mode, s)) {
@@ -174,6 +192,35 @@ impl Matrix<'_> {
     }
 }
 
+impl Matrix<'_> {
+    /// The rows of `path`'s support table (between the markers) that differ from this run's,
+    /// as `-`/`+` lines; empty when they are the same.
+    pub fn support_table_differences(&self, path: &Path) -> Result<Vec<String>> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let written = between_markers(&text)
+            .with_context(|| format!("{} has no {BEGIN} … {END} section", path.display()))?;
+        Ok(differences(written, &self.support_table()))
+    }
+}
+
+/// `-` for each line of `old` that `new` lacks, `+` for each line of `new` that `old` lacks.
+fn differences(old: &str, new: &str) -> Vec<String> {
+    let (old, new): (Vec<&str>, Vec<&str>) = (
+        old.lines().filter(|l| !l.trim().is_empty()).collect(),
+        new.lines().filter(|l| !l.trim().is_empty()).collect(),
+    );
+    let gone = old
+        .iter()
+        .filter(|l| !new.contains(l))
+        .map(|l| format!("- {l}"));
+    let came = new
+        .iter()
+        .filter(|l| !old.contains(l))
+        .map(|l| format!("+ {l}"));
+    gone.chain(came).collect()
+}
+
 /// Whether the guest's `agent check` said that `detector` is unavailable in `mode` on that
 /// kernel (its detector table: `unanswered_close  yes  fentry, kprobe`). Such a failure is the
 /// agent degrading as it said it would, not a broken mode; anything unparsable counts as not
@@ -204,6 +251,16 @@ fn reported_off(check: &[String], detector: Detector, mode: &str) -> bool {
             _ => false,
         }
     })
+}
+
+fn between_markers(text: &str) -> Result<&str> {
+    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("markers missing");
+    };
+    if end < begin {
+        bail!("{END} comes before {BEGIN}");
+    }
+    Ok(&text[begin + BEGIN.len()..end])
 }
 
 fn replace_between_markers(text: &str, table: &str) -> Result<String> {
@@ -256,5 +313,16 @@ mod tests {
         assert_eq!(new, format!("intro\n{BEGIN}\n| new |\n{END}\noutro\n"));
         assert_eq!(replace_between_markers(&new, "| new |\n").unwrap(), new);
         assert!(replace_between_markers("no markers", "x").is_err());
+        assert_eq!(between_markers(&new).unwrap(), "\n| new |\n");
+    }
+
+    #[test]
+    fn differences_name_the_rows_that_changed() {
+        let old = "| a | ✓ |\n| b | ✓ |\n";
+        assert!(differences(old, old).is_empty());
+        assert_eq!(
+            differences(old, "| a | ✓ |\n| b | ✗ |\n"),
+            ["- | b | ✓ |", "+ | b | ✗ |"]
+        );
     }
 }
