@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 mod vm;
@@ -54,6 +55,13 @@ enum Cmd {
     Test,
     /// Build only the eBPF object with the nightly toolchain and print its path and size.
     Ebpf,
+    /// Show the seed incident: set up, build, run the agent and the Go seed server, send one
+    /// healthy and one timed-out request, print the client's error, the incident line and the
+    /// /metrics lines that moved, then stop everything.
+    ///
+    /// Installs Go and curl when missing. Needs root (or sudo) for the agent. Exits non-zero when
+    /// the incident does not show.
+    Demo,
     /// Run the end-to-end scenarios in each probe mode on Debian kernels booted under qemu.
     ///
     /// Downloads the kernels once (cached in target/vm/kernels), builds an initramfs with the
@@ -73,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Run { debug, args } => run(debug, &args),
         Cmd::Test => test::run(),
         Cmd::Ebpf => ebpf().map(|_| ExitCode::SUCCESS),
+        Cmd::Demo => demo::run(),
         Cmd::VmTest(args) => vm::run(args),
         Cmd::Bench(opts) => bench::run(opts),
     };
@@ -112,9 +121,22 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Install the build tools, build the agent and return the path of its binary.
+/// Install the build tools, build the agent and print the path of its binary.
 fn build(debug: bool) -> Result<PathBuf> {
     let env = setup::build_tools()?;
+    let binary = build_agent(&env, debug)?;
+    println!("{}", binary.display());
+    Ok(binary)
+}
+
+/// Build the agent with the tools in `env` and return the path of its binary.
+pub fn build_agent(env: &setup::Env, debug: bool) -> Result<PathBuf> {
+    // The build script keeps the eBPF build's own output back unless it fails, so this line
+    // says what the minutes of a first build are spent on.
+    eprintln!(
+        "xtask: building the agent ({}) and its eBPF programs (agent-ebpf, nightly, bpf-linker)",
+        if debug { "debug" } else { "release" }
+    );
     let mut cmd = cargo();
     cmd.args(["build", "--package", "agent", "--bins"]);
     if !debug {
@@ -132,7 +154,6 @@ fn build(debug: bool) -> Result<PathBuf> {
             binary.display()
         );
     }
-    println!("{}", binary.display());
     Ok(binary)
 }
 
@@ -175,7 +196,7 @@ fn ebpf() -> Result<()> {
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 /// `cargo +nightly <subcommand>` for the eBPF crate alone, for its own target, with the flags
-/// aya-build passes (the architecture cfg aya-ebpf needs, and BTF).
+/// agent/build.rs passes (the architecture cfg aya-ebpf needs, and BTF).
 pub fn ebpf_cargo(subcommand: &str) -> Command {
     let mut cmd = cargo();
     cmd.args(["+nightly", subcommand, "--package", "agent-ebpf", "--bins"])

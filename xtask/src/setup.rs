@@ -15,7 +15,7 @@ use crate::{cmd, is_root};
 
 /// The environment commands that build the agent need.
 pub struct Env {
-    /// Directory holding `bpf-linker`, which aya-build needs on PATH to link the eBPF programs.
+    /// Directory holding `bpf-linker`, which agent/build.rs needs on PATH to link the eBPF programs.
     linker_bin: PathBuf,
 }
 
@@ -32,8 +32,15 @@ impl Env {
 /// Everything: what building needs and the Debian packages the tests use.
 pub fn all() -> Result<Env> {
     let env = build_tools()?;
-    apt_packages()?;
+    apt_packages(APT_PACKAGES)?;
     newer_go()?;
+    Ok(env)
+}
+
+/// What `cargo xtask demo` needs: the build tools, Go (to build the seed server) and curl.
+pub fn demo() -> Result<Env> {
+    let env = build_tools()?;
+    apt_packages(DEMO_PACKAGES)?;
     Ok(env)
 }
 
@@ -277,8 +284,12 @@ const APT_PACKAGES: &[&[&str]] = &[
     &["busybox-static"],
 ];
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// The part of [`APT_PACKAGES`] the demo uses.
+const DEMO_PACKAGES: &[&[&str]] = &[&["golang-go"], &["curl"]];
+
+/// Installs the first choice of every entry of `packages` that has none installed.
+fn apt_packages(packages: &[&[&str]]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|choices| !choices.iter().any(|pkg| dpkg_installed(pkg)))
         .map(|choices| choices[0])

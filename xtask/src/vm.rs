@@ -50,6 +50,11 @@ pub struct VmArgs {
     /// part between them is replaced.
     #[arg(long, value_name = "PATH")]
     support_table: Option<PathBuf>,
+    /// Fail when the support table between the markers in this file (README.md) differs from
+    /// the one this run would write. Needs the whole matrix: every kernel, `--mode all` and
+    /// every scenario (`cargo xtask test` runs it so).
+    #[arg(long, value_name = "PATH", conflicts_with = "support_table")]
+    check_support_table: Option<PathBuf>,
     /// Resolve and download the kernels again even when cached.
     #[arg(long)]
     refresh_kernels: bool,
@@ -83,6 +88,18 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     let lines = choose_kernels(&args.kernel)?;
     let modes = choose_modes(&args.mode)?;
     let chosen = choose_scenarios(&args.scenario)?;
+
+    if let Some(path) = &args.check_support_table
+        && (lines.len() != KERNELS.len()
+            || modes.len() != MODES.len()
+            || chosen.len() != SCENARIOS.len())
+    {
+        bail!(
+            "--check-support-table {} compares the whole table: run every kernel, --mode all and \
+             every scenario",
+            path.display()
+        );
+    }
 
     let env = setup::all()?;
     let dir = target_dir().join("vm");
@@ -124,7 +141,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         .map(|line| kernels::get(line, &dir, &mirror, args.refresh_kernels))
         .collect::<Result<Vec<_>>>()?;
 
-    let runs_per_guest = (modes.len() * chosen.len()) as u32;
+    let runs_per_guest: u32 = chosen.iter().map(|s| s.modes(&modes).len() as u32).sum();
     let mut runs = Vec::new();
     for kernel in &kernels {
         let boot = qemu::Boot {
@@ -175,10 +192,30 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         scenarios: &chosen,
         runs: &runs,
     };
-    let ok = matrix.print_summary();
+    let mut ok = matrix.print_summary();
     if let Some(path) = &args.support_table {
         matrix.write_support_table(path)?;
         println!("vm-test: support table written to {}", path.display());
+    }
+    if let Some(path) = &args.check_support_table {
+        let differences = matrix.support_table_differences(path)?;
+        if differences.is_empty() {
+            println!(
+                "vm-test: {}'s support table matches this run",
+                path.display()
+            );
+        } else {
+            ok = false;
+            for line in &differences {
+                println!("{line}");
+            }
+            println!(
+                "vm-test: FAILED: {}'s support table differs from this run's (above); \
+                 regenerate it with `cargo xtask vm-test --mode all --support-table {}`",
+                path.display(),
+                path.display()
+            );
+        }
     }
     Ok(if ok {
         ExitCode::SUCCESS

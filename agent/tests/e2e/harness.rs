@@ -38,6 +38,16 @@ pub fn probe_mode() -> String {
         .unwrap_or_else(|| "tracepoint".to_owned())
 }
 
+/// The probe mode the agent should choose when started with no `--probe-mode` (`auto`):
+/// `LOSTWRITE_EXPECT_DEFAULT_MODE` (the kernel-matrix guests set it per kernel: fentry), or
+/// `tracepoint`, what this host's kernel leaves (it refuses BPF trampolines and has no kprobes).
+pub fn expected_default_mode() -> String {
+    std::env::var("LOSTWRITE_EXPECT_DEFAULT_MODE")
+        .ok()
+        .filter(|mode| !mode.is_empty())
+        .unwrap_or_else(|| "tracepoint".to_owned())
+}
+
 /// Whether this process may run root e2e tests. Under `LOSTWRITE_E2E=1` (CI, `cargo xtask test`)
 /// not being root is a failure, never a skip.
 pub fn root_or_skip(test: &str) -> bool {
@@ -161,19 +171,34 @@ impl Agent {
     /// the agent's environment and then execs it in the same process, so that [`Agent::pid`]
     /// is the agent's once it runs). An empty `wrapper` runs the agent directly.
     pub fn start_under(wrapper: &[OsString], extra: &[&str]) -> Self {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mode = match extra.iter().position(|a| *a == "--probe-mode") {
             Some(i) => extra.get(i + 1).copied().unwrap_or_default().to_owned(),
             None => probe_mode(),
         };
+        Self::launch(wrapper, extra, Some(mode))
+    }
+
+    /// Starts the agent as a user (and the DaemonSet) does, with no `--probe-mode`: it
+    /// chooses one itself. [`Agent::mode_in_use`] says which.
+    pub fn start_default(extra: &[&str]) -> Self {
+        assert!(!extra.contains(&"--probe-mode"), "{extra:?}");
+        Self::launch(&[], extra, None)
+    }
+
+    /// `mode`: the `--probe-mode` to pass, or `None` for none (the agent's default, `auto`).
+    fn launch(wrapper: &[OsString], extra: &[&str], mode: Option<String>) -> Self {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut args: Vec<OsString> = ["run", "--listen", &listen.to_string()]
             .iter()
             .chain(&["--log-format", "json"])
             .map(OsString::from)
             .collect();
-        if !extra.contains(&"--probe-mode") {
-            args.extend(["--probe-mode".into(), OsString::from(&mode)]);
+        if let Some(mode) = &mode
+            && !extra.contains(&"--probe-mode")
+        {
+            args.extend(["--probe-mode".into(), OsString::from(mode)]);
         }
+        let mode = mode.unwrap_or_else(|| "auto".to_owned());
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
@@ -207,6 +232,11 @@ impl Agent {
             }
         });
         agent.assert_attached(&mode);
+        let mode = if mode == "auto" {
+            agent.mode_in_use()
+        } else {
+            mode
+        };
         if mode == "tracepoint" && !extra.contains(&"--classic-tracepoints") {
             // Every hook attaches as a BTF tracepoint on this kernel; a silent fallback to the
             // (7x dearer) classic tracepoint would be a regression.
@@ -246,6 +276,22 @@ impl Agent {
             stderr.contains("probes attached"),
             "no attach log line: {stderr}"
         );
+    }
+
+    /// The probe mode the agent reports in use (`lostwrite_probe_mode_info{mode} 1`).
+    pub fn mode_in_use(&self) -> String {
+        let s = self.scrape();
+        let info = "lostwrite_probe_mode_info";
+        let modes: Vec<&str> = s
+            .scrape
+            .samples
+            .iter()
+            .filter(|x| x.metric == info)
+            .filter(|x| matches!(&x.value, Value::Gauge(v) | Value::Untyped(v) if *v == 1.0))
+            .filter_map(|x| x.labels.get("mode"))
+            .collect();
+        assert_eq!(modes.len(), 1, "{:?}", s.series(info));
+        modes[0].to_owned()
     }
 
     /// The `hooks` field of the attach log line, e.g. `sock_send_length(btf) ...`.

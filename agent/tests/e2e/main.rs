@@ -10,6 +10,7 @@ mod bpf_objects;
 mod close_shapes;
 mod databases;
 mod db_servers;
+mod defaults;
 mod errors;
 mod false_positives;
 mod faults;

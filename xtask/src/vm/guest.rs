@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::scenarios::Scenario;
+use super::scenarios::{DEFAULT_MODE, Scenario};
 use crate::cmd;
 
 /// Prefix of every line the init script prints for the host to parse.
@@ -28,6 +28,10 @@ pub struct Binaries {
     pub curl: Option<PathBuf>,
     pub busybox: PathBuf,
 }
+
+/// The kernel command-line parameter that tells the init script which probe mode the agent's
+/// default must choose on the booted kernel (`LOSTWRITE_EXPECT_DEFAULT_MODE` for the test).
+pub const DEFAULT_MODE_PARAM: &str = "lostwrite_default_mode";
 
 /// Where things live in the guest. The e2e harness finds them through these environment
 /// variables, which the init script sets.
@@ -146,6 +150,9 @@ mnt bpf /sys/fs/bpf
 mnt cgroup2 /sys/fs/cgroup
 ip link set lo up
 kernel=$(uname -r)
+for word in $(cat /proc/cmdline); do
+    case "$word" in {DEFAULT_MODE_PARAM}=*) export LOSTWRITE_EXPECT_DEFAULT_MODE="${{word#*=}}" ;; esac
+done
 echo "{MARK}-BOOTED $kernel $(uname -v)"
 uptime_s() {{ cut -d' ' -f1 /proc/uptime; }}
 timeout {timeout} {GUEST_AGENT} check
@@ -171,8 +178,13 @@ run() {{
         timeout = plan.scenario_timeout,
     );
     // `agent check` reports every mode at once, so it runs once per boot, not once per mode.
+    // A default-mode scenario runs once (the test passes no `--probe-mode` whatever
+    // LOSTWRITE_PROBE_MODE says), before the rest.
+    for sc in plan.scenarios.iter().filter(|sc| sc.default_mode) {
+        s.push_str(&format!("run {DEFAULT_MODE} {} {}\n", sc.name, sc.test));
+    }
     for mode in plan.modes {
-        for sc in plan.scenarios {
+        for sc in plan.scenarios.iter().filter(|sc| !sc.default_mode) {
             s.push_str(&format!("run {mode} {} {}\n", sc.name, sc.test));
         }
     }
@@ -344,16 +356,22 @@ mod tests {
     #[test]
     fn the_init_script_runs_every_mode_and_scenario() {
         let modes = ["fentry".to_owned(), "kprobe".to_owned()];
-        let scenarios = [&super::super::scenarios::SCENARIOS[0]];
+        let all = super::super::scenarios::SCENARIOS;
+        let default = all.iter().find(|s| s.default_mode).unwrap();
+        let sc = all.iter().find(|s| !s.default_mode).unwrap();
+        let scenarios = [default, sc];
         let script = init_script(&Plan {
             modes: &modes,
             scenarios: &scenarios,
             scenario_timeout: 60,
         });
-        let sc = scenarios[0];
-        for mode in modes {
+        for mode in &modes {
             assert!(script.contains(&format!("run {mode} {} {}\n", sc.name, sc.test)));
+            assert!(!script.contains(&format!("run {mode} {} ", default.name)));
         }
+        let once = format!("run {DEFAULT_MODE} {} {}\n", default.name, default.test);
+        assert_eq!(script.matches(&once).count(), 1);
+        assert!(script.contains(DEFAULT_MODE_PARAM));
         assert!(script.ends_with("poweroff -f\n"));
     }
 }

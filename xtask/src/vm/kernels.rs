@@ -17,20 +17,26 @@ use crate::cmd;
 pub struct KernelLine {
     pub name: &'static str,
     pub suite: &'static str,
+    /// The probe mode `--probe-mode auto` must choose on this kernel (the `default-mode`
+    /// scenario checks it): fentry wherever BPF trampolines work, as they do on all three.
+    pub default_mode: &'static str,
 }
 
 pub const KERNELS: &[KernelLine] = &[
     KernelLine {
         name: "5.10",
         suite: "bullseye",
+        default_mode: "fentry",
     },
     KernelLine {
         name: "6.1",
         suite: "bookworm",
+        default_mode: "fentry",
     },
     KernelLine {
         name: "6.12",
         suite: "bookworm-backports",
+        default_mode: "fentry",
     },
 ];
 

@@ -78,6 +78,13 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
         "mitigations=off",
     ]
     .join(" ");
+    // What the `default-mode` scenario expects `--probe-mode auto` to choose on this kernel; the
+    // init script reads it from /proc/cmdline (one initramfs serves every kernel).
+    let append = format!(
+        "{append} {}={}",
+        super::guest::DEFAULT_MODE_PARAM,
+        boot.kernel.line.default_mode
+    );
     let append = match boot.append {
         Some(extra) => format!("{append} {extra}"),
         None => append,

@@ -59,50 +59,83 @@ pub struct Scenario {
     pub test: &'static str,
     pub detector: Detector,
     pub needs: &'static [Need],
+    /// Run once per guest with the agent's default probe mode (no `--probe-mode`), instead of
+    /// once in each chosen mode. Its result is reported under the mode [`DEFAULT_MODE`].
+    pub default_mode: bool,
+}
+
+/// The mode name the result lines, the summary and the support table give the agent's default.
+pub const DEFAULT_MODE: &str = "auto";
+
+impl Scenario {
+    /// The modes this scenario runs in, out of the chosen `modes`.
+    pub fn modes<'m>(&self, modes: &'m [String]) -> Vec<&'m str> {
+        if self.default_mode {
+            vec![DEFAULT_MODE]
+        } else {
+            modes.iter().map(String::as_str).collect()
+        }
+    }
 }
 
 pub const SCENARIOS: &[Scenario] = &[
+    // The agent as users and the DaemonSet start it: it must choose the kernel's best mode
+    // (`KernelLine::default_mode`) and count the seed in it.
+    Scenario {
+        name: "default-mode",
+        test: "defaults::default_probe_mode_is_the_best_this_kernel_allows_and_counts_the_seed",
+        detector: Detector::UnansweredClose,
+        needs: &[Need::SeedServer, Need::Curl],
+        default_mode: true,
+    },
     Scenario {
         name: "seed-go-write-timeout",
         test: "unanswered::seed_go_write_timeout_counts_exactly_one",
         detector: Detector::UnansweredClose,
         needs: &[Need::SeedServer, Need::Curl],
+        default_mode: false,
     },
     Scenario {
         name: "rust-read-and-close",
         test: "unanswered::rust_server_that_reads_and_closes_counts_one",
         detector: Detector::UnansweredClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "ipv6-read-and-close",
         test: "unanswered::ipv6_server_that_reads_and_closes_counts_one",
         detector: Detector::UnansweredClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "keep-alive-second-unanswered",
         test: "unanswered::second_keep_alive_request_left_unanswered_counts_one",
         detector: Detector::UnansweredClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "query-then-close",
         test: "close_shapes::query_then_close_counts_one",
         detector: Detector::UnansweredClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "tls-alert-sized-writes",
         test: "close_shapes::tls_alert_sized_final_writes_count_only_the_dropped_request",
         detector: Detector::UnansweredClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "pre-existing-unanswered",
         test: "unanswered::connection_from_before_the_agent_closed_unanswered_counts_one",
         detector: Detector::UnansweredClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "thread-pool-process-name",
@@ -115,72 +148,84 @@ pub const SCENARIOS: &[Scenario] = &[
         test: "aborts::linger_zero_close_with_megabytes_queued",
         detector: Detector::UndeliveredBytes,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "epipe-after-close",
         test: "writes::client_writing_after_the_server_closed_gets_epipe",
         detector: Detector::WriteAfterClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "write-family-after-reset",
         test: "writes::every_write_family_call_after_reset_is_counted",
         detector: Detector::WriteAfterClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "blocked-writers-reset",
         test: "writes::many_blocked_writers_reset_at_once_are_each_counted",
         detector: Detector::WriteAfterClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "blocked-responses",
         test: "writes::many_blocked_responses_then_delivered_count_nothing",
         detector: Detector::FalsePositive,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "healthy-seed",
         test: "healthy::healthy_traffic_on_the_seed_server_counts_zero",
         detector: Detector::FalsePositive,
         needs: &[Need::SeedServer, Need::Curl],
+        default_mode: false,
     },
     Scenario {
         name: "http-shapes",
         test: "false_positives::http_shapes_against_a_rust_server",
         detector: Detector::FalsePositive,
         needs: &[Need::Curl],
+        default_mode: false,
     },
     Scenario {
         name: "goodbye-then-close",
         test: "close_shapes::goodbye_then_close_counts_zero",
         detector: Detector::FalsePositive,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "peer-fin-first",
         test: "close_shapes::peer_fin_first_counts_zero",
         detector: Detector::FalsePositive,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "simultaneous-close",
         test: "close_shapes::simultaneous_close_counts_zero",
         detector: Detector::FalsePositive,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "pre-existing-keep-alive",
         test: "close_shapes::keep_alive_connection_from_before_the_agent_closed_by_its_client_counts_zero",
         detector: Detector::FalsePositive,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "udp-unix-listen",
         test: "false_positives::udp_unix_and_listening_sockets",
         detector: Detector::FalsePositive,
         needs: &[],
+        default_mode: false,
     },
 ];
 
