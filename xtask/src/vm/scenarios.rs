@@ -142,6 +142,7 @@ pub const SCENARIOS: &[Scenario] = &[
         test: "unanswered::thread_pool_counts_under_the_process_name",
         detector: Detector::UnansweredClose,
         needs: &[],
+        default_mode: false,
     },
     Scenario {
         name: "linger-zero",
