@@ -821,6 +821,10 @@ pub const SOCK_NOSPACE_BIT: u32 = 2;
 pub struct GoDeadline {
     /// `bpf_ktime_get_ns()` when it expired.
     pub ns: u64,
+    /// When the socket's last input before the expiry arrived (the request the deadline was
+    /// armed for), on the same clock; input that comes after it (a peer's goodbye) does not
+    /// move it.
+    pub input_ns: u64,
     /// `tcp_sock.copied_seq` then: input read after it re-armed the deadline (net/http sets
     /// it anew after reading each request).
     pub copied: u32,

@@ -142,6 +142,7 @@ fn mark(fd: u64, which: u8, stream_id: u32) -> Option<()> {
     let snd_una: u32 = read(sk, config!(sock.tcp_snd_una)).unwrap_or(write_seq);
     let deadline = GoDeadline {
         ns: state::now(),
+        input_ns: state::last_input_ns::<Probe>(sk),
         copied: kernel::copied_seq::<Probe>(sk),
         unacked: write_seq.wrapping_sub(snd_una),
         write_seq,

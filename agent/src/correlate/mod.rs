@@ -493,7 +493,12 @@ fn go_cause(d: &GoDeadline, last_in_ns: u64, ts_ns: u64) -> Option<GoWriteTimeou
     };
     Some(GoWriteTimeout {
         deadline,
-        after_input: Duration::from_nanos(d.ns.saturating_sub(last_in_ns)),
+        // The request's arrival as the expiry saw it; a record of an older layout has none.
+        after_input: Duration::from_nanos(d.ns.saturating_sub(if d.input_ns != 0 {
+            d.input_ns
+        } else {
+            last_in_ns
+        })),
         until_close: (deadline != GoDeadlineKind::H2Stream)
             .then(|| Duration::from_nanos(ts_ns.saturating_sub(d.ns))),
     })

@@ -191,6 +191,7 @@ impl Conn {
     fn deadline_expires(mut self, t: u64, waiting: bool, unacked: u32) -> Self {
         self.go = GoDeadline {
             ns: t,
+            input_ns: self.last_arrival,
             copied: self.copied,
             unacked,
             write_seq: self.write_seq,
@@ -288,6 +289,23 @@ fn seed_with_the_go_runtime_hooks_names_the_cause() {
 }
 
 #[test]
+fn go_deadline_is_timed_from_the_request_not_from_a_later_goodbye() {
+    // The peer's TLS close alert arrives, unread, between the expiry and the close: the
+    // deadline still expired 1 s after the request.
+    let got = incidents(
+        Conn::server()
+            .recv(SEC, 78)
+            .deadline_expires(2 * SEC, false, 0)
+            .arrive(3 * SEC - 1000, 24)
+            .close(3 * SEC),
+    );
+    assert_eq!(got.len(), 1);
+    let go = got[0].go.expect("the cause");
+    assert_eq!(go.after_input, Duration::from_secs(1));
+    assert_eq!(go.until_close, Some(Duration::from_secs(1)));
+}
+
+#[test]
 fn go_deadline_on_an_idle_keep_alive_connection_is_no_incident() {
     // The response went out; net/http leaves the write deadline armed, and it expires while the
     // connection idles. The server's idle close then owes nothing, and neither does the expiry.
@@ -358,6 +376,7 @@ fn go_h2_stream_reset_is_one_incident() {
         sk: 1,
         go: GoDeadline {
             ns: 2 * SEC,
+            input_ns: SEC,
             stream_id: 3,
             which: go_deadline::H2_STREAM,
             ..GoDeadline::default()

@@ -95,6 +95,14 @@ pub const SCENARIOS: &[Scenario] = &[
         needs: &[Need::SeedServer, Need::Curl],
         default_mode: false,
     },
+    // The seed over HTTPS, its cause named by the Go runtime hooks (uprobes) in each mode.
+    Scenario {
+        name: "go-seed-https",
+        test: "go_runtime::go_seed_over_https_names_the_expired_write_timeout",
+        detector: Detector::UnansweredClose,
+        needs: &[Need::SeedServer, Need::Curl],
+        default_mode: false,
+    },
     Scenario {
         name: "rust-read-and-close",
         test: "unanswered::rust_server_that_reads_and_closes_counts_one",
