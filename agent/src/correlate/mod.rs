@@ -493,7 +493,7 @@ fn go_cause(d: &GoDeadline, last_in_ns: u64, ts_ns: u64) -> Option<GoWriteTimeou
     };
     Some(GoWriteTimeout {
         deadline,
-        // The request's arrival as the expiry saw it; a record of an older layout has none.
+        // The request's arrival as the expiry saw it (0 when the programs could not read it).
         after_input: Duration::from_nanos(d.ns.saturating_sub(if d.input_ns != 0 {
             d.input_ns
         } else {
