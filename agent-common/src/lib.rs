@@ -198,6 +198,27 @@ pub struct SockState {
 }
 
 impl SockState {
+    /// Whether the peer's address is this host's loopback (127.0.0.0/8, ::1, or IPv4 loopback
+    /// mapped into IPv6): only then can the agent see both ends of the connection.
+    pub fn peer_is_loopback(&self) -> bool {
+        let a = &self.raddr;
+        if self.family != AF_INET6 {
+            return a[0] == 127;
+        }
+        let mut i = 0;
+        while i < 10 {
+            if a[i] != 0 {
+                return false;
+            }
+            i += 1;
+        }
+        match (a[10], a[11]) {
+            (0xff, 0xff) => a[12] == 127,
+            (0, 0) => a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 1,
+            _ => false,
+        }
+    }
+
     /// Whether a write must record where the process's reading stands. Not for a client that
     /// wrote before it read anything: it owes no answer ([`SockState::verdict`]) however its
     /// reads and writes interleave later, so its writes (an HTTP client's requests, a stream of
@@ -763,6 +784,32 @@ pub struct AbortEvent {
     pub linger_zero: u32,
     /// TCP state at that moment.
     pub state: u32,
+    /// `tcp_sock.rcv_nxt` and `write_seq` at that moment: where the data received and the
+    /// data written end, in the two directions' sequence spaces (for pairing the two ends of
+    /// a reset on this host, see [`AbortEvent::received_end`]).
+    pub rcv_nxt: u32,
+    pub write_seq: u32,
+}
+
+impl AbortEvent {
+    /// The sequence number after the last data byte received (the peer's FIN not counted).
+    pub fn received_end(&self) -> u32 {
+        self.rcv_nxt
+            .wrapping_sub(u32::from(self.sock.flags & flag::PEER_FIN != 0))
+    }
+
+    /// The sequence number after the last data byte written (a FIN queued not counted).
+    pub fn written_end(&self) -> u32 {
+        self.write_seq
+            .wrapping_sub(u32::from(self.sock.flags & flag::FIN_SENT != 0))
+    }
+
+    /// A local abort the agent needs even with nothing at stake on this socket: it dropped
+    /// input from a peer on this host, whose own record of the reset (those bytes, maybe not
+    /// yet acknowledged) it answers. Healthy closes send no RST, so this costs nothing there.
+    pub fn pairs_on_this_host(sock: &SockState, unread: u64) -> bool {
+        unread > 0 && sock.peer_is_loopback()
+    }
 }
 
 /// `AbortEvent::rst_reason` when the kernel's tracepoint has no reason field.

@@ -151,6 +151,9 @@ fn mark(fd: u64, which: u8, stream_id: u32) -> Option<()> {
         writer_waiting: ((socket_flags >> SOCK_NOSPACE_BIT) & 1) as u8,
         _pad: [0; 6],
     };
+    // An entry uprobe on a Go function can run twice for one call (a prologue that calls
+    // runtime.morestack starts the function over): a second mark overwrites the first with
+    // the same facts, and a second stream reset is dropped by the agent.
     if which == go_deadline::H2_STREAM {
         // SAFETY: a live map value, copied out.
         emit_stream_reset(sk, unsafe { &*st }, &deadline);

@@ -531,12 +531,16 @@ fn abort<M: Mem>(tp: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
         unread -= 1;
     }
     let local = trig == trigger::SEND_RESET;
-    if !agent_common::data_at_stake(st.proto, unacked, if local { unread } else { 0 }) {
+    if !agent_common::data_at_stake(st.proto, unacked, if local { unread } else { 0 })
+        && !(local && AbortEvent::pairs_on_this_host(st, unread))
+    {
         return;
     }
     st.flags |= flag::ABORTED;
     settle::<M>(tp, st, st.flags & flag::FIN_SENT != 0);
     st.last_in_ns = last_input_ns::<M>(tp);
+    let rcv_nxt: u32 = M::read(tp, config!(sock.tcp_rcv_nxt)).unwrap_or(0);
+    let write_seq = kernel::write_seq::<M>(tp);
     let Some(mut entry) = EVENTS.reserve::<AbortEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
@@ -557,6 +561,8 @@ fn abort<M: Mem>(tp: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
         (*ev).sk_err = kernel::sk_err::<M>(tp);
         (*ev).linger_zero = kernel::linger_zero::<M>(tp) as u32;
         (*ev).state = kernel::tcp_state::<M>(tp);
+        (*ev).rcv_nxt = rcv_nxt;
+        (*ev).write_seq = write_seq;
     }
     entry.submit(0);
     bump(stat::EVENTS_SENT);

@@ -46,6 +46,7 @@ pub struct Correlator {
     held: HeldCloses,
     explained: Vec<Explained>,
     execs: Vec<u32>,
+    resets: StreamResets,
 }
 
 impl Default for Correlator {
@@ -81,18 +82,65 @@ impl HeldCloses {
     const WINDOW_NS: u64 = 200_000_000;
 }
 
+/// HTTP/2 streams whose reset was reported. A uprobe at a Go function's entry can run twice for
+/// one call: when the goroutine's stack must grow, or a preemption is pending, the prologue
+/// calls `runtime.morestack`, which starts the function over from its entry. The stream's
+/// second record is the same reset. A stream is known by its connection (socket address,
+/// addresses, and where its output began) and its id, which HTTP/2 never reuses on one
+/// connection. Bounded and short-lived.
+#[derive(Clone, Debug, Default)]
+struct StreamResets {
+    /// (socket, local, remote, write_at_start, stream id) -> when.
+    seen: HashMap<(u64, SocketAddr, SocketAddr, u32, u32), u64>,
+}
+
+impl StreamResets {
+    const MAX: usize = 4096;
+    /// Far longer than a preempted goroutine waits to run again.
+    const WINDOW_NS: u64 = 10_000_000_000;
+
+    /// Whether this reset is news (and remembers it).
+    fn first(&mut self, key: (u64, SocketAddr, SocketAddr, u32, u32), ts: u64) -> bool {
+        if self.seen.contains_key(&key) {
+            return false;
+        }
+        if self.seen.len() >= Self::MAX {
+            self.seen
+                .retain(|_, t| ts.saturating_sub(*t) < Self::WINDOW_NS);
+        }
+        if self.seen.len() >= Self::MAX {
+            self.seen.clear();
+        }
+        self.seen.insert(key, ts);
+        true
+    }
+
+    fn expire(&mut self, now: u64) {
+        self.seen
+            .retain(|_, t| now.saturating_sub(*t) < Self::WINDOW_NS);
+    }
+}
+
 /// Pairs the two ends of a connection reset on this host by a process that closed it with input
-/// unread. The closer's record says what it dropped; the other end's "peer reset" of the same
-/// bytes is then not a loss of its own: they were delivered to the closer's kernel, just not yet
-/// acknowledged. Either record may come first (the RST can be processed before the tracepoint
-/// of the reset that sent it fires), so peer resets from a local peer wait briefly for their
-/// pair. Bounded and short-lived.
+/// unread. The closer's record says where the data it received ends; the other end's "peer
+/// reset" is then not a loss of its own if every byte it wrote had got there: delivered to the
+/// closer's kernel (read by the closer or dropped by it) and only not yet acknowledged. Either
+/// record may come first (the RST can be processed before the tracepoint of the reset that
+/// sent it fires), so peer resets from a local peer wait briefly for their pair. Bounded and
+/// short-lived.
 #[derive(Clone, Debug, Default)]
 struct ResetPairs {
-    /// (closer's local, closer's remote) -> (when, unread bytes it dropped)
-    dropped: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
-    /// Peer resets of a local peer, waiting for the peer's record: (local, remote) -> incident.
-    waiting: HashMap<(SocketAddr, SocketAddr), (u64, u64, Incident)>,
+    /// (closer's local, closer's remote) -> (when, where the data it received ends)
+    dropped: HashMap<(SocketAddr, SocketAddr), (u64, u32)>,
+    /// Peer resets of a local peer, waiting for the peer's record: (local, remote) -> (when,
+    /// where the data written ends, incident).
+    waiting: HashMap<(SocketAddr, SocketAddr), (u64, u32, Incident)>,
+}
+
+/// Whether the data received up to `received` covers the data written up to `written` (the
+/// same direction's sequence numbers, modulo 2^32).
+fn covers(received: u32, written: u32) -> bool {
+    received.wrapping_sub(written) as i32 >= 0
 }
 
 impl ResetPairs {
@@ -100,24 +148,24 @@ impl ResetPairs {
     /// Both records of one reset are written within microseconds of each other.
     const WINDOW_NS: u64 = 200_000_000;
 
-    fn dropped_input(&mut self, local: SocketAddr, remote: SocketAddr, ts: u64, unread: u64) {
+    fn dropped_input(&mut self, local: SocketAddr, remote: SocketAddr, ts: u64, received: u32) {
         // The other end may already be waiting.
-        if let Some((_, unacked, _)) = self.waiting.get(&(remote, local))
-            && *unacked <= unread
+        if let Some((_, written, _)) = self.waiting.get(&(remote, local))
+            && covers(received, *written)
         {
             self.waiting.remove(&(remote, local));
             return;
         }
         Self::bound(&mut self.dropped);
-        self.dropped.insert((local, remote), (ts, unread));
+        self.dropped.insert((local, remote), (ts, received));
     }
 
     /// A peer reset: None if the peer's record already covers it, else it waits (local peer) or
     /// is returned (remote peer).
-    fn peer_reset(&mut self, ts: u64, unacked: u64, i: Incident) -> Option<Incident> {
-        if let Some((t, unread)) = self.dropped.remove(&(i.remote, i.local))
+    fn peer_reset(&mut self, ts: u64, written: u32, i: Incident) -> Option<Incident> {
+        if let Some((t, received)) = self.dropped.remove(&(i.remote, i.local))
             && ts.saturating_sub(t) < Self::WINDOW_NS
-            && unacked <= unread
+            && covers(received, written)
         {
             return None;
         }
@@ -125,7 +173,7 @@ impl ResetPairs {
             return Some(i);
         }
         Self::bound(&mut self.waiting);
-        self.waiting.insert((i.local, i.remote), (ts, unacked, i));
+        self.waiting.insert((i.local, i.remote), (ts, written, i));
         None
     }
 
@@ -177,6 +225,7 @@ impl Correlator {
             held: HeldCloses::default(),
             explained: Vec::new(),
             execs: Vec::new(),
+            resets: StreamResets::default(),
         }
     }
 
@@ -280,7 +329,8 @@ impl Correlator {
     }
 
     /// Go net/http reset an HTTP/2 stream whose WriteTimeout expired: the response was dropped.
-    pub fn stream_reset(&self, ev: &GoStreamEvent) -> Option<Incident> {
+    /// Once per stream, however many times the hook ran for it ([`StreamResets`]).
+    pub fn stream_reset(&mut self, ev: &GoStreamEvent) -> Option<Incident> {
         let s = &ev.sock;
         let detail = Detail::GoWriteTimeout {
             unacked_bytes: 0,
@@ -291,6 +341,16 @@ impl Correlator {
             ..Owner::of(s)
         };
         let mut incident = self.incident(s, Role::from_wire(s.role), owner, detail);
+        let key = (
+            ev.sk,
+            incident.local,
+            incident.remote,
+            s.write_at_start,
+            ev.go.stream_id,
+        );
+        if !self.resets.first(key, ev.header.ts_ns) {
+            return None;
+        }
         incident.go = go_cause(&ev.go, s.last_in_ns, ev.header.ts_ns);
         Some(incident)
     }
@@ -324,7 +384,7 @@ impl Correlator {
         if local && ev.unread > 0 {
             let (here, there) = addrs(s);
             self.pairs
-                .dropped_input(here, there, ev.header.ts_ns, ev.unread);
+                .dropped_input(here, there, ev.header.ts_ns, ev.received_end());
         }
         // A client that closes with a response it asked for still unread chose to drop it
         // (wrk at the end of a run, a caller that timed out): nothing it wrote was lost. A
@@ -363,7 +423,9 @@ impl Correlator {
         };
         let incident = self.incident(s, role, owner, detail);
         if ev.trigger == trigger::RECEIVE_RESET {
-            return self.pairs.peer_reset(ev.header.ts_ns, ev.unacked, incident);
+            return self
+                .pairs
+                .peer_reset(ev.header.ts_ns, ev.written_end(), incident);
         }
         Some(incident)
     }
@@ -372,6 +434,7 @@ impl Correlator {
     /// come, and unanswered closes whose peer did not close at the same moment. Call it
     /// periodically with the current CLOCK_MONOTONIC time in nanoseconds.
     pub fn expired(&mut self, now_ns: u64) -> Vec<Incident> {
+        self.resets.expire(now_ns);
         let mut out = self.pairs.expired(now_ns);
         let due: Vec<u64> = self
             .held

@@ -1,7 +1,7 @@
 //! Synthetic event sequences for every detector rule and every not-a-loss case of SPEC §2.
 
 use agent_common::{
-    AF_INET, AbortEvent, EventHeader, NO_REASON, WriteErrorEvent, errno, kind, trigger,
+    AF_INET, AF_INET6, AbortEvent, EventHeader, NO_REASON, WriteErrorEvent, errno, kind, trigger,
 };
 
 use super::*;
@@ -384,9 +384,35 @@ fn go_h2_stream_reset_is_one_incident() {
         tgid: OWNER,
         pid: OWNER + 1,
     };
-    let i = Correlator::default()
-        .stream_reset(&ev)
-        .expect("an incident");
+    let mut c = Correlator::default();
+    let i = c.stream_reset(&ev).expect("an incident");
+    // The hook ran again for the same call (the goroutine's stack grew in the prologue).
+    let again = GoStreamEvent {
+        header: EventHeader {
+            ts_ns: 2 * SEC + 300,
+            ..ev.header
+        },
+        ..ev
+    };
+    assert_eq!(c.stream_reset(&again), None, "one stream, one reset");
+    let next_stream = GoStreamEvent {
+        go: GoDeadline {
+            stream_id: 5,
+            ..ev.go
+        },
+        ..again
+    };
+    assert!(c.stream_reset(&next_stream).is_some(), "another stream");
+    // The socket freed and reused by another connection, whose stream 3 is its own.
+    let mut other = ev;
+    other.sock.rport += 1;
+    other.sock.write_at_start = 7;
+    assert!(c.stream_reset(&other).is_some(), "another connection");
+    assert!(c.expired(20 * SEC).is_empty());
+    assert!(
+        c.stream_reset(&again).is_some(),
+        "forgotten after the window"
+    );
     assert_eq!((i.kind(), i.reason()), ("go_write_timeout", "stream_reset"));
     assert_eq!(i.go.map(|g| g.protocol()), Some("h2"));
     assert_eq!(i.go.and_then(|g| g.until_close), None);
@@ -693,6 +719,8 @@ fn abort_ev(conn: Conn, trig: u32, reason: u32, unacked: u64, unread: u64) -> Ab
         sk_err: 0,
         linger_zero: 0,
         state: tcp_state::CLOSE,
+        rcv_nxt: 0,
+        write_seq: 0,
     }
 }
 
@@ -949,13 +977,65 @@ fn peer_reset_by_a_local_client_dropping_its_unread_response_counts_zero() {
     let late = c.expired(nginx.header.ts_ns + SEC);
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].reason(), "peer_reset");
-    // A peer that dropped fewer bytes than are unacknowledged does not cover the loss.
+    // A peer whose received data ends short of what was written does not cover the loss:
+    // the rest never got there.
     let mut c = correlator_with_reasons();
-    let mut small = wrk;
-    small.unread = 100;
-    c.abort(&small);
+    let (mut short, mut nginx) = (wrk, nginx);
+    nginx.write_seq = 9000;
+    short.rcv_nxt = 9000 - 1164;
+    c.abort(&short);
     assert_eq!(c.abort(&nginx), None);
     assert_eq!(c.expired(u64::MAX).len(), 1);
+}
+
+#[test]
+fn peer_reset_by_a_local_tls_client_that_read_its_response_counts_zero() {
+    // A Go TLS client reads its 169-byte HTTP/2 response and closes with only the server's
+    // close_notify (24 bytes) and FIN unread, before its delayed ACK went out: the server's
+    // socket (FIN sent) sees the RST with 193 bytes unacknowledged. All of them had arrived.
+    let mut client = abort_ev(
+        Conn::client().send(SEC, 444).recv(SEC, 892).peer_fin(),
+        trigger::SEND_RESET,
+        10,
+        0,
+        24,
+    );
+    client.rcv_nxt = 5917 + 1; // data ends at 5917, then the server's FIN
+    let mut sent_fin = Conn::server().recv(SEC, 444).send(SEC, 892);
+    sent_fin.st.flags |= flag::FIN_SENT;
+    let mut server = abort_ev(sent_fin, trigger::RECEIVE_RESET, NO_REASON, 193, 0);
+    server.write_seq = 5917 + 1;
+    server.header.ts_ns = client.header.ts_ns + 20_000;
+    for order in [[&client, &server], [&server, &client]] {
+        let mut c = correlator_with_reasons();
+        assert_eq!(c.abort(order[0]), None);
+        assert_eq!(c.abort(order[1]), None);
+        assert!(c.expired(u64::MAX).is_empty(), "delivered, then read");
+    }
+    // The same close from a client on another host is not paired here (its record is the
+    // other host's), and the server's record stands.
+    let mut remote = server;
+    remote.sock.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+    assert!(correlator_with_reasons().abort(&remote).is_some());
+}
+
+#[test]
+fn only_a_loopback_peer_pairs_on_this_host() {
+    let mut s = Conn::client().st;
+    assert!(s.peer_is_loopback(), "the test peer is 127.0.0.1");
+    assert!(AbortEvent::pairs_on_this_host(&s, 24));
+    assert!(!AbortEvent::pairs_on_this_host(&s, 0), "nothing dropped");
+    s.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+    assert!(!s.peer_is_loopback());
+    s.family = AF_INET6;
+    s.raddr = Ipv6Addr::LOCALHOST.octets();
+    assert!(s.peer_is_loopback());
+    s.raddr = Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets();
+    assert!(s.peer_is_loopback());
+    s.raddr = Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().octets();
+    assert!(!s.peer_is_loopback());
+    s.raddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+    assert!(!s.peer_is_loopback());
 }
 
 #[test]
