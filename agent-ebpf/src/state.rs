@@ -539,7 +539,7 @@ fn abort<M: Mem>(tp: u64, st: &mut SockState, trig: u32, rst_reason: u32) {
     st.flags |= flag::ABORTED;
     settle::<M>(tp, st, st.flags & flag::FIN_SENT != 0);
     st.last_in_ns = last_input_ns::<M>(tp);
-    let rcv_nxt: u32 = M::read(tp, config!(sock.tcp_rcv_nxt)).unwrap_or(0);
+    let rcv_nxt = kernel::rcv_nxt::<M>(tp);
     let write_seq = kernel::write_seq::<M>(tp);
     let Some(mut entry) = EVENTS.reserve::<AbortEvent>(0) else {
         bump(stat::EVENTS_DROPPED);

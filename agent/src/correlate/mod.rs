@@ -104,10 +104,7 @@ impl StreamResets {
         if self.seen.contains_key(&key) {
             return false;
         }
-        if self.seen.len() >= Self::MAX {
-            self.seen
-                .retain(|_, t| ts.saturating_sub(*t) < Self::WINDOW_NS);
-        }
+        // Past the window entries are expired on the tick; a storm inside it starts over.
         if self.seen.len() >= Self::MAX {
             self.seen.clear();
         }
@@ -160,16 +157,22 @@ impl ResetPairs {
         self.dropped.insert((local, remote), (ts, received));
     }
 
-    /// A peer reset: None if the peer's record already covers it, else it waits (local peer) or
-    /// is returned (remote peer).
-    fn peer_reset(&mut self, ts: u64, written: u32, i: Incident) -> Option<Incident> {
+    /// A peer reset: None if the peer's record already covers it, else it waits (a peer on this
+    /// host, whose record may still come) or is returned.
+    fn peer_reset(
+        &mut self,
+        ts: u64,
+        written: u32,
+        local_peer: bool,
+        i: Incident,
+    ) -> Option<Incident> {
         if let Some((t, received)) = self.dropped.remove(&(i.remote, i.local))
             && ts.saturating_sub(t) < Self::WINDOW_NS
             && covers(received, written)
         {
             return None;
         }
-        if !is_local(i.remote.ip()) {
+        if !local_peer {
             return Some(i);
         }
         Self::bound(&mut self.waiting);
@@ -208,11 +211,6 @@ impl<F: Fn(u32, u16) -> bool> Listeners for F {
     fn listening(&self, pid: u32, port: u16) -> bool {
         self(pid, port)
     }
-}
-
-/// Whether a peer address is this host (loopback); only then can its own record arrive.
-fn is_local(ip: IpAddr) -> bool {
-    ip.is_loopback()
 }
 
 impl Correlator {
@@ -423,9 +421,12 @@ impl Correlator {
         };
         let incident = self.incident(s, role, owner, detail);
         if ev.trigger == trigger::RECEIVE_RESET {
-            return self
-                .pairs
-                .peer_reset(ev.header.ts_ns, ev.written_end(), incident);
+            return self.pairs.peer_reset(
+                ev.header.ts_ns,
+                ev.written_end(),
+                s.peer_is_loopback(),
+                incident,
+            );
         }
         Some(incident)
     }
