@@ -6,7 +6,12 @@
 use agent_common::{ClosedFd, EBADF_WINDOW_NS, SIZE_UNKNOWN, errno, nr};
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task};
 
-use crate::{CLOSED_FDS, SOCKS, kernel::read, state};
+use crate::{
+    emit::now,
+    kernel::read,
+    maps::{CLOSED_FDS, SOCKS, updated},
+    send,
+};
 
 /// The `struct file *` behind `fd` in the current task's fd table, if it is open.
 #[inline(always)]
@@ -48,9 +53,9 @@ pub fn on_close(fd: u64) {
         // SAFETY: a live map value, copied out.
         sock: unsafe { *st },
         sk,
-        closed_ns: state::now(),
+        closed_ns: now(),
     };
-    let _ = CLOSED_FDS.insert(key(fd), closed, 0);
+    updated(CLOSED_FDS.insert(key(fd), closed, 0));
 }
 
 /// Exit of a write-family syscall that failed with EBADF.
@@ -74,12 +79,12 @@ pub fn on_ebadf(nr: u64, fd: u64, count: u64) {
     }
     // SAFETY: a live map value.
     let closed = unsafe { &*closed };
-    if state::now().saturating_sub(closed.closed_ns) > EBADF_WINDOW_NS {
+    if now().saturating_sub(closed.closed_ns) > EBADF_WINDOW_NS {
         return;
     }
     // write() and sendto() name the size in their third argument; the vector calls do not.
     let size_known = nr == nr::WRITE || nr == nr::SENDTO;
-    state::emit_write_error(
+    send::emit_write_error(
         closed.sk,
         errno::EBADF,
         if size_known { count } else { SIZE_UNKNOWN },

@@ -10,13 +10,13 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::{kernel::Direct, state};
+use crate::{close, kernel::Direct, send};
 
 // int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
 #[fexit(function = "tcp_sendmsg")]
 pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
     let size: u64 = ctx.arg(2);
-    state::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(3), size);
+    send::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(3), size);
     0
 }
 
@@ -25,13 +25,13 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
 #[fexit(function = "tcp_sendpage")]
 pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
     let size: u64 = ctx.arg(3);
-    state::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(5), size);
+    send::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(5), size);
     0
 }
 
 // void tcp_close(struct sock *sk, long timeout)
 #[fentry(function = "tcp_close")]
 pub fn fentry_tcp_close(ctx: FEntryContext) -> i32 {
-    state::on_close::<Direct>(ctx.arg(0));
+    close::on_close::<Direct>(ctx.arg(0));
     0
 }

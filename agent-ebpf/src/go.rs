@@ -10,26 +10,21 @@
 //! Go passes arguments in registers (ABIInternal, Go 1.17+ on x86_64): RAX, RBX, RCX, ...
 
 use agent_common::{
-    ExecEvent, GoDeadline, GoStreamEvent, SOCK_NOSPACE_BIT, flag, go_deadline, kind, stat,
+    ExecEvent, GoDeadline, GoStreamEvent, SOCK_NOSPACE_BIT, SockState, flag, go_deadline, kind,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::{map, uprobe},
-    maps::LruHashMap,
+    macros::uprobe,
     programs::ProbeContext,
 };
 
 use crate::{
-    EVENTS, SOCKS, ebadf,
+    ebadf,
+    emit::{now, reserve},
     kernel::{self, Probe, read},
-    state,
+    maps::{GO_DEADLINES, SOCKS, updated},
+    track::last_input_ns,
 };
-
-/// Expired write deadlines by `struct sock *`, valid while the socket's state has
-/// [`flag::GO_DEADLINE`]. Never deleted: a recycled socket address starts without the flag, and
-/// the LRU drops what is old.
-#[map(name = "GO_DEADLINES")]
-pub static GO_DEADLINES: LruHashMap<u64, GoDeadline> = LruHashMap::with_max_entries(16384, 0);
 
 /// `runtime.pollDesc.fd`: after the `link *pollDesc` that opens the struct in every Go release.
 const POLLDESC_FD: u64 = 8;
@@ -141,8 +136,8 @@ fn mark(fd: u64, which: u8, stream_id: u32) -> Option<()> {
     let write_seq = kernel::write_seq::<Probe>(sk);
     let snd_una: u32 = read(sk, config!(sock.tcp_snd_una)).unwrap_or(write_seq);
     let deadline = GoDeadline {
-        ns: state::now(),
-        input_ns: state::last_input_ns::<Probe>(sk),
+        ns: now(),
+        input_ns: last_input_ns::<Probe>(sk),
         copied: kernel::copied_seq::<Probe>(sk),
         unacked: write_seq.wrapping_sub(snd_una),
         write_seq,
@@ -159,32 +154,31 @@ fn mark(fd: u64, which: u8, stream_id: u32) -> Option<()> {
         emit_stream_reset(sk, unsafe { &*st }, &deadline);
         return Some(());
     }
-    GO_DEADLINES.insert(sk, deadline, 0).ok()?;
-    // SAFETY: a live map value; see state::on_send.
+    if !updated(GO_DEADLINES.insert(sk, deadline, 0)) {
+        return None;
+    }
+    // SAFETY: a live map value; concurrent updaters only set flags.
     unsafe { (*st).flags |= flag::GO_DEADLINE };
     Some(())
 }
 
 #[inline(always)]
-fn emit_stream_reset(sk: u64, st: &agent_common::SockState, deadline: &GoDeadline) {
-    let Some(mut entry) = EVENTS.reserve::<GoStreamEvent>(0) else {
-        state::bump(stat::EVENTS_DROPPED);
+fn emit_stream_reset(sk: u64, st: &SockState, deadline: &GoDeadline) {
+    let Some(mut r) = reserve::<GoStreamEvent>(kind::GO_STREAM_RESET) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
+    let ev = r.ptr();
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: see state::abort.
+    // SAFETY: `ev` is the reserved record (see `Reserved`).
     unsafe {
-        (*ev).header = state::header(kind::GO_STREAM_RESET, core::mem::size_of::<GoStreamEvent>());
         (*ev).sock = *st;
-        (*ev).sock.last_in_ns = state::last_input_ns::<Probe>(sk);
+        (*ev).sock.last_in_ns = last_input_ns::<Probe>(sk);
         (*ev).sk = sk;
         (*ev).go = *deadline;
         (*ev).tgid = (id >> 32) as u32;
         (*ev).pid = id as u32;
     }
-    entry.submit(0);
-    state::bump(stat::EVENTS_SENT);
+    r.send();
 }
 
 /// The expired deadline recorded for `sk`, if its state says there is one.
@@ -201,16 +195,14 @@ pub fn deadline_of(sk: u64, flags: u16) -> Option<GoDeadline> {
 #[inline(always)]
 pub fn on_exec() {
     skip_if_empty!();
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        state::bump(stat::EVENTS_DROPPED);
+    let Some(mut r) = reserve::<ExecEvent>(kind::EXEC) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: see state::abort.
+    let ev = r.ptr();
+    // SAFETY: `ev` is the reserved record (see `Reserved`).
     unsafe {
-        (*ev).header = state::header(kind::EXEC, core::mem::size_of::<ExecEvent>());
         (*ev).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    r.send();
 }

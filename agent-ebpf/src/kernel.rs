@@ -5,7 +5,8 @@
 //! BTF-typed pointers of tp_btf and fentry/fexit programs).
 
 use agent_common::{
-    AF_INET, AF_INET6, COMM_LEN, HEAD_LEN, Head, IPPROTO_TCP, MAX_FIELD_OFFSET, SockState, nr,
+    AF_INET, AF_INET6, COMM_LEN, HEAD_LEN, Head, IPPROTO_TCP, MAX_FIELD_OFFSET, Seqs, SockState,
+    nr, stat,
 };
 use aya_ebpf::{
     helpers::{
@@ -18,6 +19,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
+use crate::maps::bump;
+
 /// Reads a `T` at `ptr + off` with `bpf_probe_read_kernel`. Offsets above [`MAX_FIELD_OFFSET`]
 /// (never produced by a sane BTF) read nothing rather than wander through kernel memory.
 #[inline(always)]
@@ -26,7 +29,13 @@ pub fn read<T>(ptr: u64, off: u32) -> Option<T> {
         return None;
     }
     // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one returns an error.
-    unsafe { bpf_probe_read_kernel((ptr + off as u64) as *const T).ok() }
+    match unsafe { bpf_probe_read_kernel((ptr + off as u64) as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(stat::READ_FAILED);
+            None
+        }
+    }
 }
 
 /// How an entry point reads its socket's fields.
@@ -147,22 +156,17 @@ pub fn len_args(ctx: &TracePointContext) -> Option<(u64, i32, i32)> {
     }
 }
 
-/// `a - b` for TCP sequence numbers (u32, wrapping), read at two offsets of the socket.
+/// The socket's sequence numbers, for what an abortive end put at stake
+/// ([`agent_common::Stake`]).
 #[inline(always)]
-pub fn seq_gap<M: Mem>(sk: u64, a: u32, b: u32) -> u64 {
-    let a: u32 = M::read(sk, a).unwrap_or(0);
-    let b: u32 = M::read(sk, b).unwrap_or(0);
-    a.wrapping_sub(b) as u64
-}
-
-/// The data at stake on a socket: (unacknowledged, never sent, received but unread).
-#[inline(always)]
-pub fn at_stake<M: Mem>(sk: u64) -> (u64, u64, u64) {
-    (
-        seq_gap::<M>(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_una)),
-        seq_gap::<M>(sk, config!(sock.tcp_write_seq), config!(sock.tcp_snd_nxt)),
-        seq_gap::<M>(sk, config!(sock.tcp_rcv_nxt), config!(sock.tcp_copied_seq)),
-    )
+pub fn seqs<M: Mem>(sk: u64) -> Seqs {
+    Seqs {
+        write_seq: write_seq::<M>(sk),
+        snd_una: M::read(sk, config!(sock.tcp_snd_una)).unwrap_or(0),
+        snd_nxt: M::read(sk, config!(sock.tcp_snd_nxt)).unwrap_or(0),
+        rcv_nxt: rcv_nxt::<M>(sk),
+        copied: copied_seq::<M>(sk),
+    }
 }
 
 /// SO_LINGER on with a zero timeout: close() then discards the send queue with an RST.

@@ -4,7 +4,7 @@
 //! The kernel runs a bounded number of kretprobe instances at once (at least 10, or twice the
 //! CPUs), and a send blocked waiting for space holds one until it returns: with more blocked
 //! sends than that, returns are missed. So nothing depends on a send's return here:
-//! - the entry kprobe does what a successful send needs ([`state::on_send_entry`]: the owner,
+//! - the entry kprobe does what a successful send needs ([`send::on_send_entry`]: the owner,
 //!   and where the process's reading stood), and parks in [`CALLS`], keyed by the calling
 //!   thread, the size asked for and what it replaced;
 //! - a failing send is seen at `sk_stream_error()`, which every failing return of `tcp_sendmsg`
@@ -21,8 +21,9 @@ use aya_ebpf::{
 };
 
 use crate::{
+    close,
     kernel::{self, Probe},
-    state::{self, Undo},
+    send::{self, Undo},
 };
 
 /// A send in flight on one thread.
@@ -46,7 +47,7 @@ fn send_entry(ctx: &ProbeContext, sk: Option<u64>, size: Option<u64>) {
     let (Some(sk), Some(size)) = (sk, size) else {
         return;
     };
-    let undo = state::on_send_entry::<Probe, _>(ctx, sk, size);
+    let undo = send::on_send_entry::<Probe, _>(ctx, sk, size);
     let call = Call {
         sk,
         size,
@@ -102,14 +103,14 @@ pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
     let attempted = match call {
         Some(call) => {
             if call.undo_valid != 0 {
-                state::undo_send(sk, call.undo);
+                send::undo_send(sk, call.undo);
             }
             call.size
         }
         // Not inside tcp_sendmsg (kernel TLS fails sends this way too).
         None => SIZE_UNKNOWN,
     };
-    state::on_send::<Probe, _>(&ctx, sk, err, attempted);
+    send::on_send::<Probe, _>(&ctx, sk, err, attempted);
     0
 }
 
@@ -117,7 +118,7 @@ pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg(0) {
-        state::on_close::<Probe>(sk);
+        close::on_close::<Probe>(sk);
     }
     0
 }

@@ -1,27 +1,35 @@
-//! lostwrite's kernel side: per-socket bookkeeping and teardown records.
+//! lostwrite's kernel side: per-socket bookkeeping and the records of lost data.
 //!
-//! The programs decide nothing about loss. They keep a little state per socket in an LRU map and
-//! emit a record only when the local side closes a connection that still owes its peer an answer
-//! (the decision shared with userspace, `SockState::verdict`), or when data is lost to an abort
-//! or a failed write (`agent_common::data_at_stake`, `SockState::failed_write_loses_nothing`).
-//! No program runs when a process reads: what it read is taken from the socket's own sequence
-//! numbers when a record is written. A send reads the first bytes of its message from the
-//! syscall's buffer once per connection (they name the protocol), and again only for the small
-//! messages of protocols whose goodbyes are told by their bytes. Healthy traffic therefore costs
-//! one map lookup per send, a few per connection, and never touches the ring buffer.
+//! The programs decide nothing about loss on their own. They keep a little state per socket in
+//! an LRU map and emit a record only where a detector's decision, shared with the agent
+//! (`agent_common::detectors`), says it may be one: a close by the local side of a connection
+//! that still owes its peer an answer, an abort with data at stake, a failed write that lost
+//! data. No program runs when a process reads: what it read is taken from the socket's own
+//! sequence numbers when a record is written. A send reads the first bytes of its message from
+//! the syscall's buffer once per connection (they name the protocol), and again only for the
+//! small messages of protocols whose goodbyes are told by their bytes. Healthy traffic therefore
+//! costs one map lookup per send, a few per connection, and never touches the ring buffer.
 //!
-//! Every tracepoint has two entry points, a BTF one (`tp_btf`, typed arguments, ~7x cheaper here)
-//! and a classic one that reads its fields at the offsets the agent parsed from tracefs. Both call
-//! the same handler in [`state`]; the agent attaches one of the two.
+//! The modules: [`maps`], [`emit`] (one function writes every record), [`track`] (a
+//! connection's state entry and owner), [`send`], [`close`] (state changes, teardowns, aborts),
+//! [`ebadf`] and [`go`] (the optional detectors' hooks), [`kernel`] (reading kernel memory).
+//! This file holds the tracepoint entry points; [`fentry`] and [`kprobe`] hold the function
+//! probes'.
+//!
+//! Every tracepoint has two entry points, a BTF one (`tp_btf`, typed arguments, much cheaper:
+//! plain loads instead of a helper call per field) and a classic one that reads its fields at
+//! the offsets the agent parsed from tracefs. Both call the same handler; the agent attaches one
+//! of the two.
 #![no_std]
 #![no_main]
 
-/// Reads one field of [`CONFIG`]. The volatile read stops the compiler from constant-folding the
-/// zeroed initialiser; reading single fields keeps the whole struct off the 512-byte stack.
+/// Reads one field of [`maps::CONFIG`]. The volatile read stops the compiler from
+/// constant-folding the zeroed initialiser; reading single fields keeps the whole struct off the
+/// 512-byte stack.
 macro_rules! config {
     ($($field:ident).+) => {
         // SAFETY: CONFIG is a plain static that nothing writes after load.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(crate::CONFIG.$($field).+)) }
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(crate::maps::CONFIG.$($field).+)) }
     };
 }
 
@@ -37,58 +45,36 @@ macro_rules! skip_if_empty {
     };
 }
 
+mod close;
 mod ebadf;
+mod emit;
 mod fentry;
 mod go;
 mod kernel;
 mod kprobe;
-mod state;
+mod maps;
+mod send;
+mod track;
 
-use agent_common::{ClosedFd, Config, NO_REASON, SIZE_UNKNOWN, SockState, stat};
+use agent_common::{NO_REASON, SIZE_UNKNOWN};
 use aya_ebpf::{
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use kernel::{Direct, Probe};
-
-/// Written by the agent before load (`EbpfLoader::set_global`); read with `read_volatile` so the
-/// compiler cannot constant-fold the zeroed initialiser.
-#[unsafe(no_mangle)]
-static CONFIG: Config = unsafe { core::mem::zeroed() };
-
-/// Per-socket state keyed by `struct sock *`. The agent resizes it from `--max-sockets`.
-#[map(name = "SOCKS")]
-static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
-
-/// One blank socket state per CPU, filled before it is copied into SOCKS (see `state::fresh`).
-#[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
-
-/// Teardown records for userspace.
-#[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-
-/// TCP socket fds closed lately, by (tgid, fd), for the EBADF detector.
-#[map(name = "CLOSED_FDS")]
-static CLOSED_FDS: LruHashMap<u64, ClosedFd> = LruHashMap::with_max_entries(16384, 0);
-
-/// Counters, see `agent_common::stat`.
-#[map(name = "STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 // --- sock:sock_send_length (struct sock *sk, int ret, int flags) ---
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    state::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(1), SIZE_UNKNOWN);
+    send::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(1), SIZE_UNKNOWN);
     0
 }
 
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     if let Some((sk, ret, _flags)) = kernel::len_args(&ctx) {
-        state::on_send::<Probe, _>(&ctx, sk, ret, SIZE_UNKNOWN);
+        send::on_send::<Probe, _>(&ctx, sk, ret, SIZE_UNKNOWN);
     }
     0
 }
@@ -99,7 +85,7 @@ pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
 pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    state::on_state::<Direct>(ctx.arg(0), old as u32, new as u32);
+    close::on_state::<Direct>(ctx.arg(0), old as u32, new as u32);
     0
 }
 
@@ -120,7 +106,7 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         )
     };
     if let (Ok(sk), Ok(old), Ok(new)) = args {
-        state::on_state::<Probe>(sk, old as u32, new as u32);
+        close::on_state::<Probe>(sk, old as u32, new as u32);
     }
     0
 }
@@ -129,7 +115,7 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn btf_tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
-    state::on_destroy(ctx.arg(0));
+    track::on_destroy(ctx.arg(0));
     0
 }
 
@@ -138,7 +124,7 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     let off = config!(tp.destroy_sk) as usize;
     // SAFETY: see tp_inet_sock_set_state.
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off) } {
-        state::on_destroy(sk);
+        track::on_destroy(sk);
     }
     0
 }
@@ -147,7 +133,7 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn btf_tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
-    state::on_receive_reset::<Direct>(ctx.arg(0));
+    close::on_receive_reset::<Direct>(ctx.arg(0));
     0
 }
 
@@ -156,7 +142,7 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let off = config!(tp.receive_reset_sk) as usize;
     // SAFETY: see tp_inet_sock_set_state.
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off) } {
-        state::on_receive_reset::<Probe>(sk);
+        close::on_receive_reset::<Probe>(sk);
     }
     0
 }
@@ -169,7 +155,7 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
     // arithmetic on the pointer until it is checked.
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
-        state::on_send_reset::<Direct>(sk, NO_REASON);
+        close::on_send_reset::<Direct>(sk, NO_REASON);
     }
     0
 }
@@ -180,7 +166,7 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
 pub fn btf_tcp_send_reset_reason(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
-        state::on_send_reset::<Direct>(sk, ctx.arg::<u32>(2));
+        close::on_send_reset::<Direct>(sk, ctx.arg::<u32>(2));
     }
     0
 }
@@ -196,7 +182,7 @@ pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
         off => unsafe { ctx.read_at::<u32>(off as usize) }.unwrap_or(NO_REASON),
     };
     if let Ok(sk) = sk {
-        state::on_send_reset::<Probe>(sk, reason);
+        close::on_send_reset::<Probe>(sk, reason);
     }
     0
 }

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::report::LogFormat;
+
 /// lostwrite finds the bytes applications think they sent but that never reached the peer.
 #[derive(Debug, Parser)]
 #[command(name = "agent", version, about, propagate_version = true)]
@@ -129,12 +131,6 @@ pub enum Switch {
     On,
     Off,
     Auto,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 fn parse_hook(s: &str) -> Result<String, String> {

@@ -13,7 +13,7 @@ use axum::{
     routing::get,
 };
 
-use crate::metrics::{KernelStats, Metrics};
+use crate::{metrics::Metrics, probes::KernelStats};
 
 pub struct AppState {
     pub metrics: Arc<Metrics>,

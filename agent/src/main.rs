@@ -7,10 +7,10 @@ mod correlate;
 mod events;
 mod go_runtime;
 mod http;
-mod ingest;
 mod k8s;
 mod listeners;
 mod metrics;
+mod pipeline;
 mod privileges;
 mod probes;
 mod report;
@@ -22,7 +22,10 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::{
+    cli::{Cli, Command},
+    report::LogFormat,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

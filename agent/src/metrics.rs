@@ -1,11 +1,16 @@
 //! Prometheus series (names fixed by SPEC §5).
 
+use agent_common::Detector;
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
-use crate::correlate::{Detail, Explained, Incident};
+use crate::{
+    correlate::{Detail, Explained},
+    k8s::Attributed,
+    probes::KernelStats,
+};
 
 /// Delay from the last read to the close: sub-millisecond panics up to proxy/LB idle timeouts.
 const DELAY_BUCKETS: &[f64] = &[
@@ -25,15 +30,23 @@ fn label_names(base: &[&'static str], pod_labels: bool) -> Vec<&'static str> {
     names
 }
 
-/// Totals read from the programs' per-CPU counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelStats {
-    pub events_dropped: u64,
-    pub events_sent: u64,
-    pub sockets_tracked: u64,
-    pub sockets_released: u64,
-    /// Entries in the SOCKS map right now, when they could be counted.
-    pub sockets_live: Option<u64>,
+/// Registers `c` with `r` and returns it. A name registered twice is a bug in [`Metrics::new`].
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: prometheus::Result<C>,
+) -> C {
+    let c = c.expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("unique metric names");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help))
+}
+
+fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 pub struct Metrics {
@@ -46,6 +59,7 @@ pub struct Metrics {
     aborted_connections: IntCounterVec,
     events_dropped: IntCounter,
     kernel_events: IntCounter,
+    kernel_errors: IntCounterVec,
     sockets_observed: IntCounter,
     tracked_sockets: IntGauge,
     socket_evictions: IntCounter,
@@ -60,170 +74,153 @@ pub struct Metrics {
 impl Metrics {
     /// `pod_labels`: add namespace, pod and container to the per-process series (Kubernetes).
     pub fn new(pod_labels: bool) -> Self {
-        let registry = Registry::new();
-        let labels = |base: &[&'static str]| label_names(base, pod_labels);
-        let m = Self {
-            unanswered: IntCounterVec::new(
-                Opts::new(
-                    "lostwrite_unanswered_closes_total",
-                    "Connections closed by the local process after reading input it never answered.",
+        let r = Registry::new();
+        let per_process = |base: &[&'static str]| label_names(base, pod_labels);
+        let build = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("lostwrite_build_info", "The agent's version."),
+                &["version"],
+            ),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            unanswered: counters(
+                &r,
+                "lostwrite_unanswered_closes_total",
+                "Connections closed by the local process after reading input it never answered.",
+                &per_process(&["comm", "port", "role"]),
+            ),
+            unanswered_delay: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "lostwrite_unanswered_close_delay_seconds",
+                        "Time from the last unanswered read to the close.",
+                    )
+                    .buckets(DELAY_BUCKETS.to_vec()),
+                    &per_process(&["comm", "port"]),
                 ),
-                &labels(&["comm", "port", "role"]),
-            )
-            .expect("valid metric"),
-            unanswered_delay: HistogramVec::new(
-                HistogramOpts::new(
-                    "lostwrite_unanswered_close_delay_seconds",
-                    "Time from the last unanswered read to the close.",
-                )
-                .buckets(DELAY_BUCKETS.to_vec()),
-                &labels(&["comm", "port"]),
-            )
-            .expect("valid metric"),
-            writes_after_close: IntCounterVec::new(
-                Opts::new(
-                    "lostwrite_writes_after_close_total",
-                    "Write-family calls that failed because the connection was already torn down.",
-                ),
-                &labels(&["comm", "port", "role", "errno"]),
-            )
-            .expect("valid metric"),
-            writes_after_close_bytes: IntCounterVec::new(
-                Opts::new(
-                    "lostwrite_writes_after_close_bytes_total",
-                    "Bytes those calls tried to write (only where the probe mode sees the size).",
-                ),
-                &labels(&["comm", "port", "role", "errno"]),
-            )
-            .expect("valid metric"),
-            undelivered_bytes: IntCounterVec::new(
-                Opts::new(
-                    "lostwrite_undelivered_bytes_total",
-                    "Bytes write() accepted that the peer never acknowledged before an abortive end.",
-                ),
-                &labels(&["comm", "port", "role", "reason"]),
-            )
-            .expect("valid metric"),
-            aborted_connections: IntCounterVec::new(
-                Opts::new(
-                    "lostwrite_aborted_connections_total",
-                    "Connections that ended abortively with data at stake.",
-                ),
-                &labels(&["comm", "port", "role", "reason"]),
-            )
-            .expect("valid metric"),
-            events_dropped: IntCounter::new(
+            ),
+            writes_after_close: counters(
+                &r,
+                "lostwrite_writes_after_close_total",
+                "Write-family calls that failed because the connection was already torn down.",
+                &per_process(&["comm", "port", "role", "errno"]),
+            ),
+            writes_after_close_bytes: counters(
+                &r,
+                "lostwrite_writes_after_close_bytes_total",
+                "Bytes those calls tried to write (only where the probe mode sees the size).",
+                &per_process(&["comm", "port", "role", "errno"]),
+            ),
+            undelivered_bytes: counters(
+                &r,
+                "lostwrite_undelivered_bytes_total",
+                "Bytes write() accepted that the peer never acknowledged before an abortive end.",
+                &per_process(&["comm", "port", "role", "reason"]),
+            ),
+            aborted_connections: counters(
+                &r,
+                "lostwrite_aborted_connections_total",
+                "Connections that ended abortively with data at stake.",
+                &per_process(&["comm", "port", "role", "reason"]),
+            ),
+            go_write_timeouts: counters(
+                &r,
+                "lostwrite_go_write_timeouts_total",
+                "Responses a Go server dropped or cut short because its write deadline \
+                 (net/http's WriteTimeout) expired, by protocol (http1: the connection \
+                 closed; h2: the stream was reset).",
+                &per_process(&["comm", "port", "protocol"]),
+            ),
+            explained: counters(
+                &r,
+                "lostwrite_explained_closes_total",
+                "Closes judged on an --explain-port, by verdict (unanswered, answered, \
+                 peer_goodbye, goodbye_sent, peer_closed, client, simultaneous_close, \
+                 not_the_responder).",
+                &["port", "verdict"],
+            ),
+            events_dropped: counter(
+                &r,
                 "lostwrite_events_dropped_total",
                 "Kernel records lost because the ring buffer was full.",
-            )
-            .expect("valid metric"),
-            kernel_events: IntCounter::new(
+            ),
+            kernel_events: counter(
+                &r,
                 "lostwrite_kernel_events_total",
                 "Records the kernel programs sent to the agent.",
-            )
-            .expect("valid metric"),
-            sockets_observed: IntCounter::new(
+            ),
+            kernel_errors: counters(
+                &r,
+                "lostwrite_kernel_errors_total",
+                "Failures inside the kernel programs, by error: map_update (a map refused an \
+                 update: that connection goes unwatched, or a Go cause unnamed), read (a read \
+                 of kernel memory failed and gave zero).",
+                &["error"],
+            ),
+            sockets_observed: counter(
+                &r,
                 "lostwrite_sockets_observed_total",
                 "TCP sockets the kernel programs started tracking.",
-            )
-            .expect("valid metric"),
-            tracked_sockets: IntGauge::new(
-                "lostwrite_tracked_sockets",
-                "TCP sockets currently tracked in kernel memory.",
-            )
-            .expect("valid metric"),
-            socket_evictions: IntCounter::new(
+            ),
+            tracked_sockets: register(
+                &r,
+                IntGauge::new(
+                    "lostwrite_tracked_sockets",
+                    "TCP sockets currently tracked in kernel memory.",
+                ),
+            ),
+            socket_evictions: counter(
+                &r,
                 "lostwrite_socket_evictions_total",
                 "Sockets dropped from kernel memory before they closed, because --max-sockets was \
                  reached (the least recently used go first); their connections are no longer \
                  watched.",
-            )
-            .expect("valid metric"),
-            decode_errors: IntCounter::new(
+            ),
+            decode_errors: counter(
+                &r,
                 "lostwrite_decode_errors_total",
                 "Kernel records the agent could not decode.",
-            )
-            .expect("valid metric"),
-            detector_enabled: IntGaugeVec::new(
-                Opts::new(
-                    "lostwrite_detector_enabled",
-                    "1 if the detector runs on this kernel and probe mode, 0 if it cannot.",
+            ),
+            detector_enabled: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "lostwrite_detector_enabled",
+                        "1 if the detector runs on this kernel and probe mode, 0 if it cannot.",
+                    ),
+                    &["detector"],
                 ),
-                &["detector"],
-            )
-            .expect("valid metric"),
-            explained: IntCounterVec::new(
-                Opts::new(
-                    "lostwrite_explained_closes_total",
-                    "Closes judged on an --explain-port, by verdict (unanswered, answered, \
-                     peer_goodbye, goodbye_sent, peer_closed, client, simultaneous_close, \
-                     not_the_responder).",
+            ),
+            probe_mode: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("lostwrite_probe_mode_info", "The probe mode in use."),
+                    &["mode"],
                 ),
-                &["port", "verdict"],
-            )
-            .expect("valid metric"),
-            go_write_timeouts: IntCounterVec::new(
-                Opts::new(
-                    "lostwrite_go_write_timeouts_total",
-                    "Responses a Go server dropped or cut short because its write deadline \
-                     (net/http's WriteTimeout) expired, by protocol (http1: the connection \
-                     closed; h2: the stream was reset).",
-                ),
-                &labels(&["comm", "port", "protocol"]),
-            )
-            .expect("valid metric"),
-            probe_mode: IntGaugeVec::new(
-                Opts::new("lostwrite_probe_mode_info", "The probe mode in use."),
-                &["mode"],
-            )
-            .expect("valid metric"),
-            registry,
+            ),
+            registry: r,
             pod_labels,
-        };
-        let build = IntGaugeVec::new(
-            Opts::new("lostwrite_build_info", "The agent's version."),
-            &["version"],
-        )
-        .expect("valid metric");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [
-            Box::new(m.unanswered.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.unanswered_delay.clone()),
-            Box::new(m.writes_after_close.clone()),
-            Box::new(m.writes_after_close_bytes.clone()),
-            Box::new(m.undelivered_bytes.clone()),
-            Box::new(m.aborted_connections.clone()),
-            Box::new(m.events_dropped.clone()),
-            Box::new(m.kernel_events.clone()),
-            Box::new(m.sockets_observed.clone()),
-            Box::new(m.tracked_sockets.clone()),
-            Box::new(m.socket_evictions.clone()),
-            Box::new(m.decode_errors.clone()),
-            Box::new(m.detector_enabled.clone()),
-            Box::new(m.explained.clone()),
-            Box::new(m.go_write_timeouts.clone()),
-            Box::new(m.probe_mode.clone()),
-            Box::new(build),
-        ] {
-            m.registry.register(c).expect("unique metric names");
         }
-        m
     }
 
-    pub fn set_probe_mode(&self, mode: &str, detectors: &[(&str, bool)]) {
+    pub fn set_probe_mode(&self, mode: &str, detectors: &[(Detector, bool)]) {
         self.probe_mode.with_label_values(&[mode]).set(1);
         for (d, on) in detectors {
             self.detector_enabled
-                .with_label_values(&[d])
+                .with_label_values(&[d.as_str()])
                 .set(i64::from(*on));
         }
     }
 
-    pub fn record(&self, i: &Incident) {
+    pub fn record(&self, a: &Attributed) {
+        let i = &a.incident;
         let port = i.port.to_string();
         let (comm, role) = (i.comm.as_str(), i.role.as_str());
         // A process outside any pod, on Kubernetes, gets empty values (Prometheus drops them).
-        let pod = match (&i.pod, self.pod_labels) {
+        let pod = match (&a.pod, self.pod_labels) {
             (_, false) => vec![],
             (Some(p), true) => vec![p.namespace.as_str(), p.name.as_str(), p.container.as_str()],
             (None, true) => vec![""; 3],
@@ -281,6 +278,9 @@ impl Metrics {
     pub fn set_kernel(&self, k: KernelStats) {
         catch_up(&self.events_dropped, k.events_dropped);
         catch_up(&self.kernel_events, k.events_sent);
+        for (error, n) in [("map_update", k.map_update_failed), ("read", k.read_failed)] {
+            catch_up(&self.kernel_errors.with_label_values(&[error]), n);
+        }
         catch_up(&self.sockets_observed, k.sockets_tracked);
         // Every entry that entered the map was released at socket destruction, was evicted, or
         // is still there (see probes::stats). Without a count of the map, tracked - released is
@@ -317,14 +317,14 @@ fn catch_up(c: &IntCounter, total: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::samples;
+    use crate::{correlate::samples, k8s::samples as k8s_samples};
 
     #[test]
     fn undelivered_counts_connections_and_bytes() {
         let m = Metrics::new(false);
         let i = samples::nginx_linger();
-        m.record(&i);
-        m.record(&i);
+        m.record(&i.clone().into());
+        m.record(&i.into());
         let text = m.render();
         for line in [
             r#"lostwrite_undelivered_bytes_total{comm="nginx",port="8800",reason="linger_zero",role="server"} 5607424"#,
@@ -340,8 +340,8 @@ mod tests {
     #[test]
     fn go_write_timeouts_count_incidents_with_a_go_cause() {
         let m = Metrics::new(false);
-        m.record(&samples::seed());
-        m.record(&samples::seed_with_cause());
+        m.record(&samples::seed().into());
+        m.record(&samples::seed_with_cause().into());
         let out = m.render();
         assert!(
             out.contains(
@@ -359,14 +359,19 @@ mod tests {
         let m = Metrics::new(false);
         m.set_probe_mode(
             "tracepoint",
-            &[("unanswered_close", true), ("write_after_close", false)],
+            &[
+                (Detector::UnansweredClose, true),
+                (Detector::WriteAfterClose, false),
+            ],
         );
-        m.record(&samples::seed());
+        m.record(&samples::seed().into());
         m.set_kernel(KernelStats {
             events_dropped: 3,
             events_sent: 5,
             sockets_tracked: 10,
             sockets_released: 4,
+            map_update_failed: 2,
+            read_failed: 0,
             sockets_live: None,
         });
         let text = m.render();
@@ -376,6 +381,8 @@ mod tests {
             r#"lostwrite_unanswered_close_delay_seconds_bucket{comm="seedsrv",port="8800",le="1"} 0"#,
             "lostwrite_events_dropped_total 3",
             "lostwrite_tracked_sockets 6",
+            r#"lostwrite_kernel_errors_total{error="map_update"} 2"#,
+            r#"lostwrite_kernel_errors_total{error="read"} 0"#,
             r#"lostwrite_probe_mode_info{mode="tracepoint"} 1"#,
             r#"lostwrite_detector_enabled{detector="write_after_close"} 0"#,
             concat!(
@@ -394,9 +401,9 @@ mod tests {
     #[test]
     fn pod_labels_on_kubernetes_only() {
         let on = Metrics::new(true);
-        on.record(&samples::seed_in_pod());
+        on.record(&k8s_samples::seed_in_pod());
         // A host process on a Kubernetes node.
-        on.record(&samples::nginx_linger());
+        on.record(&samples::nginx_linger().into());
         let text = on.render();
         for line in [
             r#"lostwrite_unanswered_closes_total{comm="seedsrv",container="api",namespace="shop",pod="checkout-7d9f8b6c5-x2x9q",port="8800",role="server"} 1"#,
@@ -411,7 +418,7 @@ mod tests {
 
         let off = Metrics::new(false);
         // Even an incident that carries a pod: the series shape is fixed at start.
-        off.record(&samples::seed_in_pod());
+        off.record(&k8s_samples::seed_in_pod());
         let text = off.render();
         assert!(
             text.lines().any(|l| l

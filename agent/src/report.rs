@@ -5,9 +5,16 @@ use std::{io::Write as _, time::SystemTime};
 use serde::Serialize;
 
 use crate::{
-    cli::LogFormat,
-    correlate::{Detail, Explained, Incident, Role},
+    correlate::{Detail, Explained, Role},
+    k8s::Attributed,
 };
+
+/// `--log-format`: how incidents (and the agent's own log) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 #[derive(Serialize)]
 struct Record<'a> {
@@ -59,7 +66,8 @@ struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    fn new(at: SystemTime, i: &'a Incident) -> Self {
+    fn new(at: SystemTime, a: &'a Attributed) -> Self {
+        let i = &a.incident;
         let mut r = Record {
             ts: humantime::format_rfc3339_millis(at).to_string(),
             kind: i.kind(),
@@ -81,9 +89,9 @@ impl<'a> Record<'a> {
             unread_bytes: None,
             attempted_bytes: None,
             cgroup_id: i.cgroup_id,
-            namespace: i.pod.as_ref().map(|p| p.namespace.as_str()),
-            pod: i.pod.as_ref().map(|p| p.name.as_str()),
-            container: i.pod.as_ref().map(|p| p.container.as_str()),
+            namespace: a.pod.as_ref().map(|p| p.namespace.as_str()),
+            pod: a.pod.as_ref().map(|p| p.name.as_str()),
+            container: a.pod.as_ref().map(|p| p.container.as_str()),
             peer_closed: i.peer_closed,
             protocol: None,
             go_deadline: i.go.map(|g| g.deadline),
@@ -93,7 +101,7 @@ impl<'a> Record<'a> {
                 .and_then(|g| g.until_close)
                 .map(|d| d.as_secs_f64()),
             stream_id: None,
-            message: i.sentence(),
+            message: a.sentence(),
         };
         match &i.detail {
             Detail::UnansweredClose {
@@ -131,8 +139,9 @@ impl<'a> Record<'a> {
 }
 
 /// Formats one incident as a single line (no trailing newline).
-pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
-    let r = Record::new(at, i);
+pub fn line(format: LogFormat, at: SystemTime, a: &Attributed) -> String {
+    let r = Record::new(at, a);
+    let i = &a.incident;
     match format {
         LogFormat::Json => serde_json::to_string(&r).expect("a flat record always serializes"),
         LogFormat::Text => {
@@ -162,7 +171,7 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
                 }),
             );
             let mut pod = String::new();
-            if let Some(p) = &i.pod {
+            if let Some(p) = &a.pod {
                 pod = format!(
                     " namespace={} pod={} container={}",
                     p.namespace, p.name, p.container
@@ -196,17 +205,19 @@ pub fn line(format: LogFormat, at: SystemTime, i: &Incident) -> String {
 /// Formats one explained close as a single line: the verdict, then the close as the incident
 /// it would be.
 pub fn explained_line(format: LogFormat, at: SystemTime, e: &Explained) -> String {
+    // Explained closes are not attributed: they are a debugging aid on chosen ports.
+    let a = Attributed::bare(e.incident.clone());
     match format {
         LogFormat::Json => {
-            let mut v = serde_json::to_value(Record::new(at, &e.incident))
-                .expect("a flat record always serializes");
+            let mut v =
+                serde_json::to_value(Record::new(at, &a)).expect("a flat record always serializes");
             v["kind"] = "explain".into();
             v["verdict"] = e.verdict.as_str().into();
             v["explain_port"] = e.port.into();
             v.to_string()
         }
         LogFormat::Text => {
-            let line = line(format, at, &e.incident);
+            let line = line(format, at, &a);
             let (ts, rest) = line.split_once(" INCIDENT ").unwrap_or(("", &line));
             format!(
                 "{ts} EXPLAIN port {} verdict={}: {rest}",
@@ -225,9 +236,9 @@ pub fn emit_explained(format: LogFormat, e: &Explained) {
 }
 
 /// Writes the line to stdout. A closed stdout must not stop the agent: metrics still work.
-pub fn emit(format: LogFormat, i: &Incident) {
+pub fn emit(format: LogFormat, a: &Attributed) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line(format, SystemTime::now(), i)).and_then(|()| out.flush());
+    let _ = writeln!(out, "{}", line(format, SystemTime::now(), a)).and_then(|()| out.flush());
 }
 
 #[cfg(test)]
@@ -235,11 +246,11 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::correlate::samples;
+    use crate::correlate::{Incident, samples};
 
     #[test]
     fn text_line() {
-        let l = line(LogFormat::Text, UNIX_EPOCH, &samples::seed());
+        let l = line(LogFormat::Text, UNIX_EPOCH, &samples::seed().into());
         assert!(l.starts_with(
             "1970-01-01T00:00:00.000Z INCIDENT unanswered_close: pid 4242 (seedsrv) read 78 \
              bytes on 127.0.0.1:8800 from 127.0.0.1:60154 and closed the connection 2.0 s later \
@@ -257,7 +268,7 @@ mod tests {
             thread: "pool-1-thread-3".into(),
             ..samples::seed()
         };
-        let l = line(LogFormat::Text, UNIX_EPOCH, &i);
+        let l = line(LogFormat::Text, UNIX_EPOCH, &i.clone().into());
         assert!(
             l.contains(" pid=4242 comm=java tid=4250 thread=pool-1-thread-3 "),
             "{l}"
@@ -267,7 +278,7 @@ mod tests {
             "{l}"
         );
         let v: serde_json::Value =
-            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
+            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i.clone().into())).unwrap();
         assert_eq!(
             (&v["pid"], &v["comm"], &v["tid"], &v["thread"]),
             (
@@ -282,7 +293,7 @@ mod tests {
 
     #[test]
     fn json_line() {
-        let l = line(LogFormat::Json, UNIX_EPOCH, &samples::seed());
+        let l = line(LogFormat::Json, UNIX_EPOCH, &samples::seed().into());
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(v["kind"], "unanswered_close");
         assert_eq!(v["reason"], "fin");
@@ -301,7 +312,7 @@ mod tests {
 
     #[test]
     fn pod_in_both_formats() {
-        let i = samples::seed_in_pod();
+        let i = crate::k8s::samples::seed_in_pod();
         let v: serde_json::Value =
             serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
         assert_eq!(v["namespace"], "shop");
@@ -321,18 +332,18 @@ mod tests {
         );
 
         // Without a pod the fields are absent, not empty.
-        let l = line(LogFormat::Json, UNIX_EPOCH, &samples::seed());
+        let l = line(LogFormat::Json, UNIX_EPOCH, &samples::seed().into());
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         for k in ["namespace", "pod", "container"] {
             assert!(v.get(k).is_none(), "{k} in {l}");
         }
-        assert!(!line(LogFormat::Text, UNIX_EPOCH, &samples::seed()).contains("pod="));
+        assert!(!line(LogFormat::Text, UNIX_EPOCH, &samples::seed().into()).contains("pod="));
     }
 
     #[test]
     fn go_cause_in_both_formats() {
         let i = samples::seed_with_cause();
-        let l = line(LogFormat::Text, UNIX_EPOCH, &i);
+        let l = line(LogFormat::Text, UNIX_EPOCH, &i.clone().into());
         assert!(
             l.contains(
                 "without writing a response: Go dropped the response: its write deadline \
@@ -343,11 +354,11 @@ mod tests {
         );
         assert!(l.contains(" go_deadline=write@1.001s "), "{l}");
         let v: serde_json::Value =
-            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
+            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i.clone().into())).unwrap();
         assert_eq!(v["go_deadline"], "write");
         assert_eq!(v["go_deadline_after_input_seconds"], 1.001);
         assert_eq!(v["go_handler_after_deadline_seconds"], 1.002);
-        let plain = line(LogFormat::Json, UNIX_EPOCH, &samples::seed());
+        let plain = line(LogFormat::Json, UNIX_EPOCH, &samples::seed().into());
         assert!(!plain.contains("go_deadline"), "{plain}");
     }
 
@@ -355,7 +366,7 @@ mod tests {
     fn undelivered_line() {
         let i = samples::nginx_linger();
         let v: serde_json::Value =
-            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i)).unwrap();
+            serde_json::from_str(&line(LogFormat::Json, UNIX_EPOCH, &i.clone().into())).unwrap();
         assert_eq!(v["kind"], "undelivered_bytes");
         assert_eq!(v["reason"], "linger_zero");
         assert_eq!(v["undelivered_bytes"], 2_803_712);

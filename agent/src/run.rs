@@ -13,16 +13,16 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    cli::{LogFormat, ProbeModeArg, RunArgs, Switch},
-    correlate::{Correlator, Filter, Incident},
+    cli::{ProbeModeArg, RunArgs, Switch},
+    correlate::Correlator,
     go_runtime::{self, Candidate, Discovery, GoBinary, InspectError, Outcome},
     http::{self, AppState},
-    ingest, k8s,
+    k8s,
     listeners::ProcListeners,
     metrics::Metrics,
+    pipeline::{Filter, Pipeline},
     privileges,
-    probes::{Kernel, LoadOptions, ProbeMode, Probes},
-    report,
+    probes::{Detector, Kernel, LoadOptions, ProbeMode, Probes},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +157,8 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(pods.is_some()));
     let go_on = probes.go.is_ok() && !probes.empty_programs;
-    let mut detectors: Vec<(&str, bool)> =
-        probes.detecting().map(|(d, on)| (d.as_str(), on)).into();
-    detectors.push(("go_write_timeout", go_on));
+    let mut detectors: Vec<(Detector, bool)> = probes.detecting().into();
+    detectors.push((Detector::GoWriteTimeout, go_on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     match &probes.go {
         Ok(()) => info!("Go runtime hooks loaded: Go binaries running or started get them"),
@@ -195,19 +194,18 @@ async fn serve(
             .detecting()
             .iter()
             .filter(|(_, on)| !on)
-            .map(|(d, _)| d.as_str())
+            .map(|(d, _)| *d)
             .collect(),
     };
-    let (exec_tx, mut execs) = tokio::sync::mpsc::unbounded_channel();
-    let mut reader = tokio::spawn(read_events(
-        readable(events)?,
+    let pipeline = Pipeline {
         correlator,
         filter,
-        metrics,
         pods,
-        args.log_format,
-        exec_tx,
-    ));
+        metrics,
+        format: args.log_format,
+    };
+    let (exec_tx, mut execs) = tokio::sync::mpsc::unbounded_channel();
+    let mut reader = tokio::spawn(read_events(readable(events)?, pipeline, exec_tx));
     state.ready.store(true, Ordering::Relaxed);
 
     let mut go = go_on.then(GoFinder::start);
@@ -337,63 +335,26 @@ impl GoFinder {
 
 async fn read_events(
     mut ring: AsyncFd<RingBuf<MapData>>,
-    mut correlator: Correlator,
-    filter: Filter,
-    metrics: Arc<Metrics>,
-    mut pods: Option<k8s::Resolver>,
-    format: LogFormat,
+    mut pipeline: Pipeline,
     execs: tokio::sync::mpsc::UnboundedSender<u32>,
 ) -> anyhow::Result<()> {
-    // Held-back incidents (peer resets waiting for a local peer's record, unanswered closes
-    // waiting for a crossing FIN) are released here.
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
     loop {
         let mut guard = tokio::select! {
             guard = ring.readable_mut() => guard?,
             _ = tick.tick() => {
-                for i in correlator.expired(monotonic_ns()) {
-                    report_incident(&filter, &metrics, &mut pods, format, i);
-                }
-                report_explained(&mut correlator, &metrics, format);
+                pipeline.tick(monotonic_ns());
                 continue;
             }
         };
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
-            if let Some(i) = ingest::record(&item, &mut correlator, &ProcListeners, &metrics) {
-                report_incident(&filter, &metrics, &mut pods, format, i);
-            }
+            pipeline.record(&item, &ProcListeners);
         }
         guard.clear_ready();
-        report_explained(&mut correlator, &metrics, format);
-        for pid in correlator.take_execs() {
+        for pid in pipeline.after_batch() {
             let _ = execs.send(pid);
         }
-    }
-}
-
-/// `--explain-port`: what was decided about each close on those ports.
-fn report_explained(correlator: &mut Correlator, metrics: &Metrics, format: LogFormat) {
-    for e in correlator.take_explained() {
-        metrics.explained(&e);
-        report::emit_explained(format, &e);
-    }
-}
-
-fn report_incident(
-    filter: &Filter,
-    metrics: &Metrics,
-    pods: &mut Option<k8s::Resolver>,
-    format: LogFormat,
-    mut i: Incident,
-) {
-    if filter.allows(&i) {
-        // Only reported incidents are attributed: the lookup reads the filesystem (cached).
-        if let Some(pods) = pods {
-            i.pod = pods.resolve(i.cgroup_id, i.pid);
-        }
-        metrics.record(&i);
-        report::emit(format, &i);
     }
 }
 

@@ -1,10 +1,9 @@
 //! What the correlation produces: attributed incidents, and how they read to a person.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
+use agent_common::Detector;
 use serde::Serialize;
-
-use crate::k8s::Pod;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,19 +193,22 @@ pub struct Incident {
     pub peer_closed: bool,
     /// Why, where the Go runtime hooks saw it: the response's write deadline expired.
     pub go: Option<GoWriteTimeout>,
-    /// The process's pod, on Kubernetes. The correlation leaves it empty; the agent attributes
-    /// the incident afterwards (it needs the filesystem, which correlation never touches).
-    pub pod: Option<Arc<Pod>>,
 }
 
 impl Incident {
-    pub fn kind(&self) -> &'static str {
+    /// The detector that found it (write-after-close for an EBADF one too).
+    pub fn detector(&self) -> Detector {
         match self.detail {
-            Detail::UnansweredClose { .. } => "unanswered_close",
-            Detail::WriteAfterClose { .. } => "write_after_close",
-            Detail::Undelivered { .. } => "undelivered_bytes",
-            Detail::GoWriteTimeout { .. } => "go_write_timeout",
+            Detail::UnansweredClose { .. } => Detector::UnansweredClose,
+            Detail::WriteAfterClose { .. } => Detector::WriteAfterClose,
+            Detail::Undelivered { .. } => Detector::UndeliveredBytes,
+            Detail::GoWriteTimeout { .. } => Detector::GoWriteTimeout,
         }
+    }
+
+    /// The incident's `kind`, its detector's name.
+    pub fn kind(&self) -> &'static str {
+        self.detector().as_str()
     }
 
     /// The bounded reason label of the incident's kind.
@@ -227,19 +229,11 @@ impl Incident {
 
     /// One sentence a person understands.
     pub fn sentence(&self) -> String {
-        let who = match &self.pod {
-            Some(p) if p.container.is_empty() => {
-                format!(
-                    "pid {} ({}, pod {}/{})",
-                    self.pid, self.comm, p.namespace, p.name
-                )
-            }
-            Some(p) => format!(
-                "pid {} ({}, container {} of pod {}/{})",
-                self.pid, self.comm, p.container, p.namespace, p.name
-            ),
-            None => format!("pid {} ({})", self.pid, self.comm),
-        };
+        self.sentence_about(&format!("pid {} ({})", self.pid, self.comm))
+    }
+
+    /// The sentence with `who` naming the process (its pod added, on Kubernetes).
+    pub fn sentence_about(&self, who: &str) -> String {
         match &self.detail {
             Detail::UnansweredClose {
                 how,
@@ -386,7 +380,6 @@ pub mod samples {
             cgroup_id: 1,
             peer_closed: false,
             go: None,
-            pod: None,
         }
     }
 
@@ -399,18 +392,6 @@ pub mod samples {
                 after_input: Duration::from_millis(1001),
                 until_close: Some(Duration::from_millis(1002)),
             }),
-            ..seed()
-        }
-    }
-
-    /// The seed, in a pod.
-    pub fn seed_in_pod() -> Incident {
-        Incident {
-            pod: Some(Arc::new(Pod {
-                namespace: "shop".into(),
-                name: "checkout-7d9f8b6c5-x2x9q".into(),
-                container: "api".into(),
-            })),
             ..seed()
         }
     }

@@ -372,34 +372,20 @@ impl Correlator {
     }
 
     /// SPEC §2 "undelivered bytes": the connection ended abortively while bytes write() accepted
-    /// were unacknowledged. A local abort that discarded unread input counts as an aborted
-    /// connection even when everything written was acknowledged: the peer's bytes never reached
-    /// the process.
+    /// were unacknowledged, or a server's local abort discarded input it never read
+    /// ([`agent_common::Stake::loses_data`]). A reset by a peer on this host waits for that
+    /// peer's own record, which may show it had the bytes ([`ResetPairs`]).
     pub fn abort(&mut self, ev: &AbortEvent) -> Option<Incident> {
         let s = &ev.sock;
         let role = Role::from_wire(s.role);
-        let local = ev.trigger == trigger::SEND_RESET;
-        if local && ev.unread > 0 {
+        let stake = ev.stake();
+        if stake.drops_input() {
             let (here, there) = addrs(s);
             self.pairs
                 .dropped_input(here, there, ev.header.ts_ns, ev.received_end());
         }
-        // A client that closes with a response it asked for still unread chose to drop it
-        // (wrk at the end of a run, a caller that timed out): nothing it wrote was lost. A
-        // server that does the same discarded a request it never fully read. Goodbyes are
-        // never at stake (the kernel's own pre-filter, applied again).
-        let dropped = if local && role != Role::Client {
-            ev.unread
-        } else {
-            0
-        };
-        if !agent_common::data_at_stake(s.proto, ev.unacked, dropped) {
-            return None;
-        }
-        // The mirror case: the client closed its side first (FIN), then reset the response that
-        // arrived after it had gone (wrk stopping between a request and its response).
-        let client_gone = s.flags & flag::PEER_FIN != 0;
-        if ev.trigger == trigger::RECEIVE_RESET && role == Role::Server && client_gone {
+        // The detector's decision, the one the kernel's filter made before sending the record.
+        if !stake.loses_data(s) {
             return None;
         }
         let reason = self.abort_reason(ev);
@@ -481,22 +467,24 @@ impl Correlator {
         }
     }
 
-    /// SPEC §2 "write after close": EPIPE and ECONNRESET mean the connection was torn down;
-    /// ENOTCONN only counts on a socket whose connection was observed (a socket that never
-    /// connected also gets ENOTCONN).
+    /// SPEC §2 "write after close" ([`agent_common::write_error_loses`]).
     pub fn write_error(&self, ev: &WriteErrorEvent) -> Option<Incident> {
+        let known = (ev.size_known != 0).then_some(ev.attempted);
+        let tracked = (ev.tracked != 0).then_some(&ev.sock);
+        // The detector's decision, the one the kernel made before sending the record.
+        if !agent_common::write_error_loses(ev.errno, tracked, known) {
+            return None;
+        }
         let errno = match ev.errno {
             errno::EPIPE => Errno::EPIPE,
             errno::ECONNRESET => Errno::ECONNRESET,
-            errno::ENOTCONN if ev.tracked != 0 => Errno::ENOTCONN,
-            // Only ever reported for an fd that was a TCP socket of this process until moments
-            // ago and is not open again.
+            errno::ENOTCONN => Errno::ENOTCONN,
             errno::EBADF => Errno::EBADF,
             _ => return None,
         };
         let detail = Detail::WriteAfterClose {
             errno,
-            attempted: (ev.size_known != 0).then_some(ev.attempted),
+            attempted: known,
         };
         let s = &ev.sock;
         // The writer, who may not be the socket's owner.
@@ -526,7 +514,6 @@ impl Correlator {
             cgroup_id: s.cgroup_id,
             peer_closed: s.flags & flag::PEER_FIN != 0,
             go: None,
-            pod: None,
         }
     }
 
@@ -614,26 +601,3 @@ fn addrs(s: &SockState) -> (SocketAddr, SocketAddr) {
 
 #[cfg(test)]
 mod tests;
-
-/// `--port` / `--comm`: which incidents the user wants reported. Empty lists allow everything.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub ports: Vec<u16>,
-    pub comms: Vec<String>,
-    /// Detectors this probe mode cannot run correctly here (`Incident::kind` names): their
-    /// incidents would rest on missing evidence (a close with no send hook looks unanswered).
-    pub detectors_off: Vec<&'static str>,
-}
-
-impl Filter {
-    pub fn allows(&self, i: &Incident) -> bool {
-        if self.detectors_off.contains(&i.kind()) {
-            return false;
-        }
-        let port_ok = self.ports.is_empty()
-            || self.ports.contains(&i.local.port())
-            || self.ports.contains(&i.remote.port());
-        let comm_ok = self.comms.is_empty() || self.comms.contains(&i.comm);
-        port_ok && comm_ok
-    }
-}

@@ -19,6 +19,8 @@ use cache::TtlCache;
 use cgroup::{CgroupTree, ContainerRef};
 use kubelet::LogIndex;
 
+use crate::correlate::Incident;
+
 /// Where an incident's process runs. `container` is empty when the pod has several containers
 /// and only its UID was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +28,68 @@ pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub container: String,
+}
+
+/// An incident with the pod its process runs in: what the metrics and the incident log report.
+/// Correlation never touches the filesystem, so its incidents carry no pod; the agent attributes
+/// each reported one afterwards ([`Resolver::resolve`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attributed {
+    pub incident: Incident,
+    /// The process's pod, on Kubernetes.
+    pub pod: Option<Arc<Pod>>,
+}
+
+impl Attributed {
+    /// An incident outside Kubernetes, or whose pod is unknown.
+    pub fn bare(incident: Incident) -> Self {
+        Self {
+            incident,
+            pod: None,
+        }
+    }
+
+    /// One sentence a person understands: [`Incident::sentence`], the process named with its
+    /// pod.
+    pub fn sentence(&self) -> String {
+        let i = &self.incident;
+        let who = match &self.pod {
+            Some(p) if p.container.is_empty() => {
+                format!("pid {} ({}, pod {}/{})", i.pid, i.comm, p.namespace, p.name)
+            }
+            Some(p) => format!(
+                "pid {} ({}, container {} of pod {}/{})",
+                i.pid, i.comm, p.container, p.namespace, p.name
+            ),
+            None => return i.sentence(),
+        };
+        i.sentence_about(&who)
+    }
+}
+
+impl From<Incident> for Attributed {
+    fn from(incident: Incident) -> Self {
+        Self::bare(incident)
+    }
+}
+
+/// Attributed incidents for other modules' tests.
+#[cfg(test)]
+pub mod samples {
+    use super::*;
+    use crate::correlate::samples::seed;
+
+    /// The seed, in a pod.
+    pub fn seed_in_pod() -> Attributed {
+        Attributed {
+            incident: seed(),
+            pod: Some(Arc::new(Pod {
+                namespace: "shop".into(),
+                name: "checkout-7d9f8b6c5-x2x9q".into(),
+                container: "api".into(),
+            })),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,13 +10,14 @@ mod table;
 
 use std::{collections::HashMap, fmt, path::Path};
 
+pub use agent_common::Detector;
 use agent_common::{Config, TracepointFields, names};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
 };
-pub use stats::StatsReader;
+pub use stats::{KernelStats, StatsReader};
 pub use table::ProbeMode;
 use table::{Attach, EBADF_HOOKS, Hook};
 use tracing::{debug, info, warn};
@@ -25,39 +26,6 @@ use crate::{btf, tracefs};
 
 /// The object built from agent-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lostwrite"));
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Detector {
-    UnansweredClose,
-    WriteAfterClose,
-    UndeliveredBytes,
-    WriteAfterCloseEbadf,
-}
-
-impl Detector {
-    /// The three detectors every mode must give to count as complete.
-    pub const CORE: [Self; 3] = [
-        Self::UnansweredClose,
-        Self::WriteAfterClose,
-        Self::UndeliveredBytes,
-    ];
-    pub const ALL: [Self; 4] = [
-        Self::UnansweredClose,
-        Self::WriteAfterClose,
-        Self::UndeliveredBytes,
-        Self::WriteAfterCloseEbadf,
-    ];
-
-    /// The `detector` label of `lostwrite_detector_enabled`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UnansweredClose => "unanswered_close",
-            Self::WriteAfterClose => "write_after_close",
-            Self::UndeliveredBytes => "undelivered_bytes",
-            Self::WriteAfterCloseEbadf => "write_after_close_ebadf",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

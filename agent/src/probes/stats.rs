@@ -20,7 +20,19 @@ use agent_common::{SockState, stat};
 use aya::maps::{MapData, PerCpuArray};
 use tracing::warn;
 
-use crate::metrics::KernelStats;
+/// Totals read from the programs' per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub events_dropped: u64,
+    pub events_sent: u64,
+    pub sockets_tracked: u64,
+    pub sockets_released: u64,
+    /// Map updates the programs' maps refused, and kernel reads that failed.
+    pub map_update_failed: u64,
+    pub read_failed: u64,
+    /// Entries in the SOCKS map right now, when they could be counted.
+    pub sockets_live: Option<u64>,
+}
 
 /// Entries per batch call; the key and value buffers are kept between scrapes.
 const BATCH: usize = 4096;
@@ -74,6 +86,8 @@ impl StatsReader {
             events_sent: self.total(stat::EVENTS_SENT),
             sockets_tracked,
             sockets_released: self.total(stat::SOCKETS_RELEASED),
+            map_update_failed: self.total(stat::MAP_UPDATE_FAILED),
+            read_failed: self.total(stat::READ_FAILED),
             sockets_live,
         }
     }

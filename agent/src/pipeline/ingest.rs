@@ -48,7 +48,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{cli::LogFormat, report};
+    use crate::report::{self, LogFormat};
 
     /// Runs one record through everything an incident touches: correlation, metrics and both
     /// log formats. Returns whether it decoded.
@@ -56,9 +56,10 @@ mod tests {
         let decoded = events::decode(bytes).is_ok();
         let listening = |_: u32, port: u16| port.is_multiple_of(2);
         if let Some(i) = record(bytes, correlator, &listening, metrics) {
-            metrics.record(&i);
+            let a = i.into();
+            metrics.record(&a);
             for format in [LogFormat::Text, LogFormat::Json] {
-                assert!(!report::line(format, UNIX_EPOCH, &i).is_empty());
+                assert!(!report::line(format, UNIX_EPOCH, &a).is_empty());
             }
         }
         decoded
@@ -126,7 +127,7 @@ mod tests {
             }
             // Held-back peer resets are released without trouble too, whatever their times.
             for i in correlator.expired(u64::MAX) {
-                metrics.record(&i);
+                metrics.record(&i.into());
             }
             prop_assert_eq!(decode_errors(&metrics), failed);
         }

@@ -1,0 +1,204 @@
+use crate::*;
+
+#[test]
+fn bytes_out_come_from_write_seq_without_the_fin() {
+    let mut st = SockState {
+        write_at_start: u32::MAX - 10,
+        ..SockState::default()
+    };
+    // 30 bytes written across the wrap.
+    st.settle(0, 0, 0, 19, false);
+    assert_eq!(st.bytes_out, 30);
+    // The same with the FIN queued after them.
+    st.settle(0, 0, 0, 20, true);
+    assert_eq!(st.bytes_out, 30);
+    // Nothing written, FIN queued: zero, not 4 GiB.
+    st.settle(0, 0, 0, u32::MAX - 10, true);
+    assert_eq!(st.bytes_out, 0);
+}
+
+#[test]
+fn record_send_keeps_the_last_read_position() {
+    let mut st = SockState {
+        copied_at_start: 100,
+        ..SockState::default()
+    };
+    st.record_send(178, 120, &head(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(
+        st.flags & (flag::SENT | flag::PEER_FIRST),
+        flag::SENT | flag::PEER_FIRST
+    );
+    assert_eq!(st.proto, proto::HTTP);
+    assert_eq!(st.copied_at_last_out, 178);
+    st.record_send(178, 120, &Head::default());
+    st.record_send(258, 120, &Head::default());
+    assert_eq!(st.copied_at_last_out, 258);
+}
+
+fn head(bytes: &[u8]) -> Head {
+    let mut h = Head::default();
+    let n = bytes.len().min(HEAD_LEN);
+    h[..n].copy_from_slice(&bytes[..n]);
+    h
+}
+
+#[test]
+fn first_messages_name_their_protocol() {
+    let cases: &[(&[u8], u32, bool, u8)] = &[
+        (b"HTTP/1.1 200 OK\r\n", 200, true, proto::HTTP),
+        (b"GET / HTTP/1.1\r\n", 78, false, proto::HTTP),
+        (b"HTTP/1.1 101 Switching", 129, true, proto::WEBSOCKET),
+        (b"\x16\x03\x03\x00\x7a\x02", 1400, true, proto::TLS),
+        (b"\x16\x03\x01\x02\x00\x01", 517, false, proto::TLS),
+        (b"PRI * HTTP/2.0\r\n", 24, false, proto::H2),
+        // A server's SETTINGS frame: 18 bytes of settings, type 4, no flags, stream 0.
+        (
+            b"\x00\x00\x12\x04\x00\x00\x00\x00\x00",
+            27,
+            false,
+            proto::H2,
+        ),
+        (b"N", 1, true, proto::POSTGRES),
+        (
+            b"R\x00\x00\x00\x08\x00\x00\x00\x00S",
+            300,
+            true,
+            proto::POSTGRES,
+        ),
+        (
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            8,
+            false,
+            proto::POSTGRES,
+        ),
+        (
+            b"\x00\x00\x00\x54\x00\x03\x00\x00user",
+            84,
+            false,
+            proto::POSTGRES,
+        ),
+        (b"\x5b\x00\x00\x00\x0a5.5.5-10.11", 95, false, proto::MYSQL),
+        (b"\xb4\x00\x00\x01\x85\xa6\xff\x01", 184, true, proto::MYSQL),
+        (b"220 mail.example ESMTP", 30, false, proto::TEXT),
+        (b"+OK POP3 ready\r\n", 16, false, proto::TEXT),
+        (b"ehlo [127.0.0.1]\r\n", 18, true, proto::TEXT),
+        (b"*1\r\n$4\r\nPING\r\n", 14, false, proto::REDIS),
+        (b"+PONG\r\n", 7, true, proto::REDIS),
+        (b"\x00\x01\x02", 3, true, proto::UNKNOWN),
+    ];
+    for &(bytes, len, replying, want) in cases {
+        assert_eq!(
+            proto::name(proto::of_first_message(&head(bytes), len, replying)),
+            proto::name(want),
+            "{bytes:?}"
+        );
+    }
+}
+
+#[test]
+fn goodbyes_are_told_by_protocol_and_bytes_or_size() {
+    let none = Head::default();
+    assert_eq!(SendKind::of(proto::TLS, &none, 24), SendKind::GOODBYE);
+    assert_eq!(SendKind::of(proto::TLS, &none, 31), SendKind::GOODBYE);
+    assert_eq!(SendKind::of(proto::TLS, &none, 90), SendKind::ANSWER);
+    // The size of an alert means nothing outside TLS.
+    assert_eq!(SendKind::of(proto::HTTP, &none, 24), SendKind::ANSWER);
+    let ws_close = head(b"\x88\x02\x03\xe8");
+    assert_eq!(
+        SendKind::of(proto::WEBSOCKET, &ws_close, 4),
+        SendKind::ANSWER_AND_GOODBYE
+    );
+    assert_eq!(
+        SendKind::of(proto::WEBSOCKET, &head(b"\x81\x05hello"), 7),
+        SendKind::ANSWER
+    );
+    let goaway = head(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00");
+    assert_eq!(
+        SendKind::of(proto::H2, &goaway, 17),
+        SendKind::ANSWER_AND_GOODBYE
+    );
+    let settings_ack = head(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00");
+    assert_eq!(SendKind::of(proto::H2, &settings_ack, 9), SendKind::ANSWER);
+    assert_eq!(
+        SendKind::of(proto::TEXT, &head(b"QUIT\r\n"), 6),
+        SendKind::ANSWER_AND_GOODBYE
+    );
+    assert_eq!(
+        SendKind::of(proto::TEXT, &head(b"NOOP\r\n"), 6),
+        SendKind::ANSWER
+    );
+    // A failed write after the process's goodbye, or of a close alert, loses nothing.
+    let mut st = SockState {
+        proto: proto::H2,
+        ..SockState::default()
+    };
+    st.record_send(0, 27, &head(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00"));
+    assert!(!st.failed_write_loses_nothing(None));
+    st.record_send(0, 17, &goaway);
+    assert!(st.failed_write_loses_nothing(None));
+    let tls = SockState {
+        proto: proto::TLS,
+        flags: flag::SENT,
+        ..SockState::default()
+    };
+    assert!(tls.failed_write_loses_nothing(Some(24)));
+    assert!(!tls.failed_write_loses_nothing(Some(4000)));
+    assert!(!tls.failed_write_loses_nothing(None));
+    // Received: sizes only.
+    assert!(proto::is_goodbye_size(proto::POSTGRES, 5));
+    assert!(proto::is_goodbye_size(proto::POSTGRES, 27));
+    assert!(proto::is_goodbye_size(proto::POSTGRES, 27 + 24));
+    assert!(!proto::is_goodbye_size(proto::POSTGRES, 28));
+    assert!(proto::is_goodbye_size(proto::MYSQL, 5));
+    assert!(proto::is_goodbye_size(proto::TLS, 24));
+    // A SETTINGS ack and the alert, TLS 1.3; a GOAWAY and the alert, TLS 1.2.
+    assert!(proto::is_goodbye_size(proto::TLS, 31 + 24));
+    assert!(proto::is_goodbye_size(proto::TLS, 46 + 31));
+    assert!(!proto::is_goodbye_size(proto::TLS, 101));
+    // The seed's client Finished and request: no goodbye.
+    assert!(!proto::is_goodbye_size(proto::TLS, 165));
+    // Bytes at stake at an abort.
+    assert!(!data_at_stake(proto::TLS, 24, 0));
+    assert!(!data_at_stake(proto::TLS, 0, 31));
+    assert!(data_at_stake(proto::TLS, 2_803_712, 0));
+    assert!(data_at_stake(proto::HTTP, 24, 0));
+    assert!(!data_at_stake(proto::POSTGRES, 5, 0));
+    assert!(data_at_stake(proto::UNKNOWN, 0, 5));
+    assert!(!proto::is_goodbye_size(proto::HTTP, 5));
+    assert!(!proto::is_goodbye_size(proto::UNKNOWN, 5));
+}
+
+#[test]
+fn an_expired_go_deadline_explains_only_the_close_of_its_request() {
+    let d = GoDeadline {
+        copied: 500,
+        which: go_deadline::WRITE,
+        ..GoDeadline::default()
+    };
+    assert_eq!(d.explains(Verdict::Owes, 500), GoLoss::Dropped);
+    // A request read since re-armed the deadline.
+    assert_eq!(d.explains(Verdict::Owes, 578), GoLoss::None);
+    // Answered, nothing waiting: the idle keep-alive expiry.
+    assert_eq!(d.explains(Verdict::Answered, 500), GoLoss::None);
+    assert_eq!(d.explains(Verdict::PeerClosed, 500), GoLoss::None);
+    let blocked = GoDeadline {
+        writer_waiting: 1,
+        ..d
+    };
+    assert_eq!(blocked.explains(Verdict::Answered, 500), GoLoss::CutShort);
+    assert_eq!(
+        blocked.explains(Verdict::GoodbyeSent, 500),
+        GoLoss::CutShort
+    );
+    assert_eq!(blocked.explains(Verdict::PeerClosed, 500), GoLoss::None);
+    // A stream's expiry is reported on its own, never at the connection's close.
+    let stream = GoDeadline {
+        which: go_deadline::H2_STREAM,
+        ..blocked
+    };
+    assert_eq!(stream.explains(Verdict::Owes, 500), GoLoss::None);
+    assert_eq!(
+        GoDeadline::default().explains(Verdict::Owes, 0),
+        GoLoss::None
+    );
+}

@@ -1,0 +1,213 @@
+//! Tracking a connection: its state entry from the handshake (or adoption) to the socket's
+//! destruction, who owns it, and its byte counts settled from the socket when a record is due.
+
+use agent_common::{SockState, stat, tcp_state};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_jiffies64},
+};
+use aya_log_ebpf::debug;
+
+use crate::{
+    emit::{now, zero},
+    kernel::{self, Mem},
+    maps::{SCRATCH, SOCKS, bump, updated},
+};
+
+/// `SOCKS.insert` flags.
+pub const BPF_ANY: u64 = 0;
+pub const BPF_NOEXIST: u64 = 1;
+
+/// Records the current task as the socket's owner: its process (pid and name, the `comm` label)
+/// and the thread that acted (tid and name, for the incident log). Only called where the
+/// current task is the one using the socket: a send, `tcp_close`, or a state change made while
+/// a process holds the socket lock (state changes in softirq or timers run with it released).
+#[inline(always)]
+pub fn claim(st: &mut SockState) {
+    if st.tgid != 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    st.tgid = (id >> 32) as u32;
+    st.pid = id as u32;
+    kernel::owner_names(&mut st.comm, &mut st.thread, st.pid, st.tgid);
+    // SAFETY: plain helper call.
+    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
+/// Claims `st` for the current task if a process holds the socket's lock: the holder is the one
+/// acting on it. Softirq and timers run only while no process holds it, and must not claim the
+/// socket for whatever task they interrupted. Returns whether the lock was held.
+#[inline(always)]
+pub fn claim_if_held<M: Mem>(tp: u64, st: &mut SockState) -> bool {
+    let held = kernel::owned_by_user::<M>(tp);
+    if held {
+        claim(st);
+    }
+    held
+}
+
+/// A zeroed [`SockState`] in per-CPU scratch memory, to fill and copy into [`SOCKS`]: built on
+/// the stack instead, it would push the fexit programs' call chain over the verifier's
+/// 512-byte combined stack limit.
+#[inline(always)]
+fn fresh(role: u8) -> Option<&'static mut SockState> {
+    let st = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used by one program at a time; zeroing then setting fields in
+    // place builds nothing on the stack.
+    unsafe {
+        zero(st);
+        (*st).role = role;
+        Some(&mut *st)
+    }
+}
+
+/// Starts tracking the established connection `tp` (from `Mem::tcp`), in `role`, its reads
+/// counted from `copied_at_start` and its writes from `write_at_start`. Only established
+/// connections are ever tracked, so the SYN is never taken for unacknowledged data.
+/// `map_flags` is `BPF_ANY` where a stale entry for a recycled `struct sock` address must be
+/// replaced, `BPF_NOEXIST` where a concurrent adopter on another CPU may have won (its entry is
+/// then used). Returns the new state if this call inserted it.
+#[inline(always)]
+fn start_tracking<M: Mem>(
+    tp: u64,
+    role: u8,
+    copied_at_start: u32,
+    write_at_start: u32,
+    map_flags: u64,
+) -> Option<&'static SockState> {
+    let st = fresh(role)?;
+    kernel::fill_identity::<M>(tp, st);
+    st.copied_at_start = copied_at_start;
+    st.write_at_start = write_at_start;
+    // A socket adopted after the peer's FIN: the state change that would have said so is past.
+    if kernel::tcp_state::<M>(tp) == tcp_state::CLOSE_WAIT {
+        st.flags |= agent_common::flag::PEER_FIN;
+    }
+    let st: &SockState = st;
+    if !updated(SOCKS.insert(tp, st, map_flags)) {
+        return None;
+    }
+    bump(stat::SOCKETS_TRACKED);
+    Some(st)
+}
+
+/// The handshake completed, in softirq: ports, addresses and the first sequence number to read
+/// are final now; the current task is not the owner (the first write or the close claims it).
+/// Tracking starts here for both ends, one map insert per connection: a connect() that never
+/// completes is never tracked (its writes then fail with ENOTCONN on a socket that never
+/// connected, which is not a loss).
+#[inline(always)]
+pub fn on_established<M: Mem>(sk: u64, role: u8) {
+    // MPTCP's meta socket also reports state changes here; only its TCP subflows are tracked.
+    let Some(tp) = M::tcp(sk) else {
+        return;
+    };
+    if !M::is_inet_tcp(tp) {
+        return;
+    }
+    start_tracking::<M>(
+        tp,
+        role,
+        kernel::copied_seq::<M>(tp),
+        kernel::write_seq::<M>(tp),
+        BPF_ANY,
+    );
+}
+
+/// The socket's state, adopting a live TCP socket the agent has not seen open (role unknown).
+/// `sent`: what the send being handled queued (it counts as the adopted socket's first output).
+#[inline(always)]
+pub fn lookup_or_adopt<M: Mem, C: EbpfContext>(
+    ctx: &C,
+    sk: u64,
+    sent: u32,
+) -> Option<*mut SockState> {
+    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+        return Some(st);
+    }
+    let tp = M::tcp(sk)?;
+    if !M::is_inet_tcp(tp) {
+        return None;
+    }
+    let state = kernel::tcp_state::<M>(tp);
+    if state != tcp_state::ESTABLISHED && state != tcp_state::CLOSE_WAIT {
+        return None;
+    }
+    let copied = kernel::copied_seq::<M>(tp);
+    let written = kernel::write_seq::<M>(tp).wrapping_sub(sent);
+    if let Some(st) = start_tracking::<M>(
+        tp,
+        agent_common::role::UNKNOWN,
+        copied,
+        written,
+        BPF_NOEXIST,
+    ) {
+        // Once per socket that predates the agent: rare, and useful when a role looks wrong.
+        debug!(
+            ctx,
+            "adopted a TCP socket opened before the agent: {}:{} -> :{}, state {}",
+            st.family,
+            st.lport,
+            st.rport,
+            state
+        );
+    }
+    SOCKS.get_ptr_mut(sk)
+}
+
+/// A connection the agent never saw established (opened before it started, or evicted from a
+/// full map) is closing. It can be judged only if it never sent a data byte in its life: then
+/// every byte it read is unanswered, whatever happened before the agent was there.
+#[inline(always)]
+pub fn adopt_unwritten<M: Mem>(tp: u64) -> Option<*mut SockState> {
+    if !M::is_inet_tcp(tp) || M::read::<u32>(tp, config!(sock.tcp_data_segs_out)) != Some(0) {
+        return None;
+    }
+    // The peer's first byte: rcv_nxt less everything ever received. Its own: snd_una, as no
+    // data segment ever left.
+    let (_, rcv_nxt, received) = kernel::receive_side::<M>(tp);
+    start_tracking::<M>(
+        tp,
+        agent_common::role::UNKNOWN,
+        rcv_nxt.wrapping_sub(received as u32),
+        M::read::<u32>(tp, config!(sock.tcp_snd_una)).unwrap_or(0),
+        BPF_NOEXIST,
+    );
+    SOCKS.get_ptr_mut(tp)
+}
+
+/// `tcp:tcp_destroy_sock`: the socket is freed, and its state with it.
+pub fn on_destroy(sk: u64) {
+    skip_if_empty!();
+    if SOCKS.remove(sk).is_ok() {
+        bump(stat::SOCKETS_RELEASED);
+    }
+}
+
+/// Fills a state's byte counts from the socket now (see `SockState::settle`). `fin_queued`: the
+/// socket's FIN is in `write_seq` (not yet at the state change that a close makes, before
+/// the kernel queues the FIN).
+#[inline(always)]
+pub fn settle<M: Mem>(tp: u64, st: &mut SockState, fin_queued: bool) {
+    let (copied, rcv_nxt, received) = kernel::receive_side::<M>(tp);
+    st.settle(
+        copied,
+        rcv_nxt,
+        received,
+        kernel::write_seq::<M>(tp),
+        fin_queued,
+    );
+}
+
+/// When the last input arrived: `icsk_ack.lrcvtime` (jiffies) placed on the monotonic clock.
+#[inline(always)]
+pub fn last_input_ns<M: Mem>(tp: u64) -> u64 {
+    let Some(lrcv) = M::read::<u32>(tp, config!(sock.icsk_lrcvtime)) else {
+        return 0;
+    };
+    // SAFETY: plain helper call.
+    let jiffies = unsafe { bpf_jiffies64() } as u32;
+    let ago = jiffies.wrapping_sub(lrcv) as u64 * config!(jiffy_ns) as u64;
+    now().saturating_sub(ago)
+}
