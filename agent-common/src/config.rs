@@ -43,10 +43,9 @@ pub struct SockOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointFields {
-    /// `sock:sock_send_length`: sk, ret, flags.
+    /// `sock:sock_send_length`: sk, ret.
     pub len_sk: u32,
     pub len_ret: u32,
-    pub len_flags: u32,
     /// `sock:inet_sock_set_state`: skaddr, oldstate, newstate.
     pub state_sk: u32,
     pub state_old: u32,

@@ -137,21 +137,16 @@ pub fn fill_identity<M: Mem>(sk: u64, st: &mut SockState) {
     }
 }
 
-/// `sock:sock_send_length` fields of a classic tracepoint record: (sk, ret, flags).
+/// `sock:sock_send_length` fields of a classic tracepoint record: (sk, ret).
 #[inline(always)]
-pub fn len_args(ctx: &TracePointContext) -> Option<(u64, i32, i32)> {
-    let (sk, ret, flags) = (
-        config!(tp.len_sk),
-        config!(tp.len_ret),
-        config!(tp.len_flags),
-    );
+pub fn len_args(ctx: &TracePointContext) -> Option<(u64, i32)> {
+    let (sk, ret) = (config!(tp.len_sk), config!(tp.len_ret));
     // SAFETY: offsets come from the tracepoint's tracefs format, bounds-checked by the agent;
     // read_at goes through bpf_probe_read.
     unsafe {
         Some((
             ctx.read_at::<u64>(sk as usize).ok()?,
             ctx.read_at::<i32>(ret as usize).ok()?,
-            ctx.read_at::<i32>(flags as usize).ok()?,
         ))
     }
 }

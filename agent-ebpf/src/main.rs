@@ -73,7 +73,7 @@ pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
-    if let Some((sk, ret, _flags)) = kernel::len_args(&ctx) {
+    if let Some((sk, ret)) = kernel::len_args(&ctx) {
         send::on_send::<Probe, _>(&ctx, sk, ret, SIZE_UNKNOWN);
     }
     0

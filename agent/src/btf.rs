@@ -175,8 +175,6 @@ pub fn enum_value(btf: &Btf, ty: &str, name: &str) -> Result<u32, BtfError> {
         })
 }
 
-/// How many arguments the BTF tracepoint `name` passes (its `btf_trace_<name>` typedef is a
-/// pointer to a function whose first parameter is the context), or None if it does not exist.
 /// The number of parameters of kernel function `name`, or `None` when the kernel's BTF has no
 /// such function (it was renamed, removed or inlined).
 pub fn function_arity(btf: &Btf, name: &str) -> Option<usize> {
@@ -192,6 +190,8 @@ pub fn function_arity(btf: &Btf, name: &str) -> Option<usize> {
         })
 }
 
+/// How many arguments the BTF tracepoint `name` passes (its `btf_trace_<name>` typedef is a
+/// pointer to a function whose first parameter is the context), or None if it does not exist.
 pub fn tracepoint_arity(btf: &Btf, name: &str) -> Option<usize> {
     let t = btf
         .resolve_types_by_name(&format!("btf_trace_{name}"))
@@ -321,7 +321,7 @@ mod tests {
             field_offset(&btf, "sock_common", "skc_rcv_saddr").unwrap(),
             4
         );
-        // KERNEL.md: bpf_probe_read of the u16 at sock+16 gave AF_INET on this kernel family.
+        // struct sock_common's family field sits at byte 16 in every kernel of the matrix.
         assert_eq!(field_offset(&btf, "sock", "skc_family").unwrap(), 16);
     }
 

@@ -51,7 +51,7 @@ pub fn check(args: &KernelArgs) -> ExitCode {
         max_sockets: 1024,
         events_ring_bytes: None,
         force_classic: false,
-        detect_ebadf: Some(true),
+        detect_ebadf: true,
         skip_hooks: &args.skip_hook,
         empty_programs: false,
         explain_ports: &[],

@@ -61,9 +61,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "COMM", value_parser = parse_comm)]
     pub comm: Vec<String>,
 
-    /// Count writes to a just-closed TCP socket's fd number (EBADF). `auto` turns it on only in
-    /// probe modes where it fits the overhead budget; in tracepoint mode it needs syscall
-    /// tracepoints, which slow every syscall on the host.
+    /// Count writes to a just-closed TCP socket's fd number (EBADF). It needs the raw syscall
+    /// tracepoints in every probe mode, which put every syscall on the host on the tracing slow
+    /// path (see BENCHMARKS.md), so `auto` leaves it off. With `on`, where they cannot attach,
+    /// the detector is reported off.
     #[arg(long, value_enum, default_value_t = Switch::Auto)]
     pub detect_ebadf: Switch,
 

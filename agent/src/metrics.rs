@@ -51,12 +51,25 @@ fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounter
 
 pub struct Metrics {
     registry: Registry,
+    losses: Losses,
+    health: Health,
+    pod_labels: bool,
+}
+
+/// The per-process loss series.
+struct Losses {
     unanswered: IntCounterVec,
     unanswered_delay: HistogramVec,
     writes_after_close: IntCounterVec,
     writes_after_close_bytes: IntCounterVec,
     undelivered_bytes: IntCounterVec,
     aborted_connections: IntCounterVec,
+    go_write_timeouts: IntCounterVec,
+    explained: IntCounterVec,
+}
+
+/// The agent's own series: what the kernel side did, and what runs.
+struct Health {
     events_dropped: IntCounter,
     kernel_events: IntCounter,
     kernel_errors: IntCounterVec,
@@ -66,33 +79,20 @@ pub struct Metrics {
     decode_errors: IntCounter,
     detector_enabled: IntGaugeVec,
     probe_mode: IntGaugeVec,
-    explained: IntCounterVec,
-    go_write_timeouts: IntCounterVec,
-    pod_labels: bool,
 }
 
-impl Metrics {
-    /// `pod_labels`: add namespace, pod and container to the per-process series (Kubernetes).
-    pub fn new(pod_labels: bool) -> Self {
-        let r = Registry::new();
+impl Losses {
+    fn new(r: &Registry, pod_labels: bool) -> Self {
         let per_process = |base: &[&'static str]| label_names(base, pod_labels);
-        let build = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new("lostwrite_build_info", "The agent's version."),
-                &["version"],
-            ),
-        );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self {
             unanswered: counters(
-                &r,
+                r,
                 "lostwrite_unanswered_closes_total",
                 "Connections closed by the local process after reading input it never answered.",
                 &per_process(&["comm", "port", "role"]),
             ),
             unanswered_delay: register(
-                &r,
+                r,
                 HistogramVec::new(
                     HistogramOpts::new(
                         "lostwrite_unanswered_close_delay_seconds",
@@ -103,89 +103,96 @@ impl Metrics {
                 ),
             ),
             writes_after_close: counters(
-                &r,
+                r,
                 "lostwrite_writes_after_close_total",
                 "Write-family calls that failed because the connection was already torn down.",
                 &per_process(&["comm", "port", "role", "errno"]),
             ),
             writes_after_close_bytes: counters(
-                &r,
+                r,
                 "lostwrite_writes_after_close_bytes_total",
                 "Bytes those calls tried to write (only where the probe mode sees the size).",
                 &per_process(&["comm", "port", "role", "errno"]),
             ),
             undelivered_bytes: counters(
-                &r,
+                r,
                 "lostwrite_undelivered_bytes_total",
                 "Bytes write() accepted that the peer never acknowledged before an abortive end.",
                 &per_process(&["comm", "port", "role", "reason"]),
             ),
             aborted_connections: counters(
-                &r,
+                r,
                 "lostwrite_aborted_connections_total",
                 "Connections that ended abortively with data at stake.",
                 &per_process(&["comm", "port", "role", "reason"]),
             ),
             go_write_timeouts: counters(
-                &r,
+                r,
                 "lostwrite_go_write_timeouts_total",
                 "Responses a Go server dropped or cut short because its write deadline \
-                 (net/http's WriteTimeout) expired, by protocol (http1: the connection \
-                 closed; h2: the stream was reset).",
+             (net/http's WriteTimeout) expired, by protocol (http1: the connection \
+             closed; h2: the stream was reset).",
                 &per_process(&["comm", "port", "protocol"]),
             ),
             explained: counters(
-                &r,
+                r,
                 "lostwrite_explained_closes_total",
                 "Closes judged on an --explain-port, by verdict (unanswered, answered, \
-                 peer_goodbye, goodbye_sent, peer_closed, client, simultaneous_close, \
-                 not_the_responder).",
+             peer_goodbye, goodbye_sent, peer_closed, client, simultaneous_close, \
+             not_the_responder).",
                 &["port", "verdict"],
             ),
+        }
+    }
+}
+
+impl Health {
+    fn new(r: &Registry) -> Self {
+        Self {
             events_dropped: counter(
-                &r,
+                r,
                 "lostwrite_events_dropped_total",
                 "Kernel records lost because the ring buffer was full.",
             ),
             kernel_events: counter(
-                &r,
+                r,
                 "lostwrite_kernel_events_total",
                 "Records the kernel programs sent to the agent.",
             ),
             kernel_errors: counters(
-                &r,
+                r,
                 "lostwrite_kernel_errors_total",
                 "Failures inside the kernel programs, by error: map_update (a map refused an \
-                 update: that connection goes unwatched, or a Go cause unnamed), read (a read \
-                 of kernel memory failed and gave zero).",
+             update: that connection goes unwatched, or a Go cause unnamed), read (a read \
+             of kernel memory failed and gave zero).",
                 &["error"],
             ),
             sockets_observed: counter(
-                &r,
+                r,
                 "lostwrite_sockets_observed_total",
                 "TCP sockets the kernel programs started tracking.",
             ),
             tracked_sockets: register(
-                &r,
+                r,
                 IntGauge::new(
                     "lostwrite_tracked_sockets",
                     "TCP sockets currently tracked in kernel memory.",
                 ),
             ),
             socket_evictions: counter(
-                &r,
+                r,
                 "lostwrite_socket_evictions_total",
                 "Sockets dropped from kernel memory before they closed, because --max-sockets was \
-                 reached (the least recently used go first); their connections are no longer \
-                 watched.",
+             reached (the least recently used go first); their connections are no longer \
+             watched.",
             ),
             decode_errors: counter(
-                &r,
+                r,
                 "lostwrite_decode_errors_total",
                 "Kernel records the agent could not decode.",
             ),
             detector_enabled: register(
-                &r,
+                r,
                 IntGaugeVec::new(
                     Opts::new(
                         "lostwrite_detector_enabled",
@@ -195,21 +202,41 @@ impl Metrics {
                 ),
             ),
             probe_mode: register(
-                &r,
+                r,
                 IntGaugeVec::new(
                     Opts::new("lostwrite_probe_mode_info", "The probe mode in use."),
                     &["mode"],
                 ),
             ),
+        }
+    }
+}
+
+impl Metrics {
+    /// `pod_labels`: add namespace, pod and container to the per-process series (Kubernetes).
+    pub fn new(pod_labels: bool) -> Self {
+        let r = Registry::new();
+        let build = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("lostwrite_build_info", "The agent's version."),
+                &["version"],
+            ),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            losses: Losses::new(&r, pod_labels),
+            health: Health::new(&r),
             registry: r,
             pod_labels,
         }
     }
 
     pub fn set_probe_mode(&self, mode: &str, detectors: &[(Detector, bool)]) {
-        self.probe_mode.with_label_values(&[mode]).set(1);
+        self.health.probe_mode.with_label_values(&[mode]).set(1);
         for (d, on) in detectors {
-            self.detector_enabled
+            self.health
+                .detector_enabled
                 .with_label_values(&[d.as_str()])
                 .set(i64::from(*on));
         }
@@ -227,18 +254,24 @@ impl Metrics {
         };
         match &i.detail {
             Detail::UnansweredClose { delay, .. } => {
-                self.unanswered
+                self.losses
+                    .unanswered
                     .with_label_values(&[&[comm, &port, role][..], &pod].concat())
                     .inc();
-                self.unanswered_delay
+                self.losses
+                    .unanswered_delay
                     .with_label_values(&[&[comm, &port][..], &pod].concat())
                     .observe(delay.as_secs_f64());
             }
             Detail::WriteAfterClose { errno, attempted } => {
                 let labels = [&[comm, &port, role, errno.as_str()][..], &pod].concat();
-                self.writes_after_close.with_label_values(&labels).inc();
+                self.losses
+                    .writes_after_close
+                    .with_label_values(&labels)
+                    .inc();
                 if let Some(n) = attempted {
-                    self.writes_after_close_bytes
+                    self.losses
+                        .writes_after_close_bytes
                         .with_label_values(&labels)
                         .inc_by(*n);
                 }
@@ -249,15 +282,20 @@ impl Metrics {
                 ..
             } => {
                 let labels = [&[comm, &port, role, reason.as_str()][..], &pod].concat();
-                self.aborted_connections.with_label_values(&labels).inc();
-                self.undelivered_bytes
+                self.losses
+                    .aborted_connections
+                    .with_label_values(&labels)
+                    .inc();
+                self.losses
+                    .undelivered_bytes
                     .with_label_values(&labels)
                     .inc_by(*undelivered_bytes);
             }
             Detail::GoWriteTimeout { .. } => {}
         }
         if let Some(go) = &i.go {
-            self.go_write_timeouts
+            self.losses
+                .go_write_timeouts
                 .with_label_values(&[&[comm, &port, go.protocol()][..], &pod].concat())
                 .inc();
         }
@@ -265,35 +303,40 @@ impl Metrics {
 
     /// A close on an `--explain-port` and its verdict.
     pub fn explained(&self, e: &Explained) {
-        self.explained
+        self.losses
+            .explained
             .with_label_values(&[&e.port.to_string(), e.verdict.as_str()])
             .inc();
     }
 
     pub fn decode_error(&self) {
-        self.decode_errors.inc();
+        self.health.decode_errors.inc();
     }
 
     /// Brings the kernel-side counters up to date (they are monotonic totals).
     pub fn set_kernel(&self, k: KernelStats) {
-        catch_up(&self.events_dropped, k.events_dropped);
-        catch_up(&self.kernel_events, k.events_sent);
+        catch_up(&self.health.events_dropped, k.events_dropped);
+        catch_up(&self.health.kernel_events, k.events_sent);
         for (error, n) in [("map_update", k.map_update_failed), ("read", k.read_failed)] {
-            catch_up(&self.kernel_errors.with_label_values(&[error]), n);
+            catch_up(&self.health.kernel_errors.with_label_values(&[error]), n);
         }
-        catch_up(&self.sockets_observed, k.sockets_tracked);
+        catch_up(&self.health.sockets_observed, k.sockets_tracked);
         // Every entry that entered the map was released at socket destruction, was evicted, or
         // is still there (see probes::stats). Without a count of the map, tracked - released is
         // the best estimate of what it holds.
         let not_released = k.sockets_tracked.saturating_sub(k.sockets_released);
         let live = match k.sockets_live {
             Some(live) => {
-                catch_up(&self.socket_evictions, not_released.saturating_sub(live));
+                catch_up(
+                    &self.health.socket_evictions,
+                    not_released.saturating_sub(live),
+                );
                 live
             }
             None => not_released,
         };
-        self.tracked_sockets
+        self.health
+            .tracked_sockets
             .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 
@@ -440,15 +483,15 @@ mod tests {
             ..KernelStats::default()
         };
         m.set_kernel(k);
-        assert_eq!(m.socket_evictions.get(), 20);
-        assert_eq!(m.tracked_sockets.get(), 50);
+        assert_eq!(m.health.socket_evictions.get(), 20);
+        assert_eq!(m.health.tracked_sockets.get(), 50);
         // A walk that saw entries whose tracking was not counted yet never makes it go back.
         m.set_kernel(KernelStats {
             sockets_live: Some(75),
             ..k
         });
-        assert_eq!(m.socket_evictions.get(), 20);
-        assert_eq!(m.tracked_sockets.get(), 75);
+        assert_eq!(m.health.socket_evictions.get(), 20);
+        assert_eq!(m.health.tracked_sockets.get(), 75);
         let text = m.render();
         assert!(
             text.lines()
@@ -466,6 +509,6 @@ mod tests {
         };
         m.set_kernel(k);
         m.set_kernel(k);
-        assert_eq!(m.events_dropped.get(), 7);
+        assert_eq!(m.health.events_dropped.get(), 7);
     }
 }

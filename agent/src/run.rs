@@ -57,11 +57,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         max_sockets: args.max_sockets,
         events_ring_bytes: args.events_ring_bytes,
         force_classic: args.classic_tracepoints,
-        detect_ebadf: match args.detect_ebadf {
-            Switch::On => Some(true),
-            Switch::Off => Some(false),
-            Switch::Auto => None,
-        },
+        // `auto` is off: see the flag's help.
+        detect_ebadf: args.detect_ebadf == Switch::On,
         skip_hooks: &args.kernel.skip_hook,
         empty_programs: args.empty_programs,
         explain_ports: &args.explain_port,

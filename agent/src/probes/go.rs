@@ -8,7 +8,11 @@ use aya::programs::{
 };
 use tracing::debug;
 
-use super::{HookError, Kernel, Probes, attach_btf, attach_classic, chain, program_mut};
+use super::{
+    HookError, Kernel, Probes,
+    attach::{attach_btf, attach_classic, program_mut},
+    chain,
+};
 use crate::go_runtime::{GoBinary, binary::TARGETS};
 
 /// The exec tracepoint, BTF first.

@@ -1,28 +1,34 @@
 //! Loading the eBPF object and attaching a probe mode's hooks.
 //!
-//! One object holds the programs of every mode; [`table`] says which programs a mode attaches
-//! and which detector needs which hook. Support is probed by loading and attaching for real, and
-//! every failure keeps the verifier's words.
+//! One object holds the programs of every mode; [`table`] (the compatibility table) says which
+//! programs a mode attaches and which detector needs which hook. [`kernel`] resolves what the
+//! programs need from this kernel once, [`attach`] attaches one hook, and this module loads a
+//! mode and picks one. Support is probed by loading and attaching for real, and every failure
+//! keeps the verifier's words.
 
+mod attach;
 mod go;
+mod kernel;
 mod stats;
 mod table;
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{fmt, path::Path};
 
 pub use agent_common::Detector;
-use agent_common::{Config, TracepointFields, names};
+use agent_common::names;
+pub use attach::hook_names;
+use attach::{attach, attach_ebadf};
 use aya::{
-    Btf, Ebpf, EbpfLoader, Endianness,
+    Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
 };
+pub use kernel::Kernel;
 pub use stats::{KernelStats, StatsReader};
 pub use table::ProbeMode;
-use table::{Attach, EBADF_HOOKS, Hook};
-use tracing::{debug, info, warn};
+use table::{Attach, EBADF_HOOKS};
+use tracing::{debug, warn};
 
-use crate::{btf, tracefs};
+use crate::btf;
 
 /// The object built from agent-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lostwrite"));
@@ -146,8 +152,8 @@ pub struct LoadOptions<'a> {
     pub events_ring_bytes: Option<u32>,
     /// Skip BTF tracepoints and attach the classic ones (to exercise the fallback).
     pub force_classic: bool,
-    /// Attach the EBADF detector's syscall hooks; `None` leaves it to the mode's default.
-    pub detect_ebadf: Option<bool>,
+    /// Attach the EBADF detector's syscall hooks.
+    pub detect_ebadf: bool,
     /// Hooks to leave out, as if this kernel lacked them.
     pub skip_hooks: &'a [String],
     /// Attach every program, each returning at once (the overhead bench's floor).
@@ -156,117 +162,6 @@ pub struct LoadOptions<'a> {
     pub explain_ports: &'a [u16],
     /// Load the Go runtime hooks (`--go-runtime`): `Some(true)` requires them.
     pub go_runtime: Option<bool>,
-}
-
-/// What the programs need from this kernel, resolved once for every mode tried.
-pub struct Kernel {
-    /// Parameter counts of every hooked function and tracepoint, by (target, is tracepoint);
-    /// resolved up front so the btf-rs copy of the BTF is freed before aya parses its own.
-    arities: HashMap<(&'static str, bool), Option<usize>>,
-    aya_btf: Btf,
-    config: Config,
-    /// Why the classic tracepoints cannot serve as a fallback, if they cannot.
-    classic_unavailable: Option<String>,
-    fd_offsets: bool,
-    /// `enum sk_rst_reason` of this kernel, value to name (empty before Linux 6.10).
-    pub rst_reasons: HashMap<u32, String>,
-    /// Whether the user registers are found by `bpf_task_pt_regs`, or why sent messages cannot
-    /// be read at all.
-    peek: Result<bool, String>,
-}
-
-impl Kernel {
-    pub fn open(opts: &LoadOptions<'_>) -> Result<Self, ProbeError> {
-        let kernel_btf = btf::open(opts.btf)?;
-        let offsets = btf::sock_offsets(&kernel_btf)?;
-        let rst_reasons = btf::enum_names(&kernel_btf, "sk_rst_reason");
-        let classic = classic_fields(opts.tracefs);
-        if let Err(e) = &classic {
-            info!("classic tracepoints unavailable as a fallback: {e}");
-        }
-        let fd_offsets = btf::fd_offsets(&kernel_btf)
-            .inspect_err(|e| info!("EBADF detector unavailable: {e}"))
-            .ok();
-        let peek = btf::peek_offsets(&kernel_btf).map_err(|e| e.to_string());
-        if let Err(e) = &peek {
-            warn!("the first bytes of sent messages are unreadable, protocols unknown: {e}");
-        }
-        // Without it every series would be labelled with a thread's name: refuse to start.
-        let task = btf::task_offsets(&kernel_btf)?;
-        let config = Config {
-            sock: offsets,
-            tp: classic.as_ref().copied().unwrap_or_default(),
-            fd: fd_offsets.unwrap_or_default(),
-            jiffy_ns: jiffy_ns(),
-            empty_programs: opts.empty_programs as u32,
-            peek: peek.as_ref().copied().unwrap_or_default(),
-            explain_ports: explain_ports(opts.explain_ports),
-            task,
-        };
-        let arities = ProbeMode::ALL
-            .iter()
-            .flat_map(|m| m.hooks())
-            .map(|h| {
-                let tp = matches!(h.attach, Attach::Tracepoint { .. });
-                let arity = if tp {
-                    btf::tracepoint_arity(&kernel_btf, h.target)
-                } else {
-                    btf::function_arity(&kernel_btf, h.target)
-                };
-                ((h.target, tp), arity)
-            })
-            .collect();
-        // Two parsed copies of vmlinux BTF at once made most of the agent's start-up peak.
-        drop(kernel_btf);
-        let aya_btf = Btf::parse_file(opts.btf, Endianness::default()).map_err(|source| {
-            ProbeError::AyaBtf {
-                path: opts.btf.display().to_string(),
-                source,
-            }
-        })?;
-        Ok(Self {
-            arities,
-            aya_btf,
-            config,
-            classic_unavailable: classic.err().map(|e| e.to_string()),
-            fd_offsets: fd_offsets.is_some(),
-            rst_reasons,
-            peek: peek.map(|p| p.by_helper != 0),
-        })
-    }
-
-    /// How the programs read the first bytes of the messages a process sends (which name its
-    /// protocol and its goodbyes), as `agent check` prints it.
-    pub fn protocols(&self) -> String {
-        match &self.peek {
-            Ok(true) => "first bytes of sent messages readable (bpf_task_pt_regs)".to_owned(),
-            Ok(false) => "first bytes of sent messages readable (user registers at the top of \
-                          the kernel stack)"
-                .to_owned(),
-            Err(e) => format!("UNREADABLE ({e}): protocols unknown, goodbyes not recognised"),
-        }
-    }
-}
-
-/// The `--explain-port`s as the programs take them (unused slots 0).
-fn explain_ports(ports: &[u16]) -> [u16; agent_common::EXPLAIN_PORTS] {
-    let mut out = [0; agent_common::EXPLAIN_PORTS];
-    for (slot, port) in out.iter_mut().zip(ports) {
-        *slot = *port;
-    }
-    out
-}
-
-/// Every hook of every mode, for `--skip-hook`.
-pub fn hook_names() -> Vec<&'static str> {
-    let mut names: Vec<&str> = ProbeMode::ALL
-        .iter()
-        .flat_map(|m| m.hooks().map(|h| h.target))
-        .chain(EBADF_HOOKS.iter().map(|(name, _)| *name))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    names
 }
 
 /// Loaded programs with their links. Dropping it detaches everything.
@@ -358,10 +253,7 @@ impl Probes {
         let ebadf_skipped = EBADF_HOOKS
             .iter()
             .any(|(name, _)| opts.skip_hooks.iter().any(|s| s == name));
-        if kernel.fd_offsets
-            && !ebadf_skipped
-            && opts.detect_ebadf.unwrap_or(mode.ebadf_by_default())
-        {
+        if kernel.fd_offsets && !ebadf_skipped && opts.detect_ebadf {
             probes.ebadf = attach_ebadf(&mut probes.ebpf, &kernel.aya_btf);
             if probes.ebadf {
                 probes
@@ -472,229 +364,6 @@ impl Probes {
             .inspect_err(|e| warn!("kernel-side logs unavailable: {e}"))
             .ok()
     }
-}
-
-/// Attaches one hook; `arity` is the number of parameters of its function or tracepoint in
-/// this kernel's BTF.
-fn attach(
-    ebpf: &mut Ebpf,
-    kernel: &Kernel,
-    hook: &Hook,
-    arity: Option<usize>,
-    force_classic: bool,
-) -> Result<Via, HookError> {
-    match &hook.attach {
-        Attach::Tracepoint {
-            category,
-            btf_program,
-            btf_extended,
-            classic_program,
-        } => {
-            let program = match btf_extended {
-                Some((program, args)) if arity.is_some_and(|a| a >= *args) => program,
-                _ => btf_program,
-            };
-            let btf_err = if force_classic {
-                "not tried (--classic-tracepoints)".to_owned()
-            } else {
-                match attach_btf(ebpf, program, hook.target, &kernel.aya_btf) {
-                    Ok(()) => return Ok(Via::Btf),
-                    Err(e) => e.reason,
-                }
-            };
-            let classic = match &kernel.classic_unavailable {
-                Some(e) => Err(HookError::load(e.clone())),
-                None => {
-                    if !force_classic {
-                        warn!(
-                            "BTF tracepoint {} unavailable ({btf_err}); using the classic \
-                             tracepoint",
-                            hook.target
-                        );
-                    }
-                    attach_classic(ebpf, classic_program, category, hook.target)
-                }
-            };
-            classic.map(|()| Via::Classic).map_err(|e| HookError {
-                step: e.step,
-                reason: format!(
-                    "BTF tracepoint: {btf_err}; classic tracepoint: {}",
-                    e.reason
-                ),
-            })
-        }
-        Attach::Trampoline(variants) => {
-            let program = variant(hook.target, variants, arity)?;
-            attach_trampoline(ebpf, program, hook.target, &kernel.aya_btf)?;
-            Ok(Via::Fentry)
-        }
-        Attach::Kprobe { entry, ret } => {
-            let program = variant(hook.target, entry, arity)?;
-            attach_kprobe(ebpf, program, hook.target)?;
-            if let Some(ret) = ret {
-                attach_kprobe(ebpf, ret, hook.target)?;
-            }
-            Ok(Via::Kprobe)
-        }
-    }
-}
-
-/// The program written for this kernel's parameter list of `function`.
-fn variant(
-    function: &str,
-    variants: &[(usize, &'static str)],
-    arity: Option<usize>,
-) -> Result<&'static str, HookError> {
-    let arity =
-        arity.ok_or_else(|| HookError::load(format!("{function} is not in the kernel's BTF")))?;
-    variants
-        .iter()
-        .find(|(n, _)| *n == arity)
-        .map(|(_, p)| *p)
-        .ok_or_else(|| {
-            HookError::load(format!(
-                "{function} takes {arity} parameters here, a form not supported"
-            ))
-        })
-}
-
-/// Attaches both EBADF hooks, or neither: a lone sys_enter would slow every syscall for nothing.
-fn attach_ebadf(ebpf: &mut Ebpf, btf: &Btf) -> bool {
-    for (i, (tracepoint, program)) in EBADF_HOOKS.iter().enumerate() {
-        if let Err(e) = attach_btf(ebpf, program, tracepoint, btf) {
-            warn!(
-                "EBADF detector unavailable: cannot attach {tracepoint}: {}",
-                e.reason
-            );
-            for (_, done) in &EBADF_HOOKS[..i] {
-                let unloaded = ebpf
-                    .program_mut(done)
-                    .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
-                    .map(BtfTracePoint::unload);
-                if let Some(Err(e)) = unloaded {
-                    warn!("cannot detach {done}: {e}");
-                }
-            }
-            return false;
-        }
-    }
-    true
-}
-
-fn attach_btf(
-    ebpf: &mut Ebpf,
-    program: &str,
-    tracepoint: &str,
-    btf: &Btf,
-) -> Result<(), HookError> {
-    let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
-    prog.load(tracepoint, btf)
-        .map_err(|e| HookError::load(chain(&e)))?;
-    prog.attach().map_err(|e| HookError::attach(chain(&e)))?;
-    Ok(())
-}
-
-fn attach_classic(
-    ebpf: &mut Ebpf,
-    program: &str,
-    category: &str,
-    name: &str,
-) -> Result<(), HookError> {
-    let prog: &mut TracePoint = program_mut(ebpf, program)?;
-    prog.load().map_err(|e| HookError::load(chain(&e)))?;
-    prog.attach(category, name)
-        .map_err(|e| HookError::attach(chain(&e)))?;
-    Ok(())
-}
-
-/// fentry or fexit, whichever the program was written as.
-fn attach_trampoline(
-    ebpf: &mut Ebpf,
-    program: &str,
-    function: &str,
-    btf: &Btf,
-) -> Result<(), HookError> {
-    let prog = ebpf
-        .program_mut(program)
-        .ok_or_else(|| HookError::load(format!("program {program} missing from the object")))?;
-    if let Ok(p) = <&mut FEntry>::try_from(&mut *prog) {
-        p.load(function, btf)
-            .map_err(|e| HookError::load(chain(&e)))?;
-        p.attach().map_err(|e| HookError::attach(chain(&e)))?;
-        return Ok(());
-    }
-    let p: &mut FExit = prog.try_into().map_err(|e| HookError::load(chain(&e)))?;
-    p.load(function, btf)
-        .map_err(|e| HookError::load(chain(&e)))?;
-    p.attach().map_err(|e| HookError::attach(chain(&e)))?;
-    Ok(())
-}
-
-/// A kprobe or kretprobe on `function`. A program serving several functions (the kretprobe of
-/// tcp_sendmsg and tcp_sendpage) is loaded once and attached to each.
-fn attach_kprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), HookError> {
-    let prog: &mut KProbe = program_mut(ebpf, program)?;
-    if prog.fd().is_err() {
-        prog.load().map_err(|e| HookError::load(chain(&e)))?;
-    }
-    prog.attach(function, 0)
-        .map_err(|e| HookError::attach(chain(&e)))?;
-    Ok(())
-}
-
-fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, HookError>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or_else(|| HookError::load(format!("program {name} missing from the object")))?
-        .try_into()
-        .map_err(|e| HookError::load(chain(&e)))
-}
-
-/// Nanoseconds per jiffy (1/HZ): the coarse clocks tick once per jiffy, and their resolution
-/// says so without privileges or a kernel config file.
-fn jiffy_ns() -> u32 {
-    use nix::time::{ClockId, clock_getres};
-    clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
-        .ok()
-        .and_then(|t| u32::try_from(t.tv_sec() * 1_000_000_000 + t.tv_nsec()).ok())
-        // HZ=250, the most common build, if the clock cannot say.
-        .unwrap_or(4_000_000)
-}
-
-/// Record layouts of the classic tracepoints, from tracefs.
-fn classic_fields(tracefs_path: &Path) -> Result<TracepointFields, tracefs::TracefsError> {
-    if tracefs::ensure_mounted(tracefs_path)? {
-        info!("mounted tracefs at {}", tracefs_path.display());
-    }
-    let f = |cat, name, fields: &[&str]| tracefs::field_offsets(tracefs_path, cat, name, fields);
-    // Linux 6.3+; without it the other tracepoints still serve every mode's state hooks.
-    let len = f("sock", "sock_send_length", &["sk", "ret", "flags"])
-        .inspect_err(|e| debug!("no classic sock_send_length tracepoint: {e}"))
-        .unwrap_or_else(|_| vec![0; 3]);
-    let state = f(
-        "sock",
-        "inet_sock_set_state",
-        &["skaddr", "oldstate", "newstate"],
-    )?;
-    let destroy = f("tcp", "tcp_destroy_sock", &["skaddr"])?;
-    let reset = f("tcp", "tcp_receive_reset", &["skaddr"])?;
-    let send_reset = f("tcp", "tcp_send_reset", &["skaddr"])?;
-    // `reason` is newer (Linux 6.10); 0 tells the program there is none.
-    let send_reset_reason = f("tcp", "tcp_send_reset", &["reason"]).map_or(0, |v| v[0]);
-    Ok(TracepointFields {
-        len_sk: len[0],
-        len_ret: len[1],
-        len_flags: len[2],
-        state_sk: state[0],
-        state_old: state[1],
-        state_new: state[2],
-        destroy_sk: destroy[0],
-        receive_reset_sk: reset[0],
-        send_reset_sk: send_reset[0],
-        send_reset_reason,
-    })
 }
 
 /// An error and its sources on one line ("a: b: c"), so verifier output is never lost.

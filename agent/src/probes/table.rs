@@ -38,19 +38,12 @@ impl ProbeMode {
             Self::Tracepoint => TRACEPOINT_HOOKS,
         }
     }
-
-    /// Whether `--detect-ebadf auto` turns the EBADF hooks on. In every mode they are raw
-    /// syscall tracepoints, which cost 2.4-3.7 % of wrk->nginx throughput here (every syscall of
-    /// every task takes the tracing slow path), over the 1 % budget.
-    pub fn ebadf_by_default(self) -> bool {
-        false
-    }
 }
 
 /// How a hook attaches.
 pub(super) enum Attach {
-    /// A BTF tracepoint (typed arguments, ~7x cheaper here), falling back to the classic
-    /// tracefs tracepoint.
+    /// A BTF tracepoint (typed arguments: plain loads, no helper call per field), falling back
+    /// to the classic tracefs tracepoint.
     Tracepoint {
         category: &'static str,
         btf_program: &'static str,
