@@ -24,6 +24,7 @@ mod records;
 mod sock;
 #[cfg(test)]
 mod tests;
+mod track;
 
 pub use config::*;
 pub use detectors::*;
@@ -31,6 +32,7 @@ pub use go::*;
 pub use proto::{HEAD_LEN, Head, SendKind};
 pub use records::*;
 pub use sock::*;
+pub use track::*;
 
 /// Map and global names, shared so the agent never spells them differently from the programs.
 pub mod names {

@@ -2,8 +2,8 @@
 //! (unanswered close), and an abortive end with data at stake (undelivered bytes).
 
 use agent_common::{
-    AbortEvent, EXPLAIN_PORTS, GoDeadline, GoLoss, NO_REASON, SockState, Stake, TeardownEvent,
-    flag, kind, role, tcp_state, trigger,
+    AbortEvent, Closing, EXPLAIN_PORTS, GoDeadline, GoLoss, NO_REASON, SockState, Stake,
+    TeardownEvent, flag, kind, tcp_state, trigger,
 };
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 
@@ -35,11 +35,7 @@ pub fn on_close<M: Mem>(sk: u64) {
 pub fn on_state<M: Mem>(sk: u64, old: u32, new: u32) {
     skip_if_empty!();
     match new {
-        tcp_state::ESTABLISHED => match old {
-            tcp_state::SYN_RECV => track::on_established::<M>(sk, role::SERVER),
-            tcp_state::SYN_SENT => track::on_established::<M>(sk, role::CLIENT),
-            _ => {}
-        },
+        tcp_state::ESTABLISHED => track::on_established::<M>(sk, old),
         tcp_state::CLOSE_WAIT => {
             if let Some(st) = SOCKS.get_ptr_mut(sk) {
                 // SAFETY: see on_close.
@@ -63,17 +59,15 @@ pub fn on_state<M: Mem>(sk: u64, old: u32, new: u32) {
 /// CLOSE is an abortive close, a timeout, a reset, or the end of an orderly close.
 #[inline(always)]
 fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
-    let open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
     // Retransmission/keepalive timeouts set sk_err and go to CLOSE without an RST of their own
-    // (tcp_write_err -> tcp_done_with_error). Anything else that reaches CLOSE from a closing
-    // state is the orderly end: no lookup.
-    let failed = new == tcp_state::CLOSE && kernel::sk_err::<M>(tp) != 0;
-    if !open && !failed {
+    // (tcp_write_err -> tcp_done_with_error).
+    let closing = Closing::of(old, new, kernel::sk_err::<M>(tp));
+    if !closing.matters() {
         return;
     }
     let st = match SOCKS.get_ptr_mut(tp) {
         Some(st) => st,
-        None if open => match track::adopt_unwritten::<M>(tp) {
+        None if closing.open => match track::adopt_unwritten::<M>(tp) {
             Some(st) => st,
             None => return,
         },
@@ -82,15 +76,11 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     // SAFETY: see on_close.
     let st = unsafe { &mut *st };
     // A peer RST was already reported by tcp_receive_reset.
-    if failed && st.flags & flag::PEER_RESET == 0 {
+    if closing.failed && st.flags & flag::PEER_RESET == 0 {
         abort::<M>(tp, st, trigger::ERROR, NO_REASON);
     }
-    if !open || st.flags & flag::LOCAL_CLOSE != 0 {
+    if !closing.open || !st.local_close(new) {
         return;
-    }
-    st.flags |= flag::LOCAL_CLOSE;
-    if new != tcp_state::CLOSE {
-        st.flags |= flag::FIN_SENT;
     }
     // The task holding the socket lock is the one closing it; without the lock this is a timer or
     // a received segment, and no task closed it.
@@ -103,7 +93,7 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     track::settle::<M>(tp, st, false);
     let go = go_deadline_explaining::<M>(tp, st);
     // The clocks are read only for a record: most closes owe nothing.
-    if st.may_owe_answer() || explained(st) || go.is_some() {
+    if st.worth_a_teardown_record(explained(st), go.is_some()) {
         st.last_in_ns = track::last_input_ns::<M>(tp);
         st.flags |= flag::TEARDOWN_SENT;
         emit_teardown(kind::TEARDOWN, tp, st, closer, old, new, go.as_ref());

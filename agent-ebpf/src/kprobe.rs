@@ -12,7 +12,7 @@
 //! - the kretprobe only removes the parked call (a missed one is overwritten by the thread's
 //!   next send).
 
-use agent_common::{SIZE_UNKNOWN, errno};
+use agent_common::{SIZE_UNKNOWN, Undo, errno};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{kprobe, kretprobe, map},
@@ -23,7 +23,7 @@ use aya_ebpf::{
 use crate::{
     close,
     kernel::{self, Probe},
-    send::{self, Undo},
+    send,
 };
 
 /// A send in flight on one thread.

@@ -2,7 +2,7 @@
 //! runs per message), and the record of a send that failed because the connection was gone.
 
 use agent_common::{
-    Head, SIZE_UNKNOWN, SockState, WriteErrorEvent, errno, flag, kind, write_error_loses,
+    Head, SIZE_UNKNOWN, SockState, Undo, WriteErrorEvent, errno, flag, kind, write_error_loses,
 };
 use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid};
 
@@ -52,12 +52,7 @@ fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32, len: u32)
         return None;
     }
     let tp = M::tcp(sk)?;
-    let undo = Undo {
-        copied_at_last_out: st.copied_at_last_out,
-        copied_at_goodbye: st.copied_at_goodbye,
-        flags: st.flags,
-        _pad: 0,
-    };
+    let undo = st.undo_point();
     // The message's first bytes, only where its kind depends on them: once per connection, and
     // for the small messages of a few protocols. Two words, not an array: zeroing an array is
     // a call to the target's byte-at-a-time memset.
@@ -70,26 +65,6 @@ fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32, len: u32)
     let head = unsafe { &*head.as_ptr().cast::<Head>() };
     st.record_send(kernel::copied_seq::<M>(tp), len, head);
     Some(undo)
-}
-
-/// What [`on_send_entry`] replaced, to put back with [`undo_send`] if the send fails.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Undo {
-    copied_at_last_out: u32,
-    copied_at_goodbye: u32,
-    flags: u16,
-    _pad: u16,
-}
-
-impl Undo {
-    /// Nothing to undo.
-    pub const NONE: Self = Self {
-        copied_at_last_out: 0,
-        copied_at_goodbye: 0,
-        flags: 0,
-        _pad: 0,
-    };
 }
 
 /// kprobe mode: a send of `size` bytes starts on `sk`, in the caller's context. What
@@ -117,11 +92,7 @@ pub fn undo_send(sk: u64, undo: Undo) {
     skip_if_empty!();
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         // SAFETY: see record_write.
-        let st = unsafe { &mut *st };
-        let mask = flag::SENT | flag::PEER_FIRST | flag::GOODBYE_SENT;
-        st.copied_at_last_out = undo.copied_at_last_out;
-        st.copied_at_goodbye = undo.copied_at_goodbye;
-        st.flags = (st.flags & !mask) | (undo.flags & mask);
+        unsafe { (*st).undo_send(&undo) };
     }
 }
 

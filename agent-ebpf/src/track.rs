@@ -1,7 +1,7 @@
 //! Tracking a connection: its state entry from the handshake (or adoption) to the socket's
 //! destruction, who owns it, and its byte counts settled from the socket when a record is due.
 
-use agent_common::{SockState, stat, tcp_state};
+use agent_common::{SockState, Start, stat};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_jiffies64},
@@ -51,39 +51,25 @@ pub fn claim_if_held<M: Mem>(tp: u64, st: &mut SockState) -> bool {
 /// the stack instead, it would push the fexit programs' call chain over the verifier's
 /// 512-byte combined stack limit.
 #[inline(always)]
-fn fresh(role: u8) -> Option<&'static mut SockState> {
+fn fresh() -> Option<&'static mut SockState> {
     let st = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, used by one program at a time; zeroing then setting fields in
     // place builds nothing on the stack.
     unsafe {
         zero(st);
-        (*st).role = role;
         Some(&mut *st)
     }
 }
 
-/// Starts tracking the established connection `tp` (from `Mem::tcp`), in `role`, its reads
-/// counted from `copied_at_start` and its writes from `write_at_start`. Only established
-/// connections are ever tracked, so the SYN is never taken for unacknowledged data.
-/// `map_flags` is `BPF_ANY` where a stale entry for a recycled `struct sock` address must be
-/// replaced, `BPF_NOEXIST` where a concurrent adopter on another CPU may have won (its entry is
-/// then used). Returns the new state if this call inserted it.
+/// Starts tracking the connection `tp` (from `Mem::tcp`) from `start`. `map_flags` is `BPF_ANY`
+/// where a stale entry for a recycled `struct sock` address must be replaced, `BPF_NOEXIST`
+/// where a concurrent adopter on another CPU may have won (its entry is then used). Returns the
+/// new state if this call inserted it.
 #[inline(always)]
-fn start_tracking<M: Mem>(
-    tp: u64,
-    role: u8,
-    copied_at_start: u32,
-    write_at_start: u32,
-    map_flags: u64,
-) -> Option<&'static SockState> {
-    let st = fresh(role)?;
+fn start_tracking<M: Mem>(tp: u64, start: &Start, map_flags: u64) -> Option<&'static SockState> {
+    let st = fresh()?;
     kernel::fill_identity::<M>(tp, st);
-    st.copied_at_start = copied_at_start;
-    st.write_at_start = write_at_start;
-    // A socket adopted after the peer's FIN: the state change that would have said so is past.
-    if kernel::tcp_state::<M>(tp) == tcp_state::CLOSE_WAIT {
-        st.flags |= agent_common::flag::PEER_FIN;
-    }
+    st.begin(start, kernel::tcp_state::<M>(tp));
     let st: &SockState = st;
     if !updated(SOCKS.insert(tp, st, map_flags)) {
         return None;
@@ -92,13 +78,13 @@ fn start_tracking<M: Mem>(
     Some(st)
 }
 
-/// The handshake completed, in softirq: ports, addresses and the first sequence number to read
-/// are final now; the current task is not the owner (the first write or the close claims it).
-/// Tracking starts here for both ends, one map insert per connection: a connect() that never
-/// completes is never tracked (its writes then fail with ENOTCONN on a socket that never
-/// connected, which is not a loss).
+/// The handshake completed (from `old`), in softirq: ports, addresses and the first sequence
+/// number to read are final now; the current task is not the owner (the first write or the
+/// close claims it). Tracking starts here for both ends, one map insert per connection: a
+/// connect() that never completes is never tracked (its writes then fail with ENOTCONN on a
+/// socket that never connected, which is not a loss).
 #[inline(always)]
-pub fn on_established<M: Mem>(sk: u64, role: u8) {
+pub fn on_established<M: Mem>(sk: u64, old: u32) {
     // MPTCP's meta socket also reports state changes here; only its TCP subflows are tracked.
     let Some(tp) = M::tcp(sk) else {
         return;
@@ -106,17 +92,14 @@ pub fn on_established<M: Mem>(sk: u64, role: u8) {
     if !M::is_inet_tcp(tp) {
         return;
     }
-    start_tracking::<M>(
-        tp,
-        role,
-        kernel::copied_seq::<M>(tp),
-        kernel::write_seq::<M>(tp),
-        BPF_ANY,
-    );
+    let start = Start::established(old, kernel::copied_seq::<M>(tp), kernel::write_seq::<M>(tp));
+    if let Some(start) = start {
+        start_tracking::<M>(tp, &start, BPF_ANY);
+    }
 }
 
-/// The socket's state, adopting a live TCP socket the agent has not seen open (role unknown).
-/// `sent`: what the send being handled queued (it counts as the adopted socket's first output).
+/// The socket's state, adopting a live TCP socket the agent has not seen open
+/// ([`Start::at_send`]). `sent`: what the send being handled queued.
 #[inline(always)]
 pub fn lookup_or_adopt<M: Mem, C: EbpfContext>(
     ctx: &C,
@@ -131,18 +114,15 @@ pub fn lookup_or_adopt<M: Mem, C: EbpfContext>(
         return None;
     }
     let state = kernel::tcp_state::<M>(tp);
-    if state != tcp_state::ESTABLISHED && state != tcp_state::CLOSE_WAIT {
+    if !Start::adoptable_at_send(state) {
         return None;
     }
-    let copied = kernel::copied_seq::<M>(tp);
-    let written = kernel::write_seq::<M>(tp).wrapping_sub(sent);
-    if let Some(st) = start_tracking::<M>(
-        tp,
-        agent_common::role::UNKNOWN,
-        copied,
-        written,
-        BPF_NOEXIST,
-    ) {
+    let start = Start::at_send(
+        kernel::copied_seq::<M>(tp),
+        kernel::write_seq::<M>(tp),
+        sent,
+    );
+    if let Some(st) = start_tracking::<M>(tp, &start, BPF_NOEXIST) {
         // Once per socket that predates the agent: rare, and useful when a role looks wrong.
         debug!(
             ctx,
@@ -156,24 +136,21 @@ pub fn lookup_or_adopt<M: Mem, C: EbpfContext>(
     SOCKS.get_ptr_mut(sk)
 }
 
-/// A connection the agent never saw established (opened before it started, or evicted from a
-/// full map) is closing. It can be judged only if it never sent a data byte in its life: then
-/// every byte it read is unanswered, whatever happened before the agent was there.
+/// A connection the agent never saw established is closing: adopted if it never sent a data
+/// byte in its life ([`Start::unwritten`]).
 #[inline(always)]
 pub fn adopt_unwritten<M: Mem>(tp: u64) -> Option<*mut SockState> {
-    if !M::is_inet_tcp(tp) || M::read::<u32>(tp, config!(sock.tcp_data_segs_out)) != Some(0) {
+    if !M::is_inet_tcp(tp) {
         return None;
     }
-    // The peer's first byte: rcv_nxt less everything ever received. Its own: snd_una, as no
-    // data segment ever left.
     let (_, rcv_nxt, received) = kernel::receive_side::<M>(tp);
-    start_tracking::<M>(
-        tp,
-        agent_common::role::UNKNOWN,
-        rcv_nxt.wrapping_sub(received as u32),
+    let start = Start::unwritten(
+        M::read::<u32>(tp, config!(sock.tcp_data_segs_out))?,
+        rcv_nxt,
+        received,
         M::read::<u32>(tp, config!(sock.tcp_snd_una)).unwrap_or(0),
-        BPF_NOEXIST,
-    );
+    )?;
+    start_tracking::<M>(tp, &start, BPF_NOEXIST);
     SOCKS.get_ptr_mut(tp)
 }
 

@@ -1,7 +1,8 @@
 //! Synthetic event sequences for every detector rule and every not-a-loss case of SPEC §2.
 
 use agent_common::{
-    AF_INET, AF_INET6, AbortEvent, EventHeader, NO_REASON, WriteErrorEvent, errno, kind, trigger,
+    AF_INET, AF_INET6, AbortEvent, Closing, EventHeader, NO_REASON, Start, WriteErrorEvent, errno,
+    kind, trigger,
 };
 
 use super::*;
@@ -17,9 +18,12 @@ const PEER_ISN: u32 = u32::MAX - 100;
 /// Our own first sequence number after the SYN, near the wrap too.
 const OWN_ISN: u32 = u32::MAX - 40;
 
-/// A model of one socket as the kernel and the programs see it (agent-ebpf/src/state.rs): the
-/// socket's receive side (`copied_seq`, `rcv_nxt`, `bytes_received`, the last arrival), the same
-/// `SockState` updates per send and state change, and the same emit rule at the local close.
+/// One socket as the kernel keeps it (`copied_seq`, `rcv_nxt`, `bytes_received`, `write_seq`,
+/// the last arrival), with its `SockState` driven by the same agent-common transitions the
+/// programs call (agent-ebpf's track, send and close): `Start` and `begin` when tracking starts
+/// (at the handshake, or adopted), `record_send` per send, `Closing`, `local_close`, `settle`
+/// and `worth_a_teardown_record` at the local close. What stays here is only what the kernel
+/// itself does to the socket (sequence numbers moving, state changes).
 struct Conn {
     st: SockState,
     copied: u32,
@@ -33,14 +37,13 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(role: u8, lport: u16, rport: u16) -> Self {
+    /// A socket on 127.0.0.1 between `lport` and `rport`, its sequence numbers at their first
+    /// data byte, not yet tracked.
+    fn socket(lport: u16, rport: u16) -> Self {
         let mut st = SockState {
-            role,
             family: AF_INET,
             lport,
             rport,
-            copied_at_start: PEER_ISN,
-            write_at_start: OWN_ISN,
             ..SockState::default()
         };
         st.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -56,12 +59,46 @@ impl Conn {
         }
     }
 
+    /// Tracked from the handshake, which came from `old` (SYN_RECV or SYN_SENT).
+    fn established(mut self, old: u32) -> Self {
+        let start = Start::established(old, self.copied, self.write_seq).expect("a handshake");
+        self.st.begin(&start, tcp_state::ESTABLISHED);
+        self
+    }
+
     fn server() -> Self {
-        Self::new(role::SERVER, 8800, 60154)
+        Self::socket(8800, 60154).established(tcp_state::SYN_RECV)
     }
 
     fn client() -> Self {
-        Self::new(role::CLIENT, 60154, 8800)
+        Self::socket(60154, 8800).established(tcp_state::SYN_SENT)
+    }
+
+    /// The socket as it stands, adopted at a send of `n` bytes by an agent that started after
+    /// it opened ([`Start::at_send`]); the send is recorded as the programs record it.
+    fn adopted_at_send(mut self, t: u64, n: u32, state: u32) -> Self {
+        assert!(Start::adoptable_at_send(state));
+        self.write_seq = self.write_seq.wrapping_add(n);
+        let start = Start::at_send(self.copied, self.write_seq, n);
+        self.st = Self::socket(self.st.lport, self.st.rport).st;
+        self.st.begin(&start, state);
+        // The send that adopted it, recorded as any other (its bytes are in write_seq already).
+        self.write_seq = self.write_seq.wrapping_sub(n);
+        self.send(t, n as i64)
+    }
+
+    /// The socket, never tracked, adopted as it closes ([`Start::unwritten`]): `None` where it
+    /// ever sent a data segment (`data_segs_out`).
+    fn adopted_unwritten(mut self, data_segs_out: u32) -> Option<Self> {
+        let start = Start::unwritten(data_segs_out, self.rcv_nxt, self.received, self.write_seq)?;
+        let state = if self.st.flags & flag::PEER_FIN != 0 {
+            tcp_state::CLOSE_WAIT
+        } else {
+            tcp_state::ESTABLISHED
+        };
+        self.st = Self::socket(self.st.lport, self.st.rport).st;
+        self.st.begin(&start, state);
+        Some(self)
     }
 
     fn claim(&mut self) {
@@ -86,6 +123,16 @@ impl Conn {
             // Reading the end of file steps copied_seq over the FIN.
             self.copied = self.rcv_nxt;
         }
+        self
+    }
+
+    /// What the connection carried before the agent started: `read` bytes in, read, and
+    /// `wrote` out, none of it seen by the programs.
+    fn before_the_agent(mut self, read: u32, wrote: u32) -> Self {
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(read);
+        self.received += read as u64;
+        self.copied = self.copied.wrapping_add(read);
+        self.write_seq = self.write_seq.wrapping_add(wrote);
         self
     }
 
@@ -142,7 +189,22 @@ impl Conn {
 
     /// The local close transition at time `t`, run by task `closer` (0: no task held the
     /// socket). Returns the record the kernel would emit (None when its pre-filter drops it).
-    fn close_by(mut self, t: u64, newstate: u32, closer: u32) -> Option<TeardownEvent> {
+    fn close_by(self, t: u64, newstate: u32, closer: u32) -> Option<TeardownEvent> {
+        self.close_as(t, newstate, closer, false)
+    }
+
+    /// The owner's close of a connection on an `--explain-port`.
+    fn close_explained(self, t: u64) -> Option<TeardownEvent> {
+        self.close_as(t, tcp_state::FIN_WAIT1, OWNER, true)
+    }
+
+    fn close_as(
+        mut self,
+        t: u64,
+        newstate: u32,
+        closer: u32,
+        explained: bool,
+    ) -> Option<TeardownEvent> {
         let old = if self.st.flags & flag::PEER_FIN != 0 {
             tcp_state::CLOSE_WAIT
         } else {
@@ -152,7 +214,9 @@ impl Conn {
             self.claim();
         }
         let mut st = self.st;
-        st.flags |= flag::LOCAL_CLOSE;
+        let closing = Closing::of(old, newstate, 0);
+        assert!(closing.open && st.local_close(newstate));
+        // This state change comes before the kernel queues the FIN it announces.
         st.settle(
             self.copied,
             self.rcv_nxt,
@@ -161,8 +225,6 @@ impl Conn {
             false,
         );
         st.last_in_ns = self.last_arrival;
-        // The kernel's rule (state::on_closing): a record when the close may owe an answer, or
-        // when an expired Go deadline explains it.
         let go = if st.flags & flag::GO_DEADLINE != 0
             && self.go.explains(st.verdict(), self.copied) != GoLoss::None
         {
@@ -170,20 +232,21 @@ impl Conn {
         } else {
             GoDeadline::default()
         };
-        (st.may_owe_answer() || go.which != 0).then_some(TeardownEvent {
-            header: EventHeader {
-                kind: kind::TEARDOWN,
-                len: size_of::<TeardownEvent>() as u32,
-                ts_ns: t,
-            },
-            sock: st,
-            sk: 0xffff_8880_0000_1000,
-            closer_tgid: closer,
-            oldstate: old,
-            newstate,
-            _pad: 0,
-            go,
-        })
+        st.worth_a_teardown_record(explained, go.which != 0)
+            .then_some(TeardownEvent {
+                header: EventHeader {
+                    kind: kind::TEARDOWN,
+                    len: size_of::<TeardownEvent>() as u32,
+                    ts_ns: t,
+                },
+                sock: st,
+                sk: 0xffff_8880_0000_1000,
+                closer_tgid: closer,
+                oldstate: old,
+                newstate,
+                _pad: 0,
+                go,
+            })
     }
 
     /// The Go runtime's write deadline expires at `t`; `waiting`: a write was blocked on a full
@@ -638,20 +701,25 @@ fn unknown_role_uses_the_non_ephemeral_port() {
 fn pre_existing_socket_counts_only_on_a_listening_port() {
     let listening_8800 = |pid: u32, port: u16| pid == OWNER && port == 8800;
     // A server socket older than the agent: request in, closed without an answer.
-    let server = || Conn::new(role::UNKNOWN, 8800, 40000).recv(SEC, 78);
+    let server = || {
+        Conn::socket(8800, 40000)
+            .recv(SEC, 78)
+            .adopted_unwritten(0)
+            .expect("it never sent a data segment")
+    };
     let got = incidents_with(server().close(2 * SEC), listening_8800);
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].role, got[0].port), (Role::Unknown, 8800));
     // Even if the first bytes the agent saw were the server's own (a response in flight).
-    let mid_exchange = Conn::new(role::UNKNOWN, 8800, 40000)
-        .send(SEC, 120)
+    let mid_exchange = Conn::socket(8800, 40000)
+        .adopted_at_send(SEC, 120, tcp_state::ESTABLISHED)
         .recv(2 * SEC, 78)
         .close(3 * SEC);
     assert_eq!(incidents_with(mid_exchange, listening_8800).len(), 1);
     // A client older than the agent that reads a response and closes: its local port is
     // ephemeral and nobody listens there, so it owes nothing.
-    let client = Conn::new(role::UNKNOWN, 56320, 9437)
-        .send(SEC, 78)
+    let client = Conn::socket(56320, 9437)
+        .adopted_at_send(SEC, 78, tcp_state::ESTABLISHED)
         .recv(2 * SEC, 300)
         .close(3 * SEC);
     assert!(
@@ -659,6 +727,75 @@ fn pre_existing_socket_counts_only_on_a_listening_port() {
         "the kernel cannot tell it apart and reports it"
     );
     assert!(incidents_with(client, listening_8800).is_empty());
+}
+
+#[test]
+fn adoption_takes_what_came_before_the_agent_as_answered() {
+    let listening = |_: u32, port: u16| port == 8800;
+    // A keep-alive connection that served requests before the agent started, then reads one
+    // more and answers it: the answer adopts it, and its client's close owes nothing.
+    let answered = Conn::socket(8800, 40000)
+        .before_the_agent(400, 1200)
+        .recv(SEC, 78)
+        .adopted_at_send(SEC, 120, tcp_state::ESTABLISHED)
+        .peer_fin()
+        .close(2 * SEC);
+    assert_eq!(answered, None, "no record");
+    // The same connection, its next request left unanswered: only that one counts.
+    let got = incidents_with(
+        Conn::socket(8800, 40000)
+            .before_the_agent(400, 1200)
+            .recv(SEC, 78)
+            .adopted_at_send(SEC, 120, tcp_state::ESTABLISHED)
+            .recv(2 * SEC, 90)
+            .close(3 * SEC),
+        listening,
+    );
+    assert_eq!(got.len(), 1);
+    // Unanswered: the request after the adopting answer. (Bytes read count the connection's
+    // whole life: the socket's own `bytes_received`.)
+    assert!(
+        matches!(
+            got[0].detail,
+            Detail::UnansweredClose {
+                unanswered_bytes: 90,
+                ..
+            }
+        ),
+        "{:?}",
+        got[0].detail
+    );
+    assert_eq!(got[0].bytes_in, 400 + 78 + 90);
+    // Adopted after the peer's FIN (CLOSE_WAIT): the state says the peer closed first.
+    let close_wait = Conn::socket(8800, 40000)
+        .recv(SEC, 78)
+        .peer_fin()
+        .adopted_at_send(SEC, 120, tcp_state::CLOSE_WAIT);
+    assert_ne!(close_wait.st.flags & flag::PEER_FIN, 0);
+    assert_eq!(close_wait.close(2 * SEC), None);
+}
+
+#[test]
+fn a_socket_first_seen_at_its_close_is_judged_only_if_it_never_wrote() {
+    let listening = |_: u32, port: u16| port == 8800;
+    // Read its request before the agent started and never answered: every byte it ever
+    // received is unanswered.
+    let got = incidents_with(
+        Conn::socket(8800, 40000)
+            .recv(SEC, 78)
+            .adopted_unwritten(0)
+            .unwrap()
+            .close(2 * SEC),
+        listening,
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].kind(), "unanswered_close");
+    // An idle keep-alive connection from before an agent restart, closed by its client: it
+    // sent data segments in its life, so it is not adopted, and nothing is reported.
+    let idle = Conn::socket(8800, 40000)
+        .before_the_agent(400, 1200)
+        .peer_fin();
+    assert!(idle.adopted_unwritten(3).is_none());
 }
 
 #[test]
@@ -1283,29 +1420,9 @@ fn explained_ports_get_a_verdict_for_every_close() {
     };
     let listening = |_: u32, _: u16| false;
     let mut judge = |conn: Conn| {
-        let mut st = conn.st;
-        st.flags |= flag::LOCAL_CLOSE;
-        st.settle(
-            conn.copied,
-            conn.rcv_nxt,
-            conn.received,
-            conn.write_seq,
-            false,
-        );
-        let ev = TeardownEvent {
-            header: EventHeader {
-                kind: kind::TEARDOWN,
-                len: size_of::<TeardownEvent>() as u32,
-                ts_ns: SEC,
-            },
-            sock: st,
-            sk: 1,
-            closer_tgid: OWNER,
-            oldstate: tcp_state::ESTABLISHED,
-            newstate: tcp_state::FIN_WAIT1,
-            _pad: 0,
-            go: Default::default(),
-        };
+        let ev = conn
+            .close_explained(SEC)
+            .expect("a close on an --explain-port is always sent");
         assert_eq!(c.teardown(&ev, &listening), None);
         c.take_explained().pop().map(|e| (e.port, e.verdict))
     };
