@@ -19,14 +19,17 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{cmd, is_root, setup, target_dir, workspace_root};
+use crate::{
+    build, cmd, setup,
+    workspace::{is_root, target_dir, workspace_root},
+};
 
 /// The counter the seed incident moves.
 const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
 
 pub fn run() -> Result<ExitCode> {
     let env = setup::demo()?;
-    let agent_bin = crate::build_agent(&env, false)?;
+    let agent_bin = build::build_agent(&env, false)?;
     let seedsrv_bin = build_seedsrv()?;
 
     // Own ports, not the seed's usual 8800 or the agent's 9437: either may be in use.

@@ -22,7 +22,7 @@ use self::{
     machine::Quiet,
     workload::Nginx,
 };
-use crate::workspace_root;
+use crate::workspace::workspace_root;
 
 #[derive(Args)]
 pub struct Options {
@@ -152,7 +152,7 @@ pub struct CaseResult {
 }
 
 pub fn run(opts: Options) -> Result<ExitCode> {
-    if !crate::is_root() {
+    if !crate::workspace::is_root() {
         bail!("the bench loads the agent's eBPF programs: run it as root");
     }
     if opts.pairs == 0 || opts.seconds.is_nan() || opts.seconds <= 0.0 {
@@ -165,8 +165,8 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     };
     // nginx and wrk come with the test packages.
     crate::setup::all()?;
-    let binary = crate::build(false)?;
-    let dir = crate::target_dir().join("bench");
+    let binary = crate::build::build(false)?;
+    let dir = crate::workspace::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
 
     let mut quiet = Quiet::default();
