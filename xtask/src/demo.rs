@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
     sync::{Arc, Mutex},
@@ -20,7 +20,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    build, cmd, setup,
+    build, cmd,
+    net::free_port,
+    setup,
     workspace::{is_root, target_dir, workspace_root},
 };
 
@@ -298,14 +300,6 @@ fn curl(url: &str) -> Result<Curl> {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
-}
-
-/// A loopback port nothing listens on (bound, then released).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .context("binding an ephemeral loopback port")?
-        .port())
 }
 
 /// Polls `ready` every 50 ms until it says so; an error after `timeout` or when `ready` fails.

@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod net;
 mod setup;
 mod test;
 mod vm;
