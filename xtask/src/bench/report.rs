@@ -483,6 +483,7 @@ fn dispatch(w: &mut String, results: &[CaseResult], rounds: &[DispatchRound]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::{BpfStats, Run};
 
     #[test]
     fn median_interval_from_order_statistics() {
@@ -586,6 +587,141 @@ mod tests {
         let mut w = String::new();
         dispatch(&mut w, &results, &[]);
         assert!(w.is_empty());
+    }
+
+    fn agent(cpu_seconds: f64, peak_rss_kib: u64, records_sent: u64) -> crate::bench::AgentRun {
+        crate::bench::AgentRun {
+            cpu_seconds,
+            peak_rss_kib,
+            rss_kib: peak_rss_kib - 1024,
+            records_sent,
+            records_dropped: 0,
+            steady_units: 900.0,
+            probe_mode: "tracepoint".into(),
+        }
+    }
+
+    fn stats(units: u64, run_cnt: u64, run_time_ns: u64) -> Option<(Run, BpfStats)> {
+        Some((
+            run(units),
+            BpfStats {
+                run_cnt,
+                run_time_ns,
+                busy_ns: 20_000_000,
+            },
+        ))
+    }
+
+    /// Every case, one of them over its budget and one with records, with `--floor`'s runs, the
+    /// probe statistics and the dispatch calibration: every section and branch of the report.
+    fn full_results() -> Vec<CaseResult> {
+        let with_agent = |mut p: crate::bench::Pair, records| {
+            p.agent = agent(0.25, 40_960, records);
+            p
+        };
+        vec![
+            CaseResult {
+                case: Case::Writes,
+                pairs: (0..5)
+                    .map(|i| {
+                        with_agent(pair(100_000, 99_000 - i * 100, Some((99_500, 100_100))), 0)
+                    })
+                    .collect(),
+                probe_stats: stats(100_000, 200_000, 30_000_000),
+                empty_probe_stats: stats(100_000, 200_000, 10_000_000),
+            },
+            CaseResult {
+                case: Case::Http,
+                pairs: (0..5)
+                    .map(|i| with_agent(pair(1000, 900 + i, Some((950, 1001))), 0))
+                    .collect(),
+                probe_stats: stats(1000, 2000, 300_000),
+                empty_probe_stats: None,
+            },
+            CaseResult {
+                case: Case::Churn,
+                pairs: vec![with_agent(pair(500, 495, None), 3)],
+                probe_stats: None,
+                empty_probe_stats: None,
+            },
+        ]
+    }
+
+    fn machine() -> Machine {
+        Machine {
+            cpu: "Test CPU".into(),
+            cores: 2,
+            memory: "4.0 GiB".into(),
+            kernel: "6.12.0".into(),
+            probe_mode: "tracepoint".into(),
+            nginx: "nginx/1.22.1".into(),
+            wrk: "wrk 4.1.0".into(),
+            commit: "0123456".into(),
+        }
+    }
+
+    #[test]
+    fn render_has_every_section_in_order() {
+        let results = full_results();
+        let dispatch: Vec<DispatchRound> = [(160.0, 210.0), (162.0, 222.0), (158.0, 213.0)]
+            .map(|(off, empty)| DispatchRound { off, empty })
+            .into();
+        let mut quiet = Quiet::default();
+        quiet.loads = vec![0.3, 0.5, 0.4];
+        quiet.waited = 2;
+        quiet.discarded = 1;
+        quiet.competitors.insert("rustc".into());
+        let machine = machine();
+        let full = render(&Context {
+            results: &results,
+            dispatch: &dispatch,
+            machine: &machine,
+            quiet: &quiet,
+            pairs: 5,
+            seconds: 3.0,
+            started: "2024-01-01 00:00 UTC".into(),
+        });
+        let headings: Vec<&str> = full.lines().filter(|l| l.starts_with('#')).collect();
+        assert_eq!(
+            headings,
+            [
+                "# lostwrite overhead benchmarks",
+                "## Machine",
+                "## Method",
+                "## Throughput",
+                "### The hooks alone",
+                "## The agent",
+                "### One program run, in CPU time",
+                "## Every pair",
+            ]
+        );
+        assert!(
+            full.contains("compilers or VMs seen running anyway: rustc."),
+            "{full}"
+        );
+        assert!(full.contains("A missed target is explained"), "{full}");
+        assert!(full.ends_with("- **connection**: 500 → 495\n"), "{full}");
+
+        // One case that meets its budget, without `--floor` or probe statistics.
+        let results = [CaseResult {
+            case: Case::Writes,
+            pairs: vec![pair(100_000, 99_500, None)],
+            probe_stats: None,
+            empty_probe_stats: None,
+        }];
+        let quiet = Quiet::default();
+        let plain = render(&Context {
+            results: &results,
+            dispatch: &[],
+            machine: &machine,
+            quiet: &quiet,
+            pairs: 1,
+            seconds: 1.5,
+            started: "2024-01-01 00:00 UTC".into(),
+        });
+        assert!(!plain.contains("###"), "{plain}");
+        assert!(!plain.contains("A missed target"), "{plain}");
+        assert!(plain.contains("running anyway: none."), "{plain}");
     }
 
     #[test]
