@@ -19,7 +19,17 @@ pub enum Command {
     /// Attach the probes, export /metrics and log incidents until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Report what this kernel supports (BTF, tracefs, capabilities, probe modes) and exit.
-    Check(KernelArgs),
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    /// Print the report as one JSON object (the same facts and exit status) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the agent finds kernel type information and tracefs.
@@ -192,6 +202,25 @@ mod tests {
         assert!(run.port.is_empty() && run.comm.is_empty());
         assert_eq!(run.kubernetes, Switch::Auto);
         assert_eq!(run.pod_logs_root, PathBuf::from("/var/log"));
+    }
+
+    #[test]
+    fn check_takes_json() {
+        for (args, json) in [
+            (&["agent", "check"][..], false),
+            (&["agent", "check", "--json"], true),
+            (
+                &["agent", "check", "--json", "--skip-hook", "tcp_send_reset"],
+                true,
+            ),
+        ] {
+            let Command::Check(check) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("expected check")
+            };
+            assert_eq!(check.json, json, "{args:?}");
+            assert_eq!(check.kernel.btf, PathBuf::from("/sys/kernel/btf/vmlinux"));
+        }
+        assert!(Cli::try_parse_from(["agent", "run", "--json"]).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
     sync::{Arc, Mutex},
@@ -19,14 +19,19 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{cmd, is_root, setup, target_dir, workspace_root};
+use crate::{
+    build, cmd,
+    net::free_port,
+    setup,
+    workspace::{is_root, target_dir, workspace_root},
+};
 
 /// The counter the seed incident moves.
 const UNANSWERED: &str = "lostwrite_unanswered_closes_total";
 
 pub fn run() -> Result<ExitCode> {
     let env = setup::demo()?;
-    let agent_bin = crate::build_agent(&env, false)?;
+    let agent_bin = build::build_agent(&env, false)?;
     let seedsrv_bin = build_seedsrv()?;
 
     // Own ports, not the seed's usual 8800 or the agent's 9437: either may be in use.
@@ -295,14 +300,6 @@ fn curl(url: &str) -> Result<Curl> {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
-}
-
-/// A loopback port nothing listens on (bound, then released).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .context("binding an ephemeral loopback port")?
-        .port())
 }
 
 /// Polls `ready` every 50 ms until it says so; an error after `timeout` or when `ready` fails.

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{cmd, is_root};
+use crate::{cmd, workspace::is_root};
 
 /// The environment commands that build the agent need.
 pub struct Env {

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{cargo, cmd, ebpf_cargo, setup};
+use crate::{build::ebpf_cargo, cmd, setup, workspace::cargo};
 
 struct Outcome {
     name: &'static str,
@@ -81,7 +81,8 @@ fn steps() -> Vec<(&'static str, Command)> {
 
     let xtask = |task: &str| {
         let mut cmd = Command::new(std::env::current_exe().expect("the running xtask binary"));
-        cmd.current_dir(crate::workspace_root()).arg(task);
+        cmd.current_dir(crate::workspace::workspace_root())
+            .arg(task);
         cmd
     };
     // What a new user runs first: the seed incident, with the agent's defaults.
@@ -93,7 +94,7 @@ fn steps() -> Vec<(&'static str, Command)> {
     // support table must be the one this run would write.
     let mut vm = xtask("vm-test");
     vm.args(["--mode", "all", "--check-support-table"])
-        .arg(crate::workspace_root().join("README.md"));
+        .arg(crate::workspace::workspace_root().join("README.md"));
 
     vec![
         ("fmt", fmt),

@@ -28,7 +28,10 @@ use self::{
     kernels::{KERNELS, KernelLine},
     scenarios::{Need, SCENARIOS, Scenario},
 };
-use crate::{cargo, cmd, setup, target_dir, workspace_root};
+use crate::{
+    cmd, setup,
+    workspace::{cargo, target_dir, workspace_root},
+};
 
 pub const MODES: &[&str] = &["fentry", "kprobe", "tracepoint"];
 

@@ -188,6 +188,114 @@ fn check_reports_modes_detectors_and_exit_status() {
     assert!(text.contains("verdict: no usable probe mode"), "{text}");
 }
 
+/// `agent check --json`: one JSON object with the same facts and the same exit status.
+fn check_json(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = agent(&[&["check", "--json"][..], args].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one line of JSON: {text}{}",
+        stderr(&out)
+    );
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("agent check --json printed no JSON ({e}): {text}"));
+    (out.status.code(), json)
+}
+
+#[test]
+fn check_json_reports_modes_detectors_and_exit_status() {
+    if !root_or_skip("check_json_reports_modes_detectors_and_exit_status") {
+        return;
+    }
+    let (code, v) = check_json(&[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["btf"]["ok"], true, "{v:#}");
+    assert_eq!(v["tracefs"]["mounted"], true, "{v:#}");
+    let mode = |name: &str| -> &serde_json::Value {
+        v["probe_modes"]
+            .as_array()
+            .expect("probe_modes is a list")
+            .iter()
+            .find(|m| m["mode"] == name)
+            .unwrap_or_else(|| panic!("no {name} mode in {v:#}"))
+    };
+    // This host: BPF trampolines refused at load, no kprobe PMU to attach to, so tracepoint is
+    // the only mode that works and the only one that gives a detector.
+    assert_eq!(mode("fentry")["loads"], "no", "{v:#}");
+    assert_eq!(mode("kprobe")["attaches"], "no", "{v:#}");
+    for m in ["fentry", "kprobe"] {
+        assert_eq!(mode(m)["detectors"], serde_json::json!([]), "{v:#}");
+    }
+    let tp = mode("tracepoint");
+    assert_eq!(tp["loads"], "yes", "{v:#}");
+    assert_eq!(tp["attaches"], "yes", "{v:#}");
+    let core = ["unanswered_close", "write_after_close", "undelivered_bytes"];
+    for d in core {
+        assert!(
+            tp["detectors"].as_array().unwrap().contains(&d.into()),
+            "{d} missing: {v:#}"
+        );
+    }
+    let detector = |name: &str| -> &serde_json::Value {
+        v["detectors"]
+            .as_array()
+            .expect("detectors is a list")
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("no detector {name} in {v:#}"))
+    };
+    for d in core {
+        assert_eq!(detector(d)["available"], true, "{v:#}");
+        assert_eq!(
+            detector(d)["modes"],
+            serde_json::json!(["tracepoint"]),
+            "{v:#}"
+        );
+    }
+    assert_eq!(
+        v["verdict"],
+        serde_json::json!({"status": "ok", "mode": "tracepoint"})
+    );
+
+    // Without the reset tracepoints only undelivered bytes are off: exit 2, as the text says.
+    let (code, v) = check_json(&[
+        "--skip-hook",
+        "tcp_send_reset",
+        "--skip-hook",
+        "tcp_receive_reset",
+    ]);
+    assert_eq!(code, Some(2), "{v:#}");
+    let detector = |name: &str| {
+        v["detectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(detector("unanswered_close")["available"], true, "{v:#}");
+    assert_eq!(detector("undelivered_bytes")["available"], false, "{v:#}");
+    assert_eq!(
+        detector("undelivered_bytes")["modes"],
+        serde_json::json!([])
+    );
+    assert_eq!(v["verdict"]["status"], "partial", "{v:#}");
+
+    // Nothing works: exit 1.
+    let (code, v) = check_json(&["--btf", "/nonexistent/vmlinux"]);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["btf"]["ok"], false, "{v:#}");
+    assert!(
+        v["btf"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("kernel BTF not found")),
+        "{v:#}"
+    );
+    assert_eq!(v["verdict"]["status"], "none", "{v:#}");
+}
+
 #[test]
 fn check_into_a_closed_pipe_ends_quietly() {
     if !root_or_skip("check_into_a_closed_pipe_ends_quietly") {

@@ -4,7 +4,7 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -17,6 +17,7 @@ use super::{
     Run,
     workload::{Measured, Steady},
 };
+use crate::net::free_port;
 
 /// A workload, run with a hook at its steady window's start and end.
 pub type Work<'a> = &'a dyn Fn(Steady<'_>) -> Result<Measured>;
@@ -329,10 +330,6 @@ fn sample(text: &str, name: &str) -> Result<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no {name} in /metrics"))
-}
-
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// `kernel.bpf_stats_enabled = 1` while alive, restored on drop.

@@ -58,7 +58,7 @@ pub fn describe(probe_mode: String) -> Machine {
     };
     let commit = cmd::output(
         Command::new("git")
-            .current_dir(crate::workspace_root())
+            .current_dir(crate::workspace::workspace_root())
             .args(["describe", "--always", "--dirty", "--abbrev=12"]),
     )
     .map(|s| s.trim().to_owned())

@@ -12,7 +12,11 @@ mod machine;
 mod report;
 mod workload;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -22,7 +26,7 @@ use self::{
     machine::Quiet,
     workload::Nginx,
 };
-use crate::workspace_root;
+use crate::workspace::workspace_root;
 
 #[derive(Args)]
 pub struct Options {
@@ -146,27 +150,20 @@ pub struct CaseResult {
     pub case: Case,
     pub pairs: Vec<Pair>,
     /// From the extra run with BPF statistics on, if it was made.
-    pub probe_stats: Option<(Run, BpfStats)>,
+    pub probe_stats: Option<ProbeStats>,
     /// The same with the programs emptied (with `--floor`): the statistics' own cost per run.
-    pub empty_probe_stats: Option<(Run, BpfStats)>,
+    pub empty_probe_stats: Option<ProbeStats>,
 }
 
+/// A run with BPF statistics on, and the statistics.
+pub type ProbeStats = (Run, BpfStats);
+
 pub fn run(opts: Options) -> Result<ExitCode> {
-    if !crate::is_root() {
-        bail!("the bench loads the agent's eBPF programs: run it as root");
-    }
-    if opts.pairs == 0 || opts.seconds.is_nan() || opts.seconds <= 0.0 {
-        bail!("--pairs and --seconds must be positive");
-    }
-    let cases = if opts.cases.is_empty() {
-        Case::ALL.to_vec()
-    } else {
-        opts.cases.clone()
-    };
+    let cases = cases(&opts)?;
     // nginx and wrk come with the test packages.
     crate::setup::all()?;
-    let binary = crate::build(false)?;
-    let dir = crate::target_dir().join("bench");
+    let binary = crate::build::build(false)?;
+    let dir = crate::workspace::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
 
     let mut quiet = Quiet::default();
@@ -177,90 +174,17 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     } else {
         None
     };
-    let duration = Duration::from_secs_f64(opts.seconds);
+    let bench = Bench {
+        opts: &opts,
+        binary: &binary,
+        dir: &dir,
+        nginx: nginx.as_ref(),
+        duration: Duration::from_secs_f64(opts.seconds),
+    };
     let mut results = Vec::new();
     let mut probe_mode = None;
     for case in cases {
-        eprintln!(
-            "bench: {} ({} pairs of {:?})",
-            case.title(),
-            opts.pairs,
-            duration
-        );
-        let work =
-            |steady: workload::Steady<'_>| workload::run(case, duration, nginx.as_ref(), steady);
-        let unobserved = || work(&mut |_| Ok(())).map(|m| m.run);
-        // One unmeasured run warms caches, nginx's worker and the page cache.
-        unobserved()?;
-        let mut pairs = Vec::new();
-        for i in 0..opts.pairs {
-            let (off, on, agent, floor) = loop {
-                quiet.sample();
-                let off = unobserved()?;
-                let (on, agent) = agent::measure(&binary, &dir, &[], &work)?;
-                let floor = if opts.floor {
-                    Some(Floor {
-                        empty: agent::measure(&binary, &dir, &["--empty-programs"], &work)?.0,
-                        sham: agent::sham(&binary, &dir, &work)?,
-                    })
-                } else {
-                    None
-                };
-                if !quiet.disturbed() {
-                    break (off, on, agent, floor);
-                }
-            };
-            probe_mode.get_or_insert_with(|| agent.probe_mode.clone());
-            eprintln!(
-                "bench: {:>5} pair {:>2}: off {:>12.1}/s  on {:>12.1}/s  ratio {:.4}  \
-                 records {}",
-                case.unit(),
-                i + 1,
-                off.rate(),
-                on.rate(),
-                on.rate() / off.rate(),
-                agent.records()
-            );
-            if let Some(floor) = floor {
-                eprintln!(
-                    "bench: {:>5} pair {:>2}: empty {:>12.1}/s  ratio {:.4}  sham {:>12.1}/s  \
-                     ratio {:.4}",
-                    case.unit(),
-                    i + 1,
-                    floor.empty.rate(),
-                    floor.empty.rate() / off.rate(),
-                    floor.sham.rate(),
-                    floor.sham.rate() / off.rate(),
-                );
-            }
-            pairs.push(Pair {
-                off,
-                on,
-                agent,
-                floor,
-            });
-        }
-        let probe_stats = if opts.no_probe_stats {
-            None
-        } else {
-            Some(agent::measure_probe_stats(&binary, &dir, &[], &work)?)
-        };
-        let empty_probe_stats = if opts.no_probe_stats || !opts.floor {
-            None
-        } else {
-            Some(agent::measure_probe_stats(
-                &binary,
-                &dir,
-                &["--empty-programs"],
-                &work,
-            )?)
-        };
-        results.push(CaseResult {
-            case,
-            pairs,
-            probe_stats,
-            empty_probe_stats,
-        });
+        results.push(bench.case(case, &mut quiet, &mut probe_mode)?);
     }
     let dispatch = if opts.floor {
         dispatch(&binary, &dir, &mut quiet, opts.pairs)?
@@ -279,19 +203,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         seconds: opts.seconds,
         started,
     });
-    if opts.output == "-" {
-        println!("{text}");
-    } else {
-        let path = PathBuf::from(&opts.output);
-        let path = if path.is_absolute() {
-            path
-        } else {
-            workspace_root().join(path)
-        };
-        std::fs::write(&path, &text)?;
-        println!("{}", report::summary(&results));
-        println!("bench: wrote {}", path.display());
-    }
+    write_report(&opts.output, &text, &results)?;
     let missed = results.iter().any(|r| !report::Verdict::of(r).met());
     Ok(if missed {
         ExitCode::from(2)
@@ -300,13 +212,187 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     })
 }
 
+/// The cases to run, once the options are known to be usable.
+fn cases(opts: &Options) -> Result<Vec<Case>> {
+    if !crate::workspace::is_root() {
+        bail!("the bench loads the agent's eBPF programs: run it as root");
+    }
+    if opts.pairs == 0 || opts.seconds.is_nan() || opts.seconds <= 0.0 {
+        bail!("--pairs and --seconds must be positive");
+    }
+    Ok(if opts.cases.is_empty() {
+        Case::ALL.to_vec()
+    } else {
+        opts.cases.clone()
+    })
+}
+
+/// What every case is measured with.
+struct Bench<'a> {
+    opts: &'a Options,
+    /// The agent's binary.
+    binary: &'a Path,
+    /// Where the agent and nginx keep their files.
+    dir: &'a Path,
+    nginx: Option<&'a Nginx>,
+    /// How long each run measures.
+    duration: Duration,
+}
+
+impl Bench<'_> {
+    /// One case: a warm-up run, the pairs, then the probe statistics runs. `probe_mode` is set
+    /// from the first agent-on run that says it.
+    fn case(
+        &self,
+        case: Case,
+        quiet: &mut Quiet,
+        probe_mode: &mut Option<String>,
+    ) -> Result<CaseResult> {
+        eprintln!(
+            "bench: {} ({} pairs of {:?})",
+            case.title(),
+            self.opts.pairs,
+            self.duration
+        );
+        let work =
+            |steady: workload::Steady<'_>| workload::run(case, self.duration, self.nginx, steady);
+        // One unmeasured run warms caches, nginx's worker and the page cache.
+        unobserved(&work)?;
+        let mut pairs = Vec::new();
+        for i in 0..self.opts.pairs {
+            let pair = self.pair(&work, quiet)?;
+            probe_mode.get_or_insert_with(|| pair.agent.probe_mode.clone());
+            log_pair(case, i, &pair);
+            pairs.push(pair);
+        }
+        let (probe_stats, empty_probe_stats) = self.probe_stats(&work)?;
+        Ok(CaseResult {
+            case,
+            pairs,
+            probe_stats,
+            empty_probe_stats,
+        })
+    }
+
+    /// One off/on pair (with `--floor`'s runs), measured again until no competitor started
+    /// during it.
+    fn pair(&self, work: agent::Work<'_>, quiet: &mut Quiet) -> Result<Pair> {
+        loop {
+            quiet.sample();
+            let off = unobserved(work)?;
+            let (on, agent) = agent::measure(self.binary, self.dir, &[], work)?;
+            let floor = if self.opts.floor {
+                Some(Floor {
+                    empty: agent::measure(self.binary, self.dir, &["--empty-programs"], work)?.0,
+                    sham: agent::sham(self.binary, self.dir, work)?,
+                })
+            } else {
+                None
+            };
+            if !quiet.disturbed() {
+                return Ok(Pair {
+                    off,
+                    on,
+                    agent,
+                    floor,
+                });
+            }
+        }
+    }
+
+    /// The extra runs with BPF statistics on, unless `--no-probe-stats`: with the agent's
+    /// programs, and (with `--floor`) with them emptied.
+    fn probe_stats(
+        &self,
+        work: agent::Work<'_>,
+    ) -> Result<(Option<ProbeStats>, Option<ProbeStats>)> {
+        let probe_stats = if self.opts.no_probe_stats {
+            None
+        } else {
+            Some(agent::measure_probe_stats(
+                self.binary,
+                self.dir,
+                &[],
+                work,
+            )?)
+        };
+        let empty_probe_stats = if self.opts.no_probe_stats || !self.opts.floor {
+            None
+        } else {
+            Some(agent::measure_probe_stats(
+                self.binary,
+                self.dir,
+                &["--empty-programs"],
+                work,
+            )?)
+        };
+        Ok((probe_stats, empty_probe_stats))
+    }
+}
+
+/// A run of the workload with nothing attached.
+fn unobserved(work: agent::Work<'_>) -> Result<Run> {
+    work(&mut |_| Ok(())).map(|m| m.run)
+}
+
+/// The pair's progress line (and its `--floor` line) on stderr.
+fn log_pair(case: Case, i: usize, pair: &Pair) {
+    let Pair {
+        off,
+        on,
+        agent,
+        floor,
+    } = pair;
+    eprintln!(
+        "bench: {:>5} pair {:>2}: off {:>12.1}/s  on {:>12.1}/s  ratio {:.4}  \
+         records {}",
+        case.unit(),
+        i + 1,
+        off.rate(),
+        on.rate(),
+        on.rate() / off.rate(),
+        agent.records()
+    );
+    if let Some(floor) = floor {
+        eprintln!(
+            "bench: {:>5} pair {:>2}: empty {:>12.1}/s  ratio {:.4}  sham {:>12.1}/s  \
+             ratio {:.4}",
+            case.unit(),
+            i + 1,
+            floor.empty.rate(),
+            floor.empty.rate() / off.rate(),
+            floor.sham.rate(),
+            floor.sham.rate() / off.rate(),
+        );
+    }
+}
+
+/// Writes the report to `output` (relative to the workspace root) and prints the summary, or
+/// with `-` prints the report only.
+fn write_report(output: &str, text: &str, results: &[CaseResult]) -> Result<()> {
+    if output == "-" {
+        println!("{text}");
+    } else {
+        let path = PathBuf::from(output);
+        let path = if path.is_absolute() {
+            path
+        } else {
+            workspace_root().join(path)
+        };
+        std::fs::write(&path, text)?;
+        println!("{}", report::summary(results));
+        println!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// `--floor`'s dispatch calibration: `rounds` alternating measurements of a failing `send()`
 /// with nothing attached and with the emptied programs attached. Their difference is what one
 /// program run costs where the programs do nothing, measured in CPU time rather than throughput,
 /// so it is steady where the workloads' pairs are not.
 fn dispatch(
-    binary: &std::path::Path,
-    dir: &std::path::Path,
+    binary: &Path,
+    dir: &Path,
     quiet: &mut Quiet,
     rounds: usize,
 ) -> Result<Vec<DispatchRound>> {

@@ -17,7 +17,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Case, Run, agent::free_port};
+use super::{Case, Run};
+use crate::net::free_port;
 
 /// Called when the workload's steady state starts (`true`) and ends (`false`): the agent's
 /// ring-buffer records are counted between the two, so that a load generator's own abrupt exit

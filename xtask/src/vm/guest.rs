@@ -155,8 +155,11 @@ for word in $(cat /proc/cmdline); do
 done
 echo "{MARK}-BOOTED $kernel $(uname -v)"
 uptime_s() {{ cut -d' ' -f1 /proc/uptime; }}
-timeout {timeout} {GUEST_AGENT} check
-echo "{MARK}-CHECK exit=$?"
+# The report as one JSON line for the host (printf: a shell's echo may expand its backslashes).
+timeout {timeout} {GUEST_AGENT} check --json >/tmp/check.json
+check_rc=$?
+printf '%s %s\n' "{MARK}-CHECK-JSON" "$(cat /tmp/check.json)"
+echo "{MARK}-CHECK exit=$check_rc"
 run() {{
     echo "{MARK}-BEGIN $1 $2"
     t0=$(uptime_s)

@@ -188,7 +188,7 @@ impl PrivateApt {
             opt("Dir::Etc::Preferences", &empty.join("none")),
             opt("Dir::Etc::PreferencesParts", &empty),
         ];
-        if crate::is_root() {
+        if crate::workspace::is_root() {
             // The download directory is below the workspace, which apt's unprivileged `_apt`
             // user usually cannot write; say up front that root downloads instead of warning.
             options.push("APT::Sandbox::User=root".to_owned());

@@ -60,8 +60,8 @@ pub struct GuestRun {
     /// When the guest's init started, since qemu started.
     pub booted_after: Option<Duration>,
     pub check_exit: Option<String>,
-    /// What `agent check` printed.
-    pub check_output: Vec<String>,
+    /// What `agent check --json` printed, when it printed JSON.
+    pub check: Option<serde_json::Value>,
 }
 
 /// Boots the guest, streams its console into `boot.log`, and collects its result lines.
@@ -170,7 +170,7 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
         wall,
         booted_after: parser.booted_after,
         check_exit: parser.check_exit,
-        check_output: parser.check_output,
+        check: parser.check,
     })
 }
 
@@ -188,7 +188,9 @@ struct Parser<'a> {
     seconds: Option<f64>,
     booted_after: Option<Duration>,
     check_exit: Option<String>,
-    check_output: Vec<String>,
+    check: Option<serde_json::Value>,
+    /// Why the check's JSON line did not parse.
+    check_error: Option<String>,
     done: bool,
 }
 
@@ -201,7 +203,8 @@ impl<'a> Parser<'a> {
             seconds: None,
             booted_after: None,
             check_exit: None,
-            check_output: Vec::new(),
+            check: None,
+            check_error: None,
             done: false,
         }
     }
@@ -213,6 +216,13 @@ impl<'a> Parser<'a> {
             self.current.push(line.to_owned());
             return None;
         };
+        if let Some(json) = line[at..].strip_prefix(&format!("{MARK}-CHECK-JSON")) {
+            match serde_json::from_str(json) {
+                Ok(check) => self.check = Some(check),
+                Err(e) => self.check_error = Some(format!("no JSON from agent check: {e}")),
+            }
+            return None;
+        }
         let words: Vec<&str> = line[at..].split_whitespace().collect();
         match words.as_slice() {
             [tag, rest @ ..] if *tag == format!("{MARK}-BOOTED") => {
@@ -222,8 +232,11 @@ impl<'a> Parser<'a> {
             }
             [tag, exit] if *tag == format!("{MARK}-CHECK") => {
                 self.check_exit = Some(exit.trim_start_matches("exit=").to_owned());
-                self.check_output = std::mem::take(&mut self.current);
-                Some(format!("agent check {exit}"))
+                self.current.clear();
+                Some(match &self.check_error {
+                    Some(e) => format!("agent check {exit} ({e})"),
+                    None => format!("agent check {exit}"),
+                })
             }
             [tag, _, _] if *tag == format!("{MARK}-BEGIN") => {
                 self.current.clear();
@@ -284,7 +297,7 @@ mod tests {
         feed(
             &mut p,
             "LOSTWRITE-VM-BOOTED 6.1.0-50-amd64 #1 SMP\n\
-             unanswered_close  yes  fentry, kprobe\n\
+             LOSTWRITE-VM-CHECK-JSON {\"detectors\": [{\"name\": \"unanswered_close\"}]}\n\
              LOSTWRITE-VM-CHECK exit=2\n\
              LOSTWRITE-VM-BEGIN fentry a\n\
              LOSTWRITE-VM-TIME fentry a 1.00 3.50\n\
@@ -298,7 +311,10 @@ mod tests {
              LOSTWRITE-VM-DONE\n",
         );
         assert_eq!(p.check_exit.as_deref(), Some("2"));
-        assert_eq!(p.check_output, ["unanswered_close  yes  fentry, kprobe"]);
+        assert_eq!(
+            p.check,
+            Some(serde_json::json!({"detectors": [{"name": "unanswered_close"}]}))
+        );
         assert!(p.done);
         let get = |m: &str, s: &str| &p.results[&(m.to_owned(), s.to_owned())];
         assert!(get("fentry", "a").passed);
@@ -307,6 +323,27 @@ mod tests {
         // A PASS from a kernel other than the one booted does not count.
         assert!(!get("kprobe", "a").passed);
         assert_eq!(p.results.len(), 3);
+    }
+
+    #[test]
+    fn check_json_after_a_kernel_message_or_cut_short() {
+        let mut p = Parser::new("6.12.0-1-amd64");
+        let progress = p.line(
+            "[    4.2] random: crng init done LOSTWRITE-VM-CHECK-JSON {\"verdict\": {}}",
+            Duration::from_secs(1),
+        );
+        assert!(progress.is_none());
+        assert_eq!(p.check, Some(serde_json::json!({"verdict": {}})));
+
+        let mut p = Parser::new("6.12.0-1-amd64");
+        feed(&mut p, "LOSTWRITE-VM-CHECK-JSON {\"detectors\": [\n");
+        let progress = p.line("LOSTWRITE-VM-CHECK exit=124", Duration::from_secs(1));
+        assert_eq!(p.check, None);
+        assert_eq!(p.check_exit.as_deref(), Some("124"));
+        assert!(
+            progress
+                .is_some_and(|m| m.starts_with("agent check exit=124 (no JSON from agent check")),
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::{fmt::Write as _, fs, io, path::Path};
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
 
 use super::{
     kernels::Kernel,
@@ -33,8 +34,8 @@ impl Matrix<'_> {
         run.problem.is_none() && Self::outcome(run, mode, scenario).is_some_and(|o| o.passed)
     }
 
-    /// A scenario that ran and failed in a mode in which the guest's `agent check` reports its
-    /// detector unavailable (tracepoint mode before 6.3): the agent refusing, as it said it
+    /// A scenario that ran and failed in a mode in which the guest's `agent check --json` reports
+    /// its detector unavailable (tracepoint mode before 6.3): the agent refusing, as it said it
     /// would, not a failure. The support table shows it as `off`, and `--check-support-table`
     /// catches a mode that goes off where it was ✓. Never for the default-mode scenario, whose
     /// point is that the agent runs, nor for a guest that faulted or hung.
@@ -42,7 +43,7 @@ impl Matrix<'_> {
         !scenario.default_mode
             && run.problem.is_none()
             && Self::outcome(run, mode, scenario).is_some_and(|o| !o.passed)
-            && reported_off(&run.check_output, scenario.detector, mode)
+            && reported_off(run.check.as_ref(), scenario.detector, mode)
     }
 
     /// Prints the summary and each failure's output; returns whether everything passed (or
@@ -181,7 +182,7 @@ impl Matrix<'_> {
                         "–"
                     } else if scenarios.iter().all(|s| Self::passed(run, mode, s)) {
                         "✓"
-                    } else if reported_off(&run.check_output, d, mode) {
+                    } else if reported_off(run.check.as_ref(), d, mode) {
                         "off"
                     } else {
                         "✗"
@@ -273,14 +274,15 @@ fn result_of(row: &str) -> String {
     }
 }
 
-/// Whether the guest's `agent check` said that `detector` is unavailable in `mode` on that
-/// kernel (its detector table: `unanswered_close  yes  fentry, kprobe`). Such a failure is the
-/// agent degrading as it said it would, not a broken mode; anything unparsable counts as not
-/// reported, so the cell stays ✗.
+/// Whether the guest's `agent check --json` said that `detector` is unavailable in `mode` on
+/// that kernel (its `detectors` list: `{"name": "unanswered_close", "available": true, "modes":
+/// ["fentry", "kprobe"]}`). Such a failure is the agent degrading as it said it would, not a
+/// broken mode; no report, or anything unparsable in it, counts as not reported, so the cell
+/// stays ✗.
 ///
 /// A mode that gives no detector at all does not run, so it has no false positives to count
 /// either: that column is off too.
-fn reported_off(check: &[String], detector: Detector, mode: &str) -> bool {
+fn reported_off(check: Option<&Value>, detector: Detector, mode: &str) -> bool {
     if detector == Detector::FalsePositive {
         return Detector::ALL
             .iter()
@@ -288,21 +290,17 @@ fn reported_off(check: &[String], detector: Detector, mode: &str) -> bool {
             .all(|d| reported_off(check, *d, mode));
     }
     let name = detector.to_string();
-    check.iter().any(|line| {
-        let mut words = line.split_whitespace();
-        if words.next() != Some(name.as_str()) {
-            return false;
-        }
-        match words.next() {
-            Some("no") => true,
-            Some("yes") => {
-                let modes = words.collect::<Vec<_>>().join(" ");
-                let modes = modes.split('(').next().unwrap_or_default();
-                !modes.split(',').any(|m| m.trim() == mode)
-            }
-            _ => false,
-        }
-    })
+    let Some(entry) = check
+        .and_then(|c| c["detectors"].as_array())
+        .and_then(|all| all.iter().find(|d| d["name"] == name.as_str()))
+    else {
+        return false;
+    };
+    match (entry["available"].as_bool(), entry["modes"].as_array()) {
+        (Some(false), _) => true,
+        (Some(true), Some(modes)) => !modes.iter().any(|m| m == mode),
+        _ => false,
+    }
 }
 
 fn between_markers(text: &str) -> Result<&str> {
@@ -331,31 +329,59 @@ fn replace_between_markers(text: &str, table: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// `agent check --json`'s detector list, from (name, modes) pairs; no modes: unavailable.
+    fn check_json(detectors: &[(&str, &[&str])]) -> Value {
+        let detectors: Vec<Value> = detectors
+            .iter()
+            .map(|(name, modes)| {
+                serde_json::json!({"name": name, "available": !modes.is_empty(), "modes": modes})
+            })
+            .collect();
+        serde_json::json!({ "detectors": detectors })
+    }
+
     #[test]
     fn detectors_reported_off_by_agent_check() {
-        let check: Vec<String> = [
-            "detector                 available  modes",
-            "unanswered_close         yes        fentry, kprobe",
-            "write_after_close        no         -",
-            "undelivered_bytes        yes        fentry, kprobe, tracepoint (note, tracepoint)",
-        ]
-        .map(str::to_owned)
-        .into();
-        let off = |d, m| reported_off(&check, d, m);
+        let check = check_json(&[
+            ("unanswered_close", &["fentry", "kprobe"]),
+            ("write_after_close", &[]),
+            ("undelivered_bytes", &["fentry", "kprobe", "tracepoint"]),
+        ]);
+        let off = |d, m| reported_off(Some(&check), d, m);
         assert!(!off(Detector::UnansweredClose, "fentry"));
         assert!(off(Detector::UnansweredClose, "tracepoint"));
         assert!(off(Detector::WriteAfterClose, "fentry"));
         assert!(!off(Detector::UndeliveredBytes, "tracepoint"));
         assert!(!off(Detector::FalsePositive, "tracepoint"));
         // A mode with every detector off does not run at all.
-        let none = [
-            "unanswered_close         yes        fentry".to_owned(),
-            "write_after_close        yes        fentry".to_owned(),
-            "undelivered_bytes        yes        fentry".to_owned(),
-        ];
-        assert!(reported_off(&none, Detector::FalsePositive, "tracepoint"));
-        assert!(!reported_off(&none, Detector::FalsePositive, "fentry"));
-        assert!(!reported_off(&[], Detector::UnansweredClose, "fentry"));
+        let none = check_json(&[
+            ("unanswered_close", &["fentry"]),
+            ("write_after_close", &["fentry"]),
+            ("undelivered_bytes", &["fentry"]),
+        ]);
+        assert!(reported_off(
+            Some(&none),
+            Detector::FalsePositive,
+            "tracepoint"
+        ));
+        assert!(!reported_off(
+            Some(&none),
+            Detector::FalsePositive,
+            "fentry"
+        ));
+        assert!(!reported_off(None, Detector::UnansweredClose, "fentry"));
+        // Nothing parsable about the detector: not reported.
+        let odd = serde_json::json!({"detectors": [{"name": "unanswered_close", "modes": []}]});
+        assert!(!reported_off(
+            Some(&odd),
+            Detector::UnansweredClose,
+            "fentry"
+        ));
+        assert!(!reported_off(
+            Some(&serde_json::json!([])),
+            Detector::UnansweredClose,
+            "fentry"
+        ));
     }
 
     #[test]
@@ -384,7 +410,7 @@ mod tests {
             wall: Duration::ZERO,
             booted_after: None,
             check_exit: Some("0".to_owned()),
-            check_output: vec!["unanswered_close         yes        fentry, kprobe".to_owned()],
+            check: Some(check_json(&[("unanswered_close", &["fentry", "kprobe"])])),
         };
         assert!(Matrix::off(&run, "tracepoint", seed));
         assert!(!Matrix::off(&run, "fentry", seed));
