@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{
     kernels::Kernel,
     qemu::{GuestRun, Outcome},
-    scenarios::{DEFAULT_MODE, Detector, Scenario},
+    scenarios::{Column, DEFAULT_MODE, Detector, Scenario},
 };
 
 const BEGIN: &str = "<!-- support-table:begin -->";
@@ -158,11 +158,11 @@ impl Matrix<'_> {
     /// default-mode scenario is left out: it proves the choice, not a mode.
     fn support_table(&self) -> String {
         let mut t = String::from("| kernel | Debian package | probe mode |");
-        for d in Detector::ALL {
+        for d in Column::ALL {
             let _ = write!(t, " {} |", d.heading());
         }
         t.push_str("\n|---|---|---|");
-        t.push_str(&"---|".repeat(Detector::ALL.len()));
+        t.push_str(&"---|".repeat(Column::ALL.len()));
         t.push('\n');
         for (kernel, run) in self.runs {
             let upstream = kernel.version.split('-').next().unwrap_or(&kernel.version);
@@ -172,7 +172,7 @@ impl Matrix<'_> {
                     "| {upstream} | `linux-image-{}` {} | {mode} |",
                     kernel.release, kernel.version
                 );
-                for d in Detector::ALL {
+                for d in Column::ALL {
                     let scenarios: Vec<_> = self
                         .scenarios
                         .iter()
@@ -282,17 +282,20 @@ fn result_of(row: &str) -> String {
 ///
 /// A mode that gives no detector at all does not run, so it has no false positives to count
 /// either: that column is off too.
-fn reported_off(check: Option<&Value>, detector: Detector, mode: &str) -> bool {
-    if detector == Detector::FalsePositive {
-        return Detector::ALL
-            .iter()
-            .filter(|d| **d != Detector::FalsePositive)
-            .all(|d| reported_off(check, *d, mode));
-    }
-    let name = detector.to_string();
+fn reported_off(check: Option<&Value>, column: Column, mode: &str) -> bool {
+    let detector = match column {
+        Column::Loss(d) => d,
+        Column::NoFalsePositives => {
+            return Column::ALL
+                .iter()
+                .filter(|c| **c != Column::NoFalsePositives)
+                .all(|c| reported_off(check, *c, mode));
+        }
+    };
+    let named = |d: &&Value| d["name"].as_str().and_then(Detector::from_name) == Some(detector);
     let Some(entry) = check
         .and_then(|c| c["detectors"].as_array())
-        .and_then(|all| all.iter().find(|d| d["name"] == name.as_str()))
+        .and_then(|all| all.iter().find(named))
     else {
         return false;
     };
@@ -348,11 +351,11 @@ mod tests {
             ("undelivered_bytes", &["fentry", "kprobe", "tracepoint"]),
         ]);
         let off = |d, m| reported_off(Some(&check), d, m);
-        assert!(!off(Detector::UnansweredClose, "fentry"));
-        assert!(off(Detector::UnansweredClose, "tracepoint"));
-        assert!(off(Detector::WriteAfterClose, "fentry"));
-        assert!(!off(Detector::UndeliveredBytes, "tracepoint"));
-        assert!(!off(Detector::FalsePositive, "tracepoint"));
+        assert!(!off(Column::Loss(Detector::UnansweredClose), "fentry"));
+        assert!(off(Column::Loss(Detector::UnansweredClose), "tracepoint"));
+        assert!(off(Column::Loss(Detector::WriteAfterClose), "fentry"));
+        assert!(!off(Column::Loss(Detector::UndeliveredBytes), "tracepoint"));
+        assert!(!off(Column::NoFalsePositives, "tracepoint"));
         // A mode with every detector off does not run at all.
         let none = check_json(&[
             ("unanswered_close", &["fentry"]),
@@ -361,25 +364,29 @@ mod tests {
         ]);
         assert!(reported_off(
             Some(&none),
-            Detector::FalsePositive,
+            Column::NoFalsePositives,
             "tracepoint"
         ));
         assert!(!reported_off(
             Some(&none),
-            Detector::FalsePositive,
+            Column::NoFalsePositives,
             "fentry"
         ));
-        assert!(!reported_off(None, Detector::UnansweredClose, "fentry"));
+        assert!(!reported_off(
+            None,
+            Column::Loss(Detector::UnansweredClose),
+            "fentry"
+        ));
         // Nothing parsable about the detector: not reported.
         let odd = serde_json::json!({"detectors": [{"name": "unanswered_close", "modes": []}]});
         assert!(!reported_off(
             Some(&odd),
-            Detector::UnansweredClose,
+            Column::Loss(Detector::UnansweredClose),
             "fentry"
         ));
         assert!(!reported_off(
             Some(&serde_json::json!([])),
-            Detector::UnansweredClose,
+            Column::Loss(Detector::UnansweredClose),
             "fentry"
         ));
     }
