@@ -1,6 +1,6 @@
 //! TLS and HTTP/2 over TLS between real servers and clients: nginx (OpenSSL), Go's crypto/tls and
 //! net/http (the seed server and a client), Python's ssl module, curl (OpenSSL, nghttp2) and
-//! Node's http2 module.
+//! Node's http2 module. One test per server and client pair, end to end, hence the length.
 //!
 //! At the TCP level a TLS connection ends with a close_notify alert, one 24-byte record with
 //! TLS 1.3's AES-GCM, from either end, from both or from neither. The bytes that carry it are
