@@ -279,6 +279,8 @@ const APT_PACKAGES: &[&[&str]] = &[
     // nghttp and h2load: HTTP/2 clients that reuse one h2c connection for several requests
     // (Debian 12's curl 7.88 cannot reuse a prior-knowledge h2c connection).
     &["nghttp2-client"],
+    // `cargo xtask bench`'s reference peer: a bpftrace script of the unanswered-close detector.
+    &["bpftrace"],
     // `cargo xtask vm-test`: the emulator, and a static busybox for the guests' initramfs.
     &["qemu-system-x86"],
     &["busybox-static"],

@@ -272,28 +272,8 @@ impl Agent {
             .with_context(|| format!("no {field} in /proc/pid/status"))
     }
 
-    /// Sums `run_cnt` and `run_time_ns` over the BPF programs the agent holds fds of.
     fn bpf_stats(&self) -> Result<BpfStats> {
-        let mut total = BpfStats::default();
-        let dir = format!("/proc/{}/fdinfo", self.pid());
-        for entry in fs::read_dir(&dir)? {
-            let Ok(info) = fs::read_to_string(entry?.path()) else {
-                continue;
-            };
-            if !info.lines().any(|l| l.starts_with("prog_tag:")) {
-                continue;
-            }
-            let field = |name: &str| -> u64 {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            total.run_cnt += field("run_cnt:");
-            total.run_time_ns += field("run_time_ns:");
-        }
-        total.busy_ns = super::machine::busy_cpu_ns();
-        Ok(total)
+        bpf_stats_of(self.pid())
     }
 
     fn stop(mut self) -> Result<()> {
@@ -324,6 +304,31 @@ impl Drop for Agent {
     }
 }
 
+/// Sums `run_cnt` and `run_time_ns` over the BPF programs process `pid` holds fds of, with the
+/// machine's busy CPU time now.
+pub fn bpf_stats_of(pid: u32) -> Result<BpfStats> {
+    let mut total = BpfStats::default();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir)? {
+        let Ok(info) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if !info.lines().any(|l| l.starts_with("prog_tag:")) {
+            continue;
+        }
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        total.run_cnt += field("run_cnt:");
+        total.run_time_ns += field("run_time_ns:");
+    }
+    total.busy_ns = super::machine::busy_cpu_ns();
+    Ok(total)
+}
+
 /// The value of an unlabelled sample in a text exposition.
 fn sample(text: &str, name: &str) -> Result<f64> {
     text.lines()
@@ -333,14 +338,14 @@ fn sample(text: &str, name: &str) -> Result<f64> {
 }
 
 /// `kernel.bpf_stats_enabled = 1` while alive, restored on drop.
-struct StatsEnabled {
+pub struct StatsEnabled {
     previous: String,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl StatsEnabled {
-    fn new() -> Result<Self> {
+    pub fn new() -> Result<Self> {
         let previous = fs::read_to_string(BPF_STATS)
             .with_context(|| format!("reading {BPF_STATS}"))?
             .trim()

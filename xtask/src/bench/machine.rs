@@ -21,6 +21,8 @@ pub struct Machine {
     pub probe_mode: String,
     pub nginx: String,
     pub wrk: String,
+    /// The reference peer's bpftrace.
+    pub bpftrace: String,
     pub commit: String,
 }
 
@@ -43,7 +45,7 @@ pub fn describe(probe_mode: String) -> Machine {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
-    // Both print their version on stderr (and wrk exits 1 for -v).
+    // nginx and wrk print their version on stderr (and wrk exits 1 for -v).
     let version = |prog: &str, arg: &str| {
         Command::new(prog)
             .arg(arg)
@@ -71,6 +73,7 @@ pub fn describe(probe_mode: String) -> Machine {
         probe_mode,
         nginx: version("nginx", "-v"),
         wrk: version("wrk", "-v"),
+        bpftrace: version("bpftrace", "--version"),
         commit,
     }
 }

@@ -9,6 +9,7 @@
 
 mod agent;
 mod machine;
+mod peer;
 mod report;
 mod workload;
 
@@ -56,6 +57,11 @@ pub struct Options {
     /// attached), which measures the method's own bias.
     #[arg(long)]
     floor: bool,
+    /// Skip the reference peer: a bpftrace script of the unanswered-close detector on the same
+    /// tracepoints (`bench/peer.bt`), run as one more run in each pair and once with BPF
+    /// statistics.
+    #[arg(long)]
+    no_peer: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,6 +125,8 @@ pub struct Pair {
     pub agent: AgentRun,
     /// With `--floor`: the runs that calibrate this pair.
     pub floor: Option<Floor>,
+    /// The reference peer attached instead of the agent (unless `--no-peer`).
+    pub peer: Option<Run>,
 }
 
 /// `--floor`'s extra runs.
@@ -153,6 +161,8 @@ pub struct CaseResult {
     pub probe_stats: Option<ProbeStats>,
     /// The same with the programs emptied (with `--floor`): the statistics' own cost per run.
     pub empty_probe_stats: Option<ProbeStats>,
+    /// The same for the reference peer's programs.
+    pub peer_stats: Option<ProbeStats>,
 }
 
 /// A run with BPF statistics on, and the statistics.
@@ -266,11 +276,17 @@ impl Bench<'_> {
             pairs.push(pair);
         }
         let (probe_stats, empty_probe_stats) = self.probe_stats(&work)?;
+        let peer_stats = if self.opts.no_probe_stats || self.opts.no_peer {
+            None
+        } else {
+            Some(peer::measure_stats(self.dir, &work)?)
+        };
         Ok(CaseResult {
             case,
             pairs,
             probe_stats,
             empty_probe_stats,
+            peer_stats,
         })
     }
 
@@ -289,12 +305,18 @@ impl Bench<'_> {
             } else {
                 None
             };
+            let peer = if self.opts.no_peer {
+                None
+            } else {
+                Some(peer::measure(self.dir, work)?)
+            };
             if !quiet.disturbed() {
                 return Ok(Pair {
                     off,
                     on,
                     agent,
                     floor,
+                    peer,
                 });
             }
         }
@@ -342,6 +364,7 @@ fn log_pair(case: Case, i: usize, pair: &Pair) {
         on,
         agent,
         floor,
+        peer,
     } = pair;
     eprintln!(
         "bench: {:>5} pair {:>2}: off {:>12.1}/s  on {:>12.1}/s  ratio {:.4}  \
@@ -363,6 +386,15 @@ fn log_pair(case: Case, i: usize, pair: &Pair) {
             floor.empty.rate() / off.rate(),
             floor.sham.rate(),
             floor.sham.rate() / off.rate(),
+        );
+    }
+    if let Some(peer) = peer {
+        eprintln!(
+            "bench: {:>5} pair {:>2}: peer {:>12.1}/s  ratio {:.4}",
+            case.unit(),
+            i + 1,
+            peer.rate(),
+            peer.rate() / off.rate(),
         );
     }
 }

@@ -145,6 +145,7 @@ pub fn render(cx: &Context<'_>) -> String {
     method(w, cx.pairs, cx.seconds);
     throughput(w, cx.results);
     floor(w, cx.results);
+    peer(w, cx.results);
     missed_note(w, cx.results);
     agent_method(w);
     agent_table(w, cx.results);
@@ -179,6 +180,7 @@ fn machine(w: &mut String, m: &Machine) {
         ),
         ("nginx", m.nginx.clone()),
         ("wrk", m.wrk.clone()),
+        ("bpftrace (the reference peer)", m.bpftrace.clone()),
     ] {
         let _ = writeln!(w, "| {k} | {v} |");
     }
@@ -438,6 +440,57 @@ fn floor(w: &mut String, results: &[CaseResult]) {
     }
 }
 
+/// The reference peer beside the agent: its throughput loss over the same pairs, and both
+/// share of CPU where statistics runs were made.
+fn peer(w: &mut String, results: &[CaseResult]) {
+    let with_peer: Vec<_> = results
+        .iter()
+        .filter(|r| !r.pairs.is_empty() && r.pairs.iter().all(|p| p.peer.is_some()))
+        .collect();
+    if with_peer.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### Beside a bpftrace script\n");
+    let _ = writeln!(
+        w,
+        "Each pair above had one more run, with bpftrace running `xtask/src/bench/peer.bt` \
+         instead of the agent: the unanswered-close detector as a person \
+         would write it by hand, on the same tracepoints (a hash map of `copied_seq` per socket, \
+         written at every successful send, read at every local close; no protocol, role or \
+         goodbye told apart). **peer/off** is its throughput over the agent-off run of the same \
+         pair; the shares of CPU are each one's program time over the machine's busy time, from \
+         one run with BPF statistics on (the method of [The agent](#the-agent)).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| case | peer/off (IQR) | peer's loss (90 % CI) | agent's loss (90 % CI) | peer's share \
+         of CPU | agent's share of CPU |\n|---|---|---|---|---|---|"
+    );
+    let share = |stats: &Option<super::ProbeStats>| {
+        ProbeCost::of(stats).map_or("n/a".to_owned(), |c| {
+            format!("{:.2} %", c.ns_run * c.runs / c.busy_ns * 100.0)
+        })
+    };
+    for r in with_peer {
+        let ratios: Vec<f64> = r
+            .pairs
+            .iter()
+            .map(|p| p.peer.map_or(f64::NAN, |peer| peer.rate()) / p.off.rate())
+            .collect();
+        let (q1, q3) = quartiles(&ratios);
+        let _ = writeln!(
+            w,
+            "| {} | {:.4} ({q1:.4}–{q3:.4}) | {} | {} | {} | {} |",
+            r.case.title(),
+            median(ratios.clone()),
+            loss_with_ci(&ratios),
+            loss_with_ci(&pair_ratios(r)),
+            share(&r.peer_stats),
+            share(&r.probe_stats),
+        );
+    }
+}
+
 /// A statistics run's figures per workload unit.
 struct ProbeCost {
     /// Program runs per unit.
@@ -562,6 +615,7 @@ mod tests {
                 empty: run(empty),
                 sham: run(sham),
             }),
+            peer: None,
         }
     }
 
@@ -575,6 +629,7 @@ mod tests {
             ],
             probe_stats: None,
             empty_probe_stats: None,
+            peer_stats: None,
         }];
         let mut w = String::new();
         floor(&mut w, &results);
@@ -610,6 +665,7 @@ mod tests {
                     busy_ns: 40_000_000,
                 },
             )),
+            peer_stats: None,
         }];
         let rounds: Vec<DispatchRound> = [(160.0, 210.0), (162.0, 222.0), (158.0, 213.0)]
             .map(|(off, empty)| DispatchRound { off, empty })
@@ -664,11 +720,14 @@ mod tests {
                 case: Case::Writes,
                 pairs: (0..5)
                     .map(|i| {
-                        with_agent(pair(100_000, 99_000 - i * 100, Some((99_500, 100_100))), 0)
+                        let mut p = pair(100_000, 99_000 - i * 100, Some((99_500, 100_100)));
+                        p.peer = Some(run(92_000 + i * 100));
+                        with_agent(p, 0)
                     })
                     .collect(),
                 probe_stats: stats(100_000, 200_000, 30_000_000),
                 empty_probe_stats: stats(100_000, 200_000, 10_000_000),
+                peer_stats: stats(100_000, 200_000, 90_000_000),
             },
             CaseResult {
                 case: Case::Http,
@@ -677,12 +736,14 @@ mod tests {
                     .collect(),
                 probe_stats: stats(1000, 2000, 300_000),
                 empty_probe_stats: None,
+                peer_stats: None,
             },
             CaseResult {
                 case: Case::Churn,
                 pairs: vec![with_agent(pair(500, 495, None), 3)],
                 probe_stats: None,
                 empty_probe_stats: None,
+                peer_stats: None,
             },
         ]
     }
@@ -696,6 +757,7 @@ mod tests {
             probe_mode: "tracepoint".into(),
             nginx: "nginx/1.22.1".into(),
             wrk: "wrk 4.1.0".into(),
+            bpftrace: "bpftrace v0.17.0".into(),
             commit: "0123456".into(),
         }
     }
@@ -730,6 +792,7 @@ mod tests {
                 "## Method",
                 "## Throughput",
                 "### The hooks alone",
+                "### Beside a bpftrace script",
                 "## The agent",
                 "### One program run, in CPU time",
                 "## Every pair",
@@ -740,6 +803,18 @@ mod tests {
             "{full}"
         );
         assert!(full.contains("A missed target is explained"), "{full}");
+        // The peer's row: 92,200 of 100,000 (median), its share from 90 ms over 20 ms busy
+        // time per 100,000 units; only the case whose every pair had a peer run.
+        assert!(
+            full.contains("| 64-byte write() loop, loopback TCP | 0.9220 (0.9210–0.9230) | 7.80 %"),
+            "{full}"
+        );
+        assert!(full.contains("| 450.00 % | 150.00 % |"), "{full}");
+        assert_eq!(
+            full.matches("| wrk -> nginx, keep-alive").count(),
+            2,
+            "{full}"
+        );
         assert!(full.ends_with("- **connection**: 500 → 495\n"), "{full}");
 
         // One case that meets its budget, without `--floor` or probe statistics.
@@ -748,6 +823,7 @@ mod tests {
             pairs: vec![pair(100_000, 99_500, None)],
             probe_stats: None,
             empty_probe_stats: None,
+            peer_stats: None,
         }];
         let quiet = Quiet::default();
         let plain = render(&Context {
@@ -771,6 +847,7 @@ mod tests {
             pairs: vec![pair(1000, 950, None)],
             probe_stats: None,
             empty_probe_stats: None,
+            peer_stats: None,
         }];
         let mut w = String::new();
         floor(&mut w, &results);

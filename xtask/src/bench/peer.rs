@@ -1,0 +1,161 @@
+//! The reference peer: bpftrace (from Debian) running a short script of the unanswered-close
+//! detector on the tracepoints the agent uses in tracepoint mode (`peer.bt`), measured in each
+//! pair beside the agent. It is what a person would write by hand to watch for the seed
+//! incident; its cost says what the agent's design buys over that.
+//!
+//! The script keeps `copied_seq` at each successful send in a hash map keyed by the socket, and
+//! at a local close of an established connection counts the close if the socket read anything
+//! since (no protocol, role or goodbye is told apart: it is a cost reference, not a detector).
+
+use std::{
+    fs,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Run,
+    agent::{BpfStats, SETTLE, StatsEnabled, Work, bpf_stats_of},
+};
+
+/// The script, one probe per tracepoint.
+pub const SCRIPT: &str = include_str!("peer.bt");
+
+/// How many programs the script attaches.
+const PROGRAMS: usize = 3;
+
+/// One run of the workload with the peer attached.
+pub fn measure(dir: &Path, work: Work<'_>) -> Result<Run> {
+    let peer = Bpftrace::start(dir)?;
+    let run = work(&mut |_| Ok(()))?.run;
+    peer.stop()?;
+    Ok(run)
+}
+
+/// One run with BPF statistics on, summed over the peer's programs.
+pub fn measure_stats(dir: &Path, work: Work<'_>) -> Result<(Run, BpfStats)> {
+    let _stats_on = StatsEnabled::new()?;
+    let peer = Bpftrace::start(dir)?;
+    let mut marks = Vec::new();
+    let measured = work(&mut |_| {
+        marks.push(bpf_stats_of(peer.child.id())?);
+        Ok(())
+    })?;
+    peer.stop()?;
+    let [before, after] = marks[..] else {
+        bail!(
+            "the workload marked its steady window {} times",
+            marks.len()
+        );
+    };
+    let run = Run {
+        units: measured.steady_units as u64,
+        seconds: measured.run.seconds,
+    };
+    Ok((
+        run,
+        BpfStats {
+            run_cnt: after.run_cnt - before.run_cnt,
+            run_time_ns: after.run_time_ns - before.run_time_ns,
+            busy_ns: after.busy_ns - before.busy_ns,
+        },
+    ))
+}
+
+struct Bpftrace {
+    child: Child,
+}
+
+impl Bpftrace {
+    /// Starts bpftrace on the script and waits until its programs are loaded and attached.
+    fn start(dir: &Path) -> Result<Self> {
+        let script = dir.join("peer.bt");
+        fs::write(&script, SCRIPT)?;
+        let log = fs::File::create(dir.join("peer.log"))?;
+        let child = Command::new("bpftrace")
+            .arg(&script)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting bpftrace (cargo xtask setup installs it)")?;
+        let mut peer = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = peer.child.try_wait()? {
+                bail!(
+                    "bpftrace exited ({status}): {}",
+                    fs::read_to_string(dir.join("peer.log")).unwrap_or_default()
+                );
+            }
+            // The programs are attached once bpftrace says so, and it holds their fds.
+            let attached =
+                fs::read_to_string(dir.join("peer.log")).is_ok_and(|l| l.contains("Attaching"));
+            if attached && programs(peer.child.id()) >= PROGRAMS {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("bpftrace did not attach its {PROGRAMS} programs within 60 s");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(SETTLE);
+        Ok(peer)
+    }
+
+    /// SIGINT, as a person stops it (it then prints its maps).
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        bail!("bpftrace did not exit within 10 s of SIGINT")
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// BPF programs whose fds process `pid` holds.
+fn programs(pid: u32) -> usize {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    dir.filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.lines().any(|l| l.starts_with("prog_tag:")))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_hooks_the_agents_tracepoints() {
+        for tp in [
+            "tracepoint:sock:sock_send_length",
+            "tracepoint:sock:inet_sock_set_state",
+            "tracepoint:tcp:tcp_destroy_sock",
+        ] {
+            assert!(SCRIPT.contains(tp), "{tp}");
+        }
+        assert_eq!(SCRIPT.matches("tracepoint:").count(), PROGRAMS);
+    }
+}
