@@ -123,7 +123,7 @@ impl Stake {
         self.local() && self.unread > 0
     }
 
-    /// The undelivered-bytes decision (SPEC §2): the abort lost bytes the process wrote that the
+    /// The undelivered-bytes decision (README: What it detects): the abort lost bytes the process wrote that the
     /// peer never acknowledged, or (a local abort by a server) input it never read. Not a loss:
     /// - what is at stake is only a goodbye ([`proto::is_goodbye_size`]): two TLS ends that
     ///   each send a close alert and close at once reset the later alert;
@@ -168,7 +168,7 @@ pub const fn data_at_stake(p: u8, unacked: u64, dropped: u64) -> bool {
     out || input
 }
 
-/// The write-after-close decision (SPEC §2): a write that failed with `errno` (positive) lost
+/// The write-after-close decision (README: What it detects): a write that failed with `errno` (positive) lost
 /// what it tried to write. `tracked` is the socket's state where its connection was observed,
 /// `attempted` the size of the write where the probe mode sees it.
 /// - EPIPE and ECONNRESET mean the connection was torn down.

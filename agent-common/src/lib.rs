@@ -2,18 +2,19 @@
 //!
 //! Everything that crosses the kernel/userspace boundary is defined here, once, as `#[repr(C)]`
 //! structs without implicit padding, so both sides compile the same layout:
-//! - [`SockState`]: the per-socket value in the `SOCKS` LRU map;
-//! - the records the programs put on the `EVENTS` ring buffer ([`TeardownEvent`], [`AbortEvent`],
-//!   [`WriteErrorEvent`]), each behind an [`EventHeader`];
-//! - [`Config`]: kernel offsets and options the agent writes into the programs before attach;
+//! - [`SockState`] (`sock`): the per-socket value in the `SOCKS` LRU map;
+//! - the records the programs put on the `EVENTS` ring buffer (`records`: [`TeardownEvent`],
+//!   [`AbortEvent`], [`WriteErrorEvent`], [`GoStreamEvent`], [`ExecEvent`]), each behind an
+//!   [`EventHeader`];
+//! - [`Config`] (`config`): kernel offsets and options the agent writes into the programs;
 //! - the `STATS` per-CPU counter indices ([`stat`]).
 //!
-//! The policy shared by both sides lives here too: [`SockState::verdict`] (is this close an
-//! unanswered one?), [`data_at_stake`] (did this abort lose data?) and
-//! [`SockState::failed_write_loses_nothing`], with the protocol facts they rest on ([`proto`],
-//! [`SendKind`]). The kernel uses them to decide whether a record is worth sending at all, and
-//! the agent's correlation applies the same functions, so the kernel-side pre-filter can never
-//! disagree with userspace.
+//! The decisions shared by both sides live here too, so that the kernel-side filter can never
+//! disagree with userspace: each detector's decision (`detectors`: [`SockState::verdict`] for
+//! the unanswered close, [`Stake::loses_data`] for undelivered bytes, [`write_error_loses`] for
+//! write after close), what an expired Go deadline explains ([`GoDeadline::explains`]), the
+//! transitions of a tracked socket's state (`track`: [`Start`], [`SockState::local_close`], ...),
+//! and the protocol facts they rest on ([`proto`], [`SendKind`]).
 #![no_std]
 
 mod config;

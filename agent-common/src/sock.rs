@@ -191,7 +191,7 @@ impl SockState {
     }
 
     /// The unanswered-close decision for a close the process started, from the socket's
-    /// facts after `settle` (SPEC §2: "unanswered close" and "not loss"). The kernel calls it
+    /// facts after `settle` (README: What it detects, and What unanswered close tells apart). The kernel calls it
     /// to decide whether a teardown is worth a record at all, and the agent's correlation
     /// applies the same function to the record, so the two can never disagree.
     ///

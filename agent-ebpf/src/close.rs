@@ -20,7 +20,7 @@ use crate::{
 /// close() (not shutdown()) started it, and who called it. A socket the agent does not track is
 /// left alone: adopting it here, at its current read position, would take what it read before
 /// for answered; the state change adopts it as it must ([`track::adopt_unwritten`]).
-pub fn on_close<M: Mem>(sk: u64) {
+pub fn on_close(sk: u64) {
     skip_if_empty!();
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return;

@@ -32,6 +32,6 @@ pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
 // void tcp_close(struct sock *sk, long timeout)
 #[fentry(function = "tcp_close")]
 pub fn fentry_tcp_close(ctx: FEntryContext) -> i32 {
-    close::on_close::<Direct>(ctx.arg(0));
+    close::on_close(ctx.arg(0));
     0
 }

@@ -118,7 +118,7 @@ pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg(0) {
-        close::on_close::<Probe>(sk);
+        close::on_close(sk);
     }
     0
 }

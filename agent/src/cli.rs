@@ -1,4 +1,4 @@
-//! Command line (SPEC §5).
+//! Command line (README: CLI).
 
 use std::{net::SocketAddr, path::PathBuf};
 

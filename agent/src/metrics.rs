@@ -1,4 +1,4 @@
-//! Prometheus series (names fixed by SPEC §5).
+//! Prometheus series (README: Metrics).
 
 use agent_common::Detector;
 use prometheus::{

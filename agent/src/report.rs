@@ -1,4 +1,4 @@
-//! The incident log: one line per incident on stdout, text or JSON (SPEC §5).
+//! The incident log: one line per incident on stdout, text or JSON (README: The incident log).
 
 use std::{io::Write as _, time::SystemTime};
 

@@ -33,7 +33,7 @@ pub enum CloseHow {
     Reset,
 }
 
-/// Why a connection ended abortively (SPEC §2, bounded label values).
+/// Why a connection ended abortively (bounded label values, README: Metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AbortReason {

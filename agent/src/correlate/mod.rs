@@ -1,7 +1,12 @@
-//! The one place that decides what is a loss (SPEC §2, §3).
+//! Turns kernel records into incidents (README: What it detects). Each detector's decision is
+//! agent-common's (`agent_common::detectors`), applied again here to every record; this module
+//! adds the judgements only userspace can make: a socket's role from the listening ports, the
+//! two ends of a reset on this host, a close whose peer's FIN crossed it, a stream reset
+//! reported twice, and the sentence and labels of each incident.
 //!
 //! Plain values in, plain values out: no aya, tokio or prometheus types, so every rule is unit
-//! tested on hand-written event sequences below.
+//! tested on event sequences (`tests/`) from a socket model that calls the programs' own
+//! transitions.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -252,7 +257,7 @@ impl Correlator {
             .find(|&p| p == s.lport || p == s.rport)
     }
 
-    /// SPEC §2 "unanswered close": the local process read ≥1 byte, wrote nothing after that last
+    /// The unanswered close: the local process read ≥1 byte, wrote nothing after that last
     /// read, and then closed the connection itself (FIN or RST, in its own context), and the
     /// peer was waiting for an answer. The socket's own facts are judged by
     /// [`SockState::verdict`], the function the kernel pre-filter applies too; what only the
@@ -371,7 +376,7 @@ impl Correlator {
         }
     }
 
-    /// SPEC §2 "undelivered bytes": the connection ended abortively while bytes write() accepted
+    /// Undelivered bytes: the connection ended abortively while bytes write() accepted
     /// were unacknowledged, or a server's local abort discarded input it never read
     /// ([`agent_common::Stake::loses_data`]). A reset by a peer on this host waits for that
     /// peer's own record, which may show it had the bytes ([`ResetPairs`]).
@@ -439,7 +444,7 @@ impl Correlator {
         out
     }
 
-    /// Maps the kernel's facts to a SPEC reason: the reset reason where the kernel gives one,
+    /// Maps the kernel's facts to a reason label: the reset reason where the kernel gives one,
     /// inferred from the socket's state where it does not.
     fn abort_reason(&self, ev: &AbortEvent) -> AbortReason {
         match ev.trigger {
@@ -467,7 +472,7 @@ impl Correlator {
         }
     }
 
-    /// SPEC §2 "write after close" ([`agent_common::write_error_loses`]).
+    /// Write after close ([`agent_common::write_error_loses`]).
     pub fn write_error(&self, ev: &WriteErrorEvent) -> Option<Incident> {
         let known = (ev.size_known != 0).then_some(ev.attempted);
         let tracked = (ev.tracked != 0).then_some(&ev.sock);

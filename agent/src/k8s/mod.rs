@@ -1,4 +1,4 @@
-//! Which pod an incident belongs to, on Kubernetes, without API credentials (SPEC §6).
+//! Which pod an incident belongs to, on Kubernetes, without API credentials (README: Deployment).
 //!
 //! The chain: the socket owner's cgroup id (captured by the programs) gives a cgroup v2 path,
 //! or, where that names no container (cgroup v1 hosts, where every process is in the v2 root),

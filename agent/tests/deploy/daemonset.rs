@@ -1,4 +1,4 @@
-//! The DaemonSet's security and operability properties (SPEC §6).
+//! The DaemonSet's security and operability properties (README: Deployment).
 
 use std::collections::BTreeSet;
 

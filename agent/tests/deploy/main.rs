@@ -260,7 +260,7 @@ fn kustomizations_list_every_manifest_and_nothing_else() {
 
 #[test]
 fn no_rbac_and_no_api_token() {
-    // The agent needs no API access (SPEC §6): no roles, no bindings, no token in the pods.
+    // The agent needs no API access (README: Deployment): no roles, no bindings, no token in the pods.
     let objects = objects();
     let account = objects
         .iter()

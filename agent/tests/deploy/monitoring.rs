@@ -7,7 +7,7 @@ use crate::{
     types::{PrometheusRule, RuleFile, RuleTestFile},
 };
 
-/// The loss counters (SPEC §5): one detector each, plus the aborted-connections companion of
+/// The loss counters (README: Metrics): one detector each, plus the aborted-connections companion of
 /// the undelivered bytes.
 const LOSS_COUNTERS: [&str; 3] = [
     "lostwrite_unanswered_closes_total",

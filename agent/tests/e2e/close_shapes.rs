@@ -184,7 +184,7 @@ fn query_then_close_counts_one() {
 }
 
 /// The client sends its request and its FIN; the server reads both and closes without a word.
-/// SPEC §2: a peer that closed its side first was not waiting.
+/// A peer that closed its side first was not waiting.
 #[test]
 fn peer_fin_first_counts_zero() {
     if !root_or_skip("peer_fin_first_counts_zero") {

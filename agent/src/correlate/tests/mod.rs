@@ -1,4 +1,4 @@
-//! Synthetic event sequences for every detector rule and every not-a-loss case of SPEC §2,
+//! Synthetic event sequences for every detector rule and every not-a-loss case (README: What it detects),
 //! driven through a model socket ([`Conn`]) that calls the same agent-common transitions the
 //! programs do. One file per detector.
 

@@ -3,7 +3,7 @@
 
 use super::*;
 
-// --- Real protocols (SPEC §2 "not loss" and "still loss"): the messages each side sends, with
+// --- Real protocols (README: What it detects): the messages each side sends, with
 // their sizes and first bytes as the programs see them.
 
 /// A PostgreSQL session as `psql -c` has it: SSLRequest refused, startup, trust, one query.

@@ -149,7 +149,7 @@ fn abortive_close_with_unanswered_request_counts_as_reset() {
 
 #[test]
 fn peer_that_closed_its_side_first_was_not_waiting() {
-    // SPEC §2: a peer that closed or reset its side before the local close was not waiting
+    // A peer that closed or reset its side before the local close was not waiting
     // (a one-way stream's sender, a client that gave up).
     assert!(incidents(Conn::server().recv(SEC, 78).peer_fin().close(5 * SEC)).is_empty());
     assert!(incidents(Conn::server().recv(SEC, 78).peer_reset().close(5 * SEC)).is_empty());
