@@ -202,3 +202,107 @@ fn an_expired_go_deadline_explains_only_the_close_of_its_request() {
         GoLoss::None
     );
 }
+
+#[test]
+fn a_stake_counts_data_not_control_flags() {
+    let seqs = Seqs {
+        write_seq: 1001,
+        snd_una: 900,
+        snd_nxt: 950,
+        rcv_nxt: 2001,
+        copied: 2000,
+    };
+    let plain = Stake::of(0, trigger::RECEIVE_RESET, &seqs);
+    assert_eq!((plain.unacked, plain.unsent, plain.unread), (101, 51, 1));
+    // Our FIN is the last "byte" written, the peer's the last received.
+    let fins = Stake::of(flag::FIN_SENT | flag::PEER_FIN, trigger::SEND_RESET, &seqs);
+    assert_eq!((fins.unacked, fins.unsent, fins.unread), (100, 50, 0));
+    assert!(fins.local() && !fins.drops_input());
+}
+
+#[test]
+fn a_client_that_drops_its_unread_response_loses_nothing() {
+    let stake = Stake {
+        unread: 5000,
+        trigger: trigger::SEND_RESET,
+        ..Stake::default()
+    };
+    let client = SockState {
+        role: role::CLIENT,
+        ..SockState::default()
+    };
+    let server = SockState {
+        role: role::SERVER,
+        ..SockState::default()
+    };
+    assert!(!stake.loses_data(&client));
+    assert!(stake.loses_data(&server));
+    // The client's record is still sent: it pairs with its peer's, if that is on this host.
+    assert!(stake.worth_a_record(&client));
+}
+
+#[test]
+fn write_errors_by_errno_and_what_the_process_said_last() {
+    let tracked = SockState::default();
+    let goodbye = SockState {
+        flags: flag::GOODBYE_SENT,
+        ..SockState::default()
+    };
+    assert!(write_error_loses(errno::EPIPE, None, None));
+    assert!(write_error_loses(
+        errno::ECONNRESET,
+        Some(&tracked),
+        Some(100)
+    ));
+    assert!(
+        !write_error_loses(errno::ENOTCONN, None, None),
+        "never connected"
+    );
+    assert!(write_error_loses(errno::ENOTCONN, Some(&tracked), None));
+    assert!(!write_error_loses(errno::EPIPE, Some(&goodbye), None));
+    assert!(write_error_loses(errno::EBADF, Some(&goodbye), None));
+    assert!(!write_error_loses(errno::ETIMEDOUT, Some(&tracked), None));
+}
+
+#[test]
+fn tracking_starts_at_the_handshake_or_by_adoption() {
+    let server = Start::established(tcp_state::SYN_RECV, 10, 20).unwrap();
+    assert_eq!(
+        (server.role, server.copied_at_start, server.write_at_start),
+        (role::SERVER, 10, 20)
+    );
+    assert_eq!(
+        Start::established(tcp_state::SYN_SENT, 0, 0).unwrap().role,
+        role::CLIENT
+    );
+    assert_eq!(Start::established(tcp_state::CLOSE_WAIT, 0, 0), None);
+    // Adopted at a send of 5 bytes already queued: they are its first output.
+    let live = Start::at_send(300, 105, 5);
+    assert_eq!(
+        (live.role, live.copied_at_start, live.write_at_start),
+        (role::UNKNOWN, 300, 100)
+    );
+    assert!(Start::adoptable_at_send(tcp_state::CLOSE_WAIT));
+    assert!(!Start::adoptable_at_send(tcp_state::SYN_SENT));
+    // First seen at its close: judged only if it never sent a data segment.
+    assert_eq!(Start::unwritten(1, 500, 78, 7), None);
+    let unwritten = Start::unwritten(0, 500, 78, 7).unwrap();
+    assert_eq!(
+        (unwritten.copied_at_start, unwritten.write_at_start),
+        (422, 7)
+    );
+    let mut st = SockState::default();
+    st.begin(&unwritten, tcp_state::CLOSE_WAIT);
+    assert_ne!(st.flags & flag::PEER_FIN, 0, "adopted after the peer's FIN");
+    assert!(st.local_close(tcp_state::LAST_ACK));
+    assert_ne!(st.flags & flag::FIN_SENT, 0);
+    assert!(!st.local_close(tcp_state::CLOSE), "examined once");
+}
+
+#[test]
+fn detectors_are_named_once() {
+    for d in Detector::ALL.into_iter().chain([Detector::GoWriteTimeout]) {
+        assert_eq!(Detector::from_name(d.as_str()), Some(d));
+    }
+    assert_eq!(Detector::from_name("false_positive"), None);
+}
