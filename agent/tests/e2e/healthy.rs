@@ -39,5 +39,13 @@ fn healthy_traffic_on_the_seed_server_counts_zero() {
         before.total("lostwrite_kernel_events_total"),
         "healthy traffic sent records to userspace"
     );
+    // Exported, and nothing failed inside the programs.
+    for error in ["map_update", "read"] {
+        assert_eq!(
+            after.value("lostwrite_kernel_errors_total", &[("error", error)]),
+            Some(0.0),
+            "{error}"
+        );
+    }
     assert!(agent.incidents().is_empty(), "{:?}", agent.incidents());
 }
