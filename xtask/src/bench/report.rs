@@ -1,7 +1,7 @@
 //! BENCHMARKS.md: the machine, the method, the medians and their spread, and a verdict per case.
 //!
 //! Longer than most files: most of it is the prose of BENCHMARKS.md, one function per section,
-//! and the second third is tests that render whole reports from synthetic results.
+//! and its last third is tests that render whole reports from synthetic results.
 
 use std::fmt::Write as _;
 
