@@ -107,20 +107,23 @@ impl Bpftrace {
         Ok(peer)
     }
 
-    /// SIGINT, as a person stops it (it then prints its maps).
+    /// SIGTERM, which bpftrace handles as it does Ctrl-C (it prints its maps and exits); not
+    /// SIGINT, which a shell's background job ignores and passes on ignored. The run is
+    /// measured by then, so a bpftrace that does not exit in time is killed, not an error.
     fn stop(mut self) -> Result<()> {
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.child.try_wait()?.is_some() {
                 return Ok(());
             }
             thread::sleep(Duration::from_millis(20));
         }
+        eprintln!("bench: bpftrace did not exit within 30 s of SIGTERM; killed");
         self.child.kill()?;
         self.child.wait()?;
-        bail!("bpftrace did not exit within 10 s of SIGINT")
+        Ok(())
     }
 }
 
