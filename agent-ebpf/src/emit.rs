@@ -20,7 +20,7 @@ pub fn now() -> u64 {
 /// The type is `#[repr(C)]` and starts with its [`EventHeader`].
 pub unsafe trait Record {
     /// Whether the record counts in `stat::EVENTS_SENT`, which the bench holds at zero for
-    /// healthy traffic: exec records are sent for every exec, and counted apart.
+    /// healthy traffic: exec records, sent for every exec whatever the traffic, are left out.
     const COUNTED: bool = true;
 }
 
