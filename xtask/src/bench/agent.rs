@@ -105,19 +105,29 @@ pub fn measure_probe_stats(
 ) -> Result<(Run, BpfStats)> {
     let _stats_on = StatsEnabled::new()?;
     let agent = Agent::start(binary, dir, args)?;
+    let measured = over_steady_window(work, || agent.bpf_stats())?;
+    agent.stop()?;
+    Ok(measured)
+}
+
+/// Runs `work` with BPF statistics read by `read` at its steady window's start and end: the
+/// run (its units those of the steady window, like the ring-buffer figures) and what the
+/// programs did in between.
+pub fn over_steady_window(
+    work: Work<'_>,
+    read: impl Fn() -> Result<BpfStats>,
+) -> Result<(Run, BpfStats)> {
     let mut marks = Vec::new();
     let measured = work(&mut |_| {
-        marks.push(agent.bpf_stats()?);
+        marks.push(read()?);
         Ok(())
     })?;
-    agent.stop()?;
     let [before, after] = marks[..] else {
         bail!(
             "the workload marked its steady window {} times",
             marks.len()
         );
     };
-    // Per steady-window unit, like the ring-buffer figures.
     let run = Run {
         units: measured.steady_units as u64,
         seconds: measured.run.seconds,
@@ -308,14 +318,7 @@ impl Drop for Agent {
 /// machine's busy CPU time now.
 pub fn bpf_stats_of(pid: u32) -> Result<BpfStats> {
     let mut total = BpfStats::default();
-    let dir = format!("/proc/{pid}/fdinfo");
-    for entry in fs::read_dir(&dir)? {
-        let Ok(info) = fs::read_to_string(entry?.path()) else {
-            continue;
-        };
-        if !info.lines().any(|l| l.starts_with("prog_tag:")) {
-            continue;
-        }
+    for info in programs_of(pid)? {
         let field = |name: &str| -> u64 {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
@@ -327,6 +330,14 @@ pub fn bpf_stats_of(pid: u32) -> Result<BpfStats> {
     }
     total.busy_ns = super::machine::busy_cpu_ns();
     Ok(total)
+}
+
+/// The fdinfo text of every BPF program process `pid` holds an fd of.
+pub fn programs_of(pid: u32) -> Result<Vec<String>> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fdinfo"))?
+        .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.lines().any(|l| l.starts_with("prog_tag:")))
+        .collect())
 }
 
 /// The value of an unlabelled sample in a text exposition.

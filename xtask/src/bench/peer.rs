@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Run,
-    agent::{BpfStats, SETTLE, StatsEnabled, Work, bpf_stats_of},
+    agent::{BpfStats, SETTLE, StatsEnabled, Work, bpf_stats_of, over_steady_window, programs_of},
 };
 
 /// The script, one probe per tracepoint.
@@ -40,30 +40,9 @@ pub fn measure(dir: &Path, work: Work<'_>) -> Result<Run> {
 pub fn measure_stats(dir: &Path, work: Work<'_>) -> Result<(Run, BpfStats)> {
     let _stats_on = StatsEnabled::new()?;
     let peer = Bpftrace::start(dir)?;
-    let mut marks = Vec::new();
-    let measured = work(&mut |_| {
-        marks.push(bpf_stats_of(peer.child.id())?);
-        Ok(())
-    })?;
+    let measured = over_steady_window(work, || bpf_stats_of(peer.child.id()))?;
     peer.stop()?;
-    let [before, after] = marks[..] else {
-        bail!(
-            "the workload marked its steady window {} times",
-            marks.len()
-        );
-    };
-    let run = Run {
-        units: measured.steady_units as u64,
-        seconds: measured.run.seconds,
-    };
-    Ok((
-        run,
-        BpfStats {
-            run_cnt: after.run_cnt - before.run_cnt,
-            run_time_ns: after.run_time_ns - before.run_time_ns,
-            busy_ns: after.busy_ns - before.busy_ns,
-        },
-    ))
+    Ok(measured)
 }
 
 struct Bpftrace {
@@ -95,7 +74,7 @@ impl Bpftrace {
             // The programs are attached once bpftrace says so, and it holds their fds.
             let attached =
                 fs::read_to_string(dir.join("peer.log")).is_ok_and(|l| l.contains("Attaching"));
-            if attached && programs(peer.child.id()) >= PROGRAMS {
+            if attached && programs_of(peer.child.id()).is_ok_and(|p| p.len() >= PROGRAMS) {
                 break;
             }
             if Instant::now() > deadline {
@@ -134,16 +113,6 @@ impl Drop for Bpftrace {
             let _ = self.child.wait();
         }
     }
-}
-
-/// BPF programs whose fds process `pid` holds.
-fn programs(pid: u32) -> usize {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    dir.filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|info| info.lines().any(|l| l.starts_with("prog_tag:")))
-        .count()
 }
 
 #[cfg(test)]

@@ -80,12 +80,11 @@ impl Conn {
     /// it opened ([`Start::at_send`]); the send is recorded as the programs record it.
     fn adopted_at_send(mut self, t: u64, n: u32, state: u32) -> Self {
         assert!(Start::adoptable_at_send(state));
-        self.write_seq = self.write_seq.wrapping_add(n);
-        let start = Start::at_send(self.copied, self.write_seq, n);
+        // The programs adopt it after the send queued its bytes: write_seq is n further on.
+        let start = Start::at_send(self.copied, self.write_seq.wrapping_add(n), n);
         self.st = Self::socket(self.st.lport, self.st.rport).st;
         self.st.begin(&start, state);
-        // The send that adopted it, recorded as any other (its bytes are in write_seq already).
-        self.write_seq = self.write_seq.wrapping_sub(n);
+        // The send that adopted it, recorded as any other.
         self.send(t, n as i64)
     }
 
