@@ -43,6 +43,7 @@ pub mod names {
     pub const CLOSED_FDS: &str = "CLOSED_FDS";
     pub const CONFIG: &str = "CONFIG";
     pub const GO_DEADLINES: &str = "GO_DEADLINES";
+    pub const SOCK_STATES: &str = "SOCK_STATES";
 }
 
 /// Indices into the `STATS` per-CPU array.
@@ -136,6 +137,9 @@ pub mod flag {
     /// The Go runtime's write deadline expired on this connection: its [`super::GoDeadline`]
     /// is in the `GO_DEADLINES` map.
     pub const GO_DEADLINE: u16 = 1 << 11;
+    /// The connection reached CLOSE and was counted released (socket-local storage, whose
+    /// state lives on until the kernel frees the socket).
+    pub const RELEASED: u16 = 1 << 12;
 }
 
 /// TCP states, from include/net/tcp_states.h.

@@ -11,7 +11,7 @@ use crate::{
     emit::{reserve, zero},
     go,
     kernel::{self, Mem},
-    maps::SOCKS,
+    store::Store,
     track::{self, claim, claim_if_held},
 };
 
@@ -20,9 +20,9 @@ use crate::{
 /// close() (not shutdown()) started it, and who called it. A socket the agent does not track is
 /// left alone: adopting it here, at its current read position, would take what it read before
 /// for answered; the state change adopts it as it must ([`track::adopt_unwritten`]).
-pub fn on_close(sk: u64) {
+pub fn on_close<S: Store>(sk: u64) {
     skip_if_empty!();
-    let Some(st) = SOCKS.get_ptr_mut(sk) else {
+    let Some(st) = S::get(sk) else {
         return;
     };
     // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
@@ -32,23 +32,23 @@ pub fn on_close(sk: u64) {
 }
 
 /// `sock:inet_sock_set_state`: `sk` went from `old` to `new`.
-pub fn on_state<M: Mem>(sk: u64, old: u32, new: u32) {
+pub fn on_state<M: Mem, S: Store>(sk: u64, old: u32, new: u32) {
     skip_if_empty!();
     match new {
-        tcp_state::ESTABLISHED => track::on_established::<M>(sk, old),
+        tcp_state::ESTABLISHED => track::on_established::<M, S>(sk, old),
         tcp_state::CLOSE_WAIT => {
-            if let Some(st) = SOCKS.get_ptr_mut(sk) {
+            if let Some(st) = S::get(sk) {
                 // SAFETY: see on_close.
                 unsafe { (*st).flags |= flag::PEER_FIN };
             }
         }
         tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE => {
             if let Some(tp) = M::tcp(sk) {
-                on_closing::<M>(tp, old, new);
+                on_closing::<M, S>(tp, old, new);
             }
         }
         // The peer's FIN crossed ours. Rare, and it matters only where a teardown was reported.
-        tcp_state::CLOSING => on_simultaneous_close(sk, old, new),
+        tcp_state::CLOSING => on_simultaneous_close::<S>(sk, old, new),
         // SYN_SENT, SYN_RECV, FIN_WAIT2, TIME_WAIT, LISTEN: nothing to learn, not even
         // a lookup (a short connection goes through ten state changes).
         _ => {}
@@ -58,16 +58,25 @@ pub fn on_state<M: Mem>(sk: u64, old: u32, new: u32) {
 /// The connection is going away: FIN_WAIT1 and LAST_ACK are a local close() or shutdown();
 /// CLOSE is an abortive close, a timeout, a reset, or the end of an orderly close.
 #[inline(always)]
-fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
+fn on_closing<M: Mem, S: Store>(tp: u64, old: u32, new: u32) {
     // Retransmission/keepalive timeouts set sk_err and go to CLOSE without an RST of their own
     // (tcp_write_err -> tcp_done_with_error).
     let closing = Closing::of(old, new, kernel::sk_err::<M>(tp));
     if !closing.matters() {
+        // The orderly end: nothing to judge. Only a state that lives until the socket is freed
+        // stops counting as tracked here.
+        if new == tcp_state::CLOSE
+            && S::FREED_WITH_SOCKET
+            && let Some(st) = S::get(tp)
+        {
+            // SAFETY: see on_close.
+            S::closed(unsafe { &mut *st });
+        }
         return;
     }
-    let st = match SOCKS.get_ptr_mut(tp) {
+    let st = match S::get(tp) {
         Some(st) => st,
-        None if closing.open => match track::adopt_unwritten::<M>(tp) {
+        None if closing.open => match track::adopt_unwritten::<M, S>(tp) {
             Some(st) => st,
             None => return,
         },
@@ -75,6 +84,9 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     };
     // SAFETY: see on_close.
     let st = unsafe { &mut *st };
+    if new == tcp_state::CLOSE {
+        S::closed(st);
+    }
     // A peer RST was already reported by tcp_receive_reset.
     if closing.failed && st.flags & flag::PEER_RESET == 0 {
         abort::<M>(tp, st, trigger::ERROR, NO_REASON);
@@ -91,7 +103,7 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
     };
     // This state change comes before the kernel queues the FIN it announces.
     track::settle::<M>(tp, st, false);
-    let go = go_deadline_explaining::<M>(tp, st);
+    let go = go_deadline_explaining::<M, S>(tp, st);
     // The clocks are read only for a record: most closes owe nothing.
     if st.worth_a_teardown_record(explained(st), go.is_some()) {
         st.last_in_ns = track::last_input_ns::<M>(tp);
@@ -103,8 +115,11 @@ fn on_closing<M: Mem>(tp: u64, old: u32, new: u32) {
 /// The Go write deadline that expired on the connection, where it explains this close
 /// ([`GoDeadline::explains`]). Only a socket the Go hooks marked costs a lookup.
 #[inline(always)]
-fn go_deadline_explaining<M: Mem>(tp: u64, st: &SockState) -> Option<GoDeadline> {
-    let deadline = go::deadline_of(tp, st.flags)?;
+fn go_deadline_explaining<M: Mem, S: Store>(tp: u64, st: &SockState) -> Option<GoDeadline> {
+    if !S::go_deadline_possible(st.flags) {
+        return None;
+    }
+    let deadline = go::deadline_of(tp)?;
     match deadline.explains(st.verdict(), kernel::copied_seq::<M>(tp)) {
         GoLoss::None => None,
         GoLoss::Dropped | GoLoss::CutShort => Some(deadline),
@@ -131,8 +146,8 @@ fn explained(st: &SockState) -> bool {
 /// FIN_WAIT1 -> CLOSING: the peer's FIN arrived before it acknowledged ours, so it closed on
 /// its own, not in reaction to our close. Reported for a socket whose teardown was.
 #[inline(always)]
-fn on_simultaneous_close(sk: u64, old: u32, new: u32) {
-    let Some(st) = SOCKS.get_ptr_mut(sk) else {
+fn on_simultaneous_close<S: Store>(sk: u64, old: u32, new: u32) {
+    let Some(st) = S::get(sk) else {
         return;
     };
     // SAFETY: see on_close.
@@ -174,9 +189,9 @@ fn emit_teardown(
 }
 
 /// `tcp:tcp_receive_reset`: the peer reset the connection.
-pub fn on_receive_reset<M: Mem>(sk: u64) {
+pub fn on_receive_reset<M: Mem, S: Store>(sk: u64) {
     skip_if_empty!();
-    let Some(st) = SOCKS.get_ptr_mut(sk) else {
+    let Some(st) = S::get(sk) else {
         return;
     };
     let Some(tp) = M::tcp(sk) else {
@@ -193,9 +208,9 @@ pub fn on_receive_reset<M: Mem>(sk: u64) {
 
 /// `tcp:tcp_send_reset`: the local stack resets a connection (abortive close, SO_LINGER{1,0},
 /// memory pressure, keepalive timeout, or a segment for a dead socket).
-pub fn on_send_reset<M: Mem>(sk: u64, reason: u32) {
+pub fn on_send_reset<M: Mem, S: Store>(sk: u64, reason: u32) {
     skip_if_empty!();
-    let Some(st) = SOCKS.get_ptr_mut(sk) else {
+    let Some(st) = S::get(sk) else {
         return;
     };
     let Some(tp) = M::tcp(sk) else {

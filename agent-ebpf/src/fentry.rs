@@ -13,25 +13,31 @@ use aya_ebpf::{
 use crate::{close, kernel::Direct, send};
 
 // int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
-#[fexit(function = "tcp_sendmsg")]
-pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
-    let size: u64 = ctx.arg(2);
-    send::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(3), size);
-    0
+per_store! {
+    #[fexit(function = "tcp_sendmsg")]
+    fn fexit_tcp_sendmsg / fexit_tcp_sendmsg_local(ctx: FExitContext) -> i32, S => {
+        let size: u64 = ctx.arg(2);
+        send::on_send::<Direct, S, _>(&ctx, ctx.arg(0), ctx.arg(3), size);
+        0
+    }
 }
 
 // int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags),
 // sendfile()'s path until Linux 6.5 turned it into tcp_sendmsg with MSG_SPLICE_PAGES.
-#[fexit(function = "tcp_sendpage")]
-pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
-    let size: u64 = ctx.arg(3);
-    send::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(5), size);
-    0
+per_store! {
+    #[fexit(function = "tcp_sendpage")]
+    fn fexit_tcp_sendpage / fexit_tcp_sendpage_local(ctx: FExitContext) -> i32, S => {
+        let size: u64 = ctx.arg(3);
+        send::on_send::<Direct, S, _>(&ctx, ctx.arg(0), ctx.arg(5), size);
+        0
+    }
 }
 
 // void tcp_close(struct sock *sk, long timeout)
-#[fentry(function = "tcp_close")]
-pub fn fentry_tcp_close(ctx: FEntryContext) -> i32 {
-    close::on_close(ctx.arg(0));
-    0
+per_store! {
+    #[fentry(function = "tcp_close")]
+    fn fentry_tcp_close / fentry_tcp_close_local(ctx: FEntryContext) -> i32, S => {
+        close::on_close::<S>(ctx.arg(0));
+        0
+    }
 }

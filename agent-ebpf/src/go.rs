@@ -7,10 +7,13 @@
 //! ([`GoDeadline`] in [`GO_DEADLINES`]); the close that follows says what it cost
 //! (`GoDeadline::explains`). A reset HTTP/2 stream is the loss itself, reported at once.
 //!
+//! Uprobes cannot reach socket-local storage: with that backend a mark is only the
+//! `GO_DEADLINES` entry (and [`GO_MARKED`]), and the close looks the entry up.
+//!
 //! Go passes arguments in registers (ABIInternal, Go 1.17+ on x86_64): RAX, RBX, RCX, ...
 
 use agent_common::{
-    ExecEvent, GoDeadline, GoStreamEvent, SOCK_NOSPACE_BIT, SockState, flag, go_deadline, kind,
+    ExecEvent, GoDeadline, GoStreamEvent, SOCK_NOSPACE_BIT, flag, go_deadline, kind, role,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -20,10 +23,11 @@ use aya_ebpf::{
 
 use crate::{
     ebadf,
-    emit::{now, reserve},
-    kernel::{self, Probe, read},
+    emit::{now, reserve, zero},
+    kernel::{self, Mem as _, Probe, read},
     maps::{GO_DEADLINES, SOCKS, updated},
-    track::last_input_ns,
+    store::GO_MARKED,
+    track::{claim, last_input_ns},
 };
 
 /// `runtime.pollDesc.fd`: after the `link *pollDesc` that opens the struct in every Go release.
@@ -129,9 +133,9 @@ fn mark(fd: u64, which: u8, stream_id: u32) -> Option<()> {
     let file = ebadf::fd_file(fd)?;
     let socket: u64 = read(file, config!(fd.file_private_data))?;
     let sk: u64 = read(socket, config!(fd.socket_sk))?;
-    // Anything but a tracked TCP socket (another kind of file, a socket opened before the
-    // agent and never adopted) matches no entry.
-    let st = SOCKS.get_ptr_mut(sk)?;
+    if !Probe::is_inet_tcp(sk) {
+        return None;
+    }
     let socket_flags: u64 = read(socket, config!(fd.socket_flags)).unwrap_or(0);
     let write_seq = kernel::write_seq::<Probe>(sk);
     let snd_una: u32 = read(sk, config!(sock.tcp_snd_una)).unwrap_or(write_seq);
@@ -150,20 +154,28 @@ fn mark(fd: u64, which: u8, stream_id: u32) -> Option<()> {
     // runtime.morestack starts the function over): a second mark overwrites the first with
     // the same facts, and a second stream reset is dropped by the agent.
     if which == go_deadline::H2_STREAM {
-        // SAFETY: a live map value, copied out.
-        emit_stream_reset(sk, unsafe { &*st }, &deadline);
+        emit_stream_reset(sk, &deadline);
         return Some(());
     }
     if !updated(GO_DEADLINES.insert(sk, deadline, 0)) {
         return None;
     }
-    // SAFETY: a live map value; concurrent updaters only set flags.
-    unsafe { (*st).flags |= flag::GO_DEADLINE };
+    if let Some(marked) = GO_MARKED.get_ptr_mut(0) {
+        // SAFETY: one word, only ever set to 1.
+        unsafe { *marked = 1 };
+    }
+    // A state in the LRU map is marked (with socket-local storage there is none here).
+    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+        // SAFETY: a live map value; concurrent updaters only set flags.
+        unsafe { (*st).flags |= flag::GO_DEADLINE };
+    }
     Some(())
 }
 
+/// The stream's connection as its LRU map state has it, or else as the socket and the current
+/// task (the Go server, which owns it) tell.
 #[inline(always)]
-fn emit_stream_reset(sk: u64, st: &SockState, deadline: &GoDeadline) {
+fn emit_stream_reset(sk: u64, deadline: &GoDeadline) {
     let Some(mut r) = reserve::<GoStreamEvent>(kind::GO_STREAM_RESET) else {
         return;
     };
@@ -171,7 +183,15 @@ fn emit_stream_reset(sk: u64, st: &SockState, deadline: &GoDeadline) {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: `ev` is the reserved record (see `Reserved`).
     unsafe {
-        (*ev).sock = *st;
+        match SOCKS.get_ptr(sk) {
+            Some(st) => (*ev).sock = *st,
+            None => {
+                zero(core::ptr::addr_of_mut!((*ev).sock));
+                kernel::fill_identity::<Probe>(sk, &mut (*ev).sock);
+                claim(&mut (*ev).sock);
+                (*ev).sock.role = role::SERVER;
+            }
+        }
         (*ev).sock.last_in_ns = last_input_ns::<Probe>(sk);
         (*ev).sk = sk;
         (*ev).go = *deadline;
@@ -181,12 +201,9 @@ fn emit_stream_reset(sk: u64, st: &SockState, deadline: &GoDeadline) {
     r.send();
 }
 
-/// The expired deadline recorded for `sk`, if its state says there is one.
+/// The expired deadline recorded for `sk` (see `Store::go_deadline_possible` for when to look).
 #[inline(always)]
-pub fn deadline_of(sk: u64, flags: u16) -> Option<GoDeadline> {
-    if flags & flag::GO_DEADLINE == 0 {
-        return None;
-    }
+pub fn deadline_of(sk: u64) -> Option<GoDeadline> {
     // SAFETY: a live map value, copied out.
     GO_DEADLINES.get_ptr(sk).map(|d| unsafe { *d })
 }

@@ -24,6 +24,7 @@ use crate::{
     close,
     kernel::{self, Probe},
     send,
+    store::Shared,
 };
 
 /// A send in flight on one thread.
@@ -47,7 +48,7 @@ fn send_entry(ctx: &ProbeContext, sk: Option<u64>, size: Option<u64>) {
     let (Some(sk), Some(size)) = (sk, size) else {
         return;
     };
-    let undo = send::on_send_entry::<Probe, _>(ctx, sk, size);
+    let undo = send::on_send_entry::<Probe, Shared, _>(ctx, sk, size);
     let call = Call {
         sk,
         size,
@@ -103,14 +104,14 @@ pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
     let attempted = match call {
         Some(call) => {
             if call.undo_valid != 0 {
-                send::undo_send(sk, call.undo);
+                send::undo_send::<Shared>(sk, call.undo);
             }
             call.size
         }
         // Not inside tcp_sendmsg (kernel TLS fails sends this way too).
         None => SIZE_UNKNOWN,
     };
-    send::on_send::<Probe, _>(&ctx, sk, err, attempted);
+    send::on_send::<Probe, Shared, _>(&ctx, sk, err, attempted);
     0
 }
 
@@ -118,7 +119,7 @@ pub fn kprobe_sk_stream_error(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg(0) {
-        close::on_close(sk);
+        close::on_close::<Shared>(sk);
     }
     0
 }

@@ -33,6 +33,25 @@ macro_rules! config {
     };
 }
 
+/// Defines an entry point twice, one program per [`store`] backend, with `$S` naming the store
+/// in its body: `$shared` keeps socket state in the LRU map, `$local` in socket-local storage.
+/// The agent attaches one of the two.
+macro_rules! per_store {
+    (#[$attr:meta] fn $shared:ident / $local:ident ($ctx:ident: $ctx_ty:ty) -> $ret:ty, $S:ident => $body:block) => {
+        #[$attr]
+        pub fn $shared($ctx: $ctx_ty) -> $ret {
+            type $S = crate::store::Shared;
+            $body
+        }
+
+        #[$attr]
+        pub fn $local($ctx: $ctx_ty) -> $ret {
+            type $S = crate::store::Local;
+            $body
+        }
+    };
+}
+
 /// Returns at once when the agent runs with `--empty-programs` (see `Config::empty_programs`).
 macro_rules! skip_if_empty {
     () => {
@@ -54,6 +73,7 @@ mod kernel;
 mod kprobe;
 mod maps;
 mod send;
+mod store;
 mod track;
 
 use agent_common::{NO_REASON, SIZE_UNKNOWN};
@@ -62,31 +82,36 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use kernel::{Direct, Probe};
+use store::Shared;
 
 // --- sock:sock_send_length (struct sock *sk, int ret, int flags) ---
 
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    send::on_send::<Direct, _>(&ctx, ctx.arg(0), ctx.arg(1), SIZE_UNKNOWN);
-    0
+per_store! {
+    #[btf_tracepoint(function = "sock_send_length")]
+    fn btf_sock_send_length / btf_sock_send_length_local(ctx: BtfTracePointContext) -> u32, S => {
+        send::on_send::<Direct, S, _>(&ctx, ctx.arg(0), ctx.arg(1), SIZE_UNKNOWN);
+        0
+    }
 }
 
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     if let Some((sk, ret)) = kernel::len_args(&ctx) {
-        send::on_send::<Probe, _>(&ctx, sk, ret, SIZE_UNKNOWN);
+        send::on_send::<Probe, Shared, _>(&ctx, sk, ret, SIZE_UNKNOWN);
     }
     0
 }
 
 // --- sock:inet_sock_set_state (const struct sock *sk, const int oldstate, const int newstate) ---
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    close::on_state::<Direct>(ctx.arg(0), old as u32, new as u32);
-    0
+per_store! {
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    fn btf_inet_sock_set_state / btf_inet_sock_set_state_local(ctx: BtfTracePointContext) -> u32, S => {
+        let old: i32 = ctx.arg(1);
+        let new: i32 = ctx.arg(2);
+        close::on_state::<Direct, S>(ctx.arg(0), old as u32, new as u32);
+        0
+    }
 }
 
 #[tracepoint]
@@ -106,12 +131,12 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         )
     };
     if let (Ok(sk), Ok(old), Ok(new)) = args {
-        close::on_state::<Probe>(sk, old as u32, new as u32);
+        close::on_state::<Probe, Shared>(sk, old as u32, new as u32);
     }
     0
 }
 
-// --- tcp:tcp_destroy_sock (struct sock *sk) ---
+// --- tcp:tcp_destroy_sock (struct sock *sk), for the LRU map only ---
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn btf_tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
@@ -131,10 +156,12 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 
 // --- tcp:tcp_receive_reset (struct sock *sk) ---
 
-#[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn btf_tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
-    close::on_receive_reset::<Direct>(ctx.arg(0));
-    0
+per_store! {
+    #[btf_tracepoint(function = "tcp_receive_reset")]
+    fn btf_tcp_receive_reset / btf_tcp_receive_reset_local(ctx: BtfTracePointContext) -> u32, S => {
+        close::on_receive_reset::<Direct, S>(ctx.arg(0));
+        0
+    }
 }
 
 #[tracepoint]
@@ -142,33 +169,37 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let off = config!(tp.receive_reset_sk) as usize;
     // SAFETY: see tp_inet_sock_set_state.
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off) } {
-        close::on_receive_reset::<Probe>(sk);
+        close::on_receive_reset::<Probe, Shared>(sk);
     }
     0
 }
 
 // --- tcp:tcp_send_reset (const struct sock *sk, const struct sk_buff *skb[, enum sk_rst_reason]) ---
 
-#[btf_tracepoint(function = "tcp_send_reset")]
-pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
-    // `sk` is NULL for resets answering segments that match no socket; the verifier refuses
-    // arithmetic on the pointer until it is checked.
-    let sk: u64 = ctx.arg(0);
-    if sk != 0 {
-        close::on_send_reset::<Direct>(sk, NO_REASON);
+per_store! {
+    #[btf_tracepoint(function = "tcp_send_reset")]
+    fn btf_tcp_send_reset / btf_tcp_send_reset_local(ctx: BtfTracePointContext) -> u32, S => {
+        // `sk` is NULL for resets answering segments that match no socket; the verifier
+        // refuses arithmetic on the pointer until it is checked.
+        let sk: u64 = ctx.arg(0);
+        if sk != 0 {
+            close::on_send_reset::<Direct, S>(sk, NO_REASON);
+        }
+        0
     }
-    0
 }
 
-/// The same, on kernels whose tracepoint has the reason argument (Linux 6.10+). A separate
-/// program because reading a third argument that does not exist fails verification.
-#[btf_tracepoint(function = "tcp_send_reset")]
-pub fn btf_tcp_send_reset_reason(ctx: BtfTracePointContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    if sk != 0 {
-        close::on_send_reset::<Direct>(sk, ctx.arg::<u32>(2));
+// The same, on kernels whose tracepoint has the reason argument (Linux 6.10+). A separate
+// program because reading a third argument that does not exist fails verification.
+per_store! {
+    #[btf_tracepoint(function = "tcp_send_reset")]
+    fn btf_tcp_send_reset_reason / btf_tcp_send_reset_reason_local(ctx: BtfTracePointContext) -> u32, S => {
+        let sk: u64 = ctx.arg(0);
+        if sk != 0 {
+            close::on_send_reset::<Direct, S>(sk, ctx.arg::<u32>(2));
+        }
+        0
     }
-    0
 }
 
 #[tracepoint]
@@ -182,7 +213,7 @@ pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
         off => unsafe { ctx.read_at::<u32>(off as usize) }.unwrap_or(NO_REASON),
     };
     if let Ok(sk) = sk {
-        close::on_send_reset::<Probe>(sk, reason);
+        close::on_send_reset::<Probe, Shared>(sk, reason);
     }
     0
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid};
 use crate::{
     emit::reserve,
     kernel::{self, Mem},
-    maps::SOCKS,
+    store::Store,
     track::{self, claim},
 };
 
@@ -18,17 +18,17 @@ use crate::{
 ///
 /// A plain integer, not an `Option`: passing a constant `None` to a function the compiler keeps
 /// out of line leaves the payload register unset, and the verifier rejects reading it.
-pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
+pub fn on_send<M: Mem, S: Store, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u64) {
     skip_if_empty!();
     if ret < 0 {
         let e = ret.unsigned_abs();
         if e == errno::EPIPE || e == errno::ECONNRESET || e == errno::ENOTCONN {
-            on_write_error::<M>(sk, e, attempted);
+            on_write_error::<M, S>(sk, e, attempted);
         }
         return;
     }
     if ret > 0 {
-        record_write::<M, C>(ctx, sk, ret as u32, ret as u32);
+        record_write::<M, S, C>(ctx, sk, ret as u32, ret as u32);
     }
 }
 
@@ -41,9 +41,14 @@ pub fn on_send<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, ret: i32, attempted: u6
 /// on every send dirties the map value's cache line, which the other CPU then has to fetch back
 /// (entries share lines with their neighbours).
 #[inline(always)]
-fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32, len: u32) -> Option<Undo> {
-    // SAFETY: a live map value; concurrent updaters can only make the counters approximate.
-    let st = unsafe { &mut *track::lookup_or_adopt::<M, C>(ctx, sk, queued)? };
+fn record_write<M: Mem, S: Store, C: EbpfContext>(
+    ctx: &C,
+    sk: u64,
+    queued: u32,
+    len: u32,
+) -> Option<Undo> {
+    // SAFETY: a live state; concurrent updaters can only make the counters approximate.
+    let st = unsafe { &mut *track::lookup_or_adopt::<M, S, C>(ctx, sk, queued)? };
     claim(st);
     // Where the process's reading stood at this write: input read after it is unanswered.
     // (Not gated on `rcv_nxt`: that field's cache line is the one the acknowledgements keep
@@ -73,7 +78,11 @@ fn record_write<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, queued: u32, len: u32)
 /// of instances at once, and a send blocked on a slow reader holds one; a missed response would
 /// then leave the request looking unanswered. Returns what it replaced, for [`undo_send`] if
 /// the send fails.
-pub fn on_send_entry<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, size: u64) -> Option<Undo> {
+pub fn on_send_entry<M: Mem, S: Store, C: EbpfContext>(
+    ctx: &C,
+    sk: u64,
+    size: u64,
+) -> Option<Undo> {
     skip_if_empty!(None);
     if size == 0 {
         return None;
@@ -83,14 +92,14 @@ pub fn on_send_entry<M: Mem, C: EbpfContext>(ctx: &C, sk: u64, size: u64) -> Opt
     } else {
         size as u32
     };
-    record_write::<M, C>(ctx, sk, 0, len)
+    record_write::<M, S, C>(ctx, sk, 0, len)
 }
 
 /// The send [`on_send_entry`] recorded failed: it wrote nothing, so the read position, the
 /// goodbye and the first-write flags go back to what they were.
-pub fn undo_send(sk: u64, undo: Undo) {
+pub fn undo_send<S: Store>(sk: u64, undo: Undo) {
     skip_if_empty!();
-    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+    if let Some(st) = S::get(sk) {
         // SAFETY: see record_write.
         unsafe { (*st).undo_send(&undo) };
     }
@@ -98,20 +107,20 @@ pub fn undo_send(sk: u64, undo: Undo) {
 
 /// EPIPE / ECONNRESET / ENOTCONN from a send on a TCP socket: a record where
 /// [`write_error_loses`] says the write lost data.
-fn on_write_error<M: Mem>(sk: u64, e: u32, attempted: u64) {
+fn on_write_error<M: Mem, S: Store>(sk: u64, e: u32, attempted: u64) {
     let Some(tp) = M::tcp(sk) else {
         return;
     };
     if !M::is_inet_tcp(tp) {
         return;
     }
-    let tracked = SOCKS.get_ptr(tp);
+    let tracked = S::get(tp);
     let known = (attempted != SIZE_UNKNOWN).then_some(attempted);
     // SAFETY: a live map value, read in place.
     if !write_error_loses(e, tracked.map(|st| unsafe { &*st }), known) {
         return;
     }
-    emit_write_error(tp, e, attempted, |sock| match SOCKS.get_ptr(tp) {
+    emit_write_error(tp, e, attempted, |sock| match S::get(tp) {
         Some(st) => {
             // SAFETY: a live map value, copied out.
             *sock = unsafe { *st };

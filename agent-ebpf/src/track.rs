@@ -11,12 +11,9 @@ use aya_log_ebpf::debug;
 use crate::{
     emit::{now, zero},
     kernel::{self, Mem},
-    maps::{SCRATCH, SOCKS, bump, updated},
+    maps::{SCRATCH, SOCKS, bump},
+    store::Store,
 };
-
-/// `SOCKS.insert` flags.
-pub const BPF_ANY: u64 = 0;
-pub const BPF_NOEXIST: u64 = 1;
 
 /// Records the current task as the socket's owner: its process (pid and name, the `comm` label)
 /// and the thread that acted (tid and name, for the incident log). Only called where the
@@ -47,7 +44,7 @@ pub fn claim_if_held<M: Mem>(tp: u64, st: &mut SockState) -> bool {
     held
 }
 
-/// A zeroed [`SockState`] in per-CPU scratch memory, to fill and copy into [`SOCKS`]: built on
+/// A zeroed [`SockState`] in per-CPU scratch memory, to fill and copy into its store: built on
 /// the stack instead, it would push the fexit programs' call chain over the verifier's
 /// 512-byte combined stack limit.
 #[inline(always)]
@@ -61,17 +58,20 @@ fn fresh() -> Option<&'static mut SockState> {
     }
 }
 
-/// Starts tracking the connection `tp` (from `Mem::tcp`) from `start`. `map_flags` is `BPF_ANY`
-/// where a stale entry for a recycled `struct sock` address must be replaced, `BPF_NOEXIST`
-/// where a concurrent adopter on another CPU may have won (its entry is then used). Returns the
-/// new state if this call inserted it.
+/// Starts tracking the connection `tp` (from `Mem::tcp`) from `start`. `replace` where a stale
+/// state must be overwritten (see [`Store::put`]), not where a concurrent adopter on another CPU
+/// may have won (its state is then used). Returns the new state if this call stored it.
 #[inline(always)]
-fn start_tracking<M: Mem>(tp: u64, start: &Start, map_flags: u64) -> Option<&'static SockState> {
+fn start_tracking<M: Mem, S: Store>(
+    tp: u64,
+    start: &Start,
+    replace: bool,
+) -> Option<&'static SockState> {
     let st = fresh()?;
     kernel::fill_identity::<M>(tp, st);
     st.begin(start, kernel::tcp_state::<M>(tp));
     let st: &SockState = st;
-    if !updated(SOCKS.insert(tp, st, map_flags)) {
+    if !S::put(tp, st, replace) {
         return None;
     }
     bump(stat::SOCKETS_TRACKED);
@@ -80,11 +80,11 @@ fn start_tracking<M: Mem>(tp: u64, start: &Start, map_flags: u64) -> Option<&'st
 
 /// The handshake completed (from `old`), in softirq: ports, addresses and the first sequence
 /// number to read are final now; the current task is not the owner (the first write or the
-/// close claims it). Tracking starts here for both ends, one map insert per connection: a
+/// close claims it). Tracking starts here for both ends, one state stored per connection: a
 /// connect() that never completes is never tracked (its writes then fail with ENOTCONN on a
 /// socket that never connected, which is not a loss).
 #[inline(always)]
-pub fn on_established<M: Mem>(sk: u64, old: u32) {
+pub fn on_established<M: Mem, S: Store>(sk: u64, old: u32) {
     // MPTCP's meta socket also reports state changes here; only its TCP subflows are tracked.
     let Some(tp) = M::tcp(sk) else {
         return;
@@ -94,19 +94,19 @@ pub fn on_established<M: Mem>(sk: u64, old: u32) {
     }
     let start = Start::established(old, kernel::copied_seq::<M>(tp), kernel::write_seq::<M>(tp));
     if let Some(start) = start {
-        start_tracking::<M>(tp, &start, BPF_ANY);
+        start_tracking::<M, S>(tp, &start, true);
     }
 }
 
 /// The socket's state, adopting a live TCP socket the agent has not seen open
 /// ([`Start::at_send`]). `sent`: what the send being handled queued.
 #[inline(always)]
-pub fn lookup_or_adopt<M: Mem, C: EbpfContext>(
+pub fn lookup_or_adopt<M: Mem, S: Store, C: EbpfContext>(
     ctx: &C,
     sk: u64,
     sent: u32,
 ) -> Option<*mut SockState> {
-    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+    if let Some(st) = S::get(sk) {
         return Some(st);
     }
     let tp = M::tcp(sk)?;
@@ -122,7 +122,7 @@ pub fn lookup_or_adopt<M: Mem, C: EbpfContext>(
         kernel::write_seq::<M>(tp),
         sent,
     );
-    if let Some(st) = start_tracking::<M>(tp, &start, BPF_NOEXIST) {
+    if let Some(st) = start_tracking::<M, S>(tp, &start, false) {
         // Once per socket that predates the agent: rare, and useful when a role looks wrong.
         debug!(
             ctx,
@@ -133,13 +133,13 @@ pub fn lookup_or_adopt<M: Mem, C: EbpfContext>(
             state
         );
     }
-    SOCKS.get_ptr_mut(sk)
+    S::get(sk)
 }
 
 /// A connection the agent never saw established is closing: adopted if it never sent a data
 /// byte in its life ([`Start::unwritten`]).
 #[inline(always)]
-pub fn adopt_unwritten<M: Mem>(tp: u64) -> Option<*mut SockState> {
+pub fn adopt_unwritten<M: Mem, S: Store>(tp: u64) -> Option<*mut SockState> {
     if !M::is_inet_tcp(tp) {
         return None;
     }
@@ -150,11 +150,12 @@ pub fn adopt_unwritten<M: Mem>(tp: u64) -> Option<*mut SockState> {
         received,
         M::read::<u32>(tp, config!(sock.tcp_snd_una)).unwrap_or(0),
     )?;
-    start_tracking::<M>(tp, &start, BPF_NOEXIST);
-    SOCKS.get_ptr_mut(tp)
+    start_tracking::<M, S>(tp, &start, false);
+    S::get(tp)
 }
 
-/// `tcp:tcp_destroy_sock`: the socket is freed, and its state with it.
+/// `tcp:tcp_destroy_sock`: the socket is freed, and its state in the LRU map with it (state in
+/// socket-local storage goes with the socket, and this hook is not attached).
 pub fn on_destroy(sk: u64) {
     skip_if_empty!();
     if SOCKS.remove(sk).is_ok() {

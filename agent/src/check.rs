@@ -31,6 +31,8 @@ const UNANSWERED_CLOSE_SHAPES: &[&str] = &[
 struct ModeRow {
     #[serde(serialize_with = "mode_name")]
     mode: ProbeMode,
+    /// The state store the mode uses (`--socket-state auto`), or "-" where it does not load.
+    state: &'static str,
     loads: &'static str,
     attaches: &'static str,
     detail: String,
@@ -205,10 +207,13 @@ pub fn check(args: &CheckArgs) -> ExitCode {
     let opts = LoadOptions {
         btf: &args.btf,
         tracefs: &args.tracefs,
+        socket_state: None,
         max_sockets: 1024,
         events_ring_bytes: None,
         force_classic: false,
-        detect_ebadf: true,
+        // The store a mode picks is the one `agent run` picks by default; the EBADF hooks are
+        // tried on that load (see `probe_modes`).
+        detect_ebadf: false,
         skip_hooks: &args.skip_hook,
         empty_programs: false,
         explain_ports: &[],
@@ -343,6 +348,15 @@ fn print_tables(rows: &[ModeRow], detectors: &[DetectorRow], go: &Result<(), Str
     println!();
 }
 
+/// The start of `s`'s first line, at most `max` characters (a verifier's log is long).
+fn first_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    match line.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line.to_owned(),
+    }
+}
+
 /// Each mode's row, and whether the Go runtime hooks' uprobes attach (from the first mode
 /// that loads).
 fn probe_modes(
@@ -351,6 +365,7 @@ fn probe_modes(
 ) -> (Vec<ModeRow>, Result<(), String>) {
     let failed = |mode, loads: bool, detail: String| ModeRow {
         mode,
+        state: "-",
         loads: if loads { "yes" } else { "no" },
         attaches: "no",
         detail,
@@ -375,18 +390,24 @@ fn probe_modes(
                 if go.is_none() {
                     go = Some(p.uprobes_attach());
                 }
+                p.attach_ebadf(kernel, opts.skip_hooks);
                 let hooks: Vec<String> = p
                     .attached
                     .iter()
                     .map(|a| format!("{}={}", a.name, a.via))
                     .collect();
                 let mut detail = hooks.join(" ");
+                detail.push_str(&format!(" state={}", p.store.as_str()));
+                if let Some(note) = &p.store_note {
+                    detail.push_str(&format!(" ({})", first_line(note, 160)));
+                }
                 if !p.failed.is_empty() {
                     detail.push_str(&format!("; FAILED {}", Failure::list(&p.failed)));
                 }
                 let loads = p.failed.iter().all(|f| f.step != Step::Load);
                 ModeRow {
                     mode,
+                    state: p.store.as_str(),
                     loads: if loads { "yes" } else { "partly" },
                     attaches: if p.failed.is_empty() { "yes" } else { "partly" },
                     detail,
@@ -424,6 +445,7 @@ mod tests {
     fn row(mode: ProbeMode, attaches: &'static str, detectors: &[Detector]) -> ModeRow {
         ModeRow {
             mode,
+            state: "lru",
             loads: "yes",
             attaches,
             detail: format!("{} detail", mode.as_str()),
@@ -494,6 +516,7 @@ mod tests {
             v["probe_modes"][2],
             json!({
                 "mode": "tracepoint",
+                "state": "lru",
                 "loads": "yes",
                 "attaches": "yes",
                 "detail": "tracepoint detail",

@@ -85,7 +85,16 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Switch::Auto)]
     pub go_runtime: Switch,
 
-    /// Upper bound on sockets tracked in kernel memory (LRU: the oldest entries are evicted).
+    /// Where the programs keep each connection's state. `sk-storage`: on the socket itself
+    /// (socket-local storage, Linux 5.11+, BTF tracepoint and fentry modes): cheapest, freed with
+    /// the socket, no bound but the sockets. `lru`: an LRU hash map of --max-sockets entries
+    /// (every mode). `auto` takes sk-storage where it loads, else lru; `sk-storage` fails where it
+    /// cannot load.
+    #[arg(long, value_enum, default_value_t = SocketStateArg::Auto)]
+    pub socket_state: SocketStateArg,
+
+    /// Size of the LRU map of connection states (--socket-state lru): the oldest are evicted
+    /// past it. Socket-local storage needs no bound: each state is freed with its socket.
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sockets: u32,
@@ -127,6 +136,13 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SocketStateArg {
+    Auto,
+    SkStorage,
+    Lru,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -79,6 +79,7 @@ struct Health {
     decode_errors: IntCounter,
     detector_enabled: IntGaugeVec,
     probe_mode: IntGaugeVec,
+    socket_state: IntGaugeVec,
 }
 
 impl Losses {
@@ -208,6 +209,17 @@ impl Health {
                     &["mode"],
                 ),
             ),
+            socket_state: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "lostwrite_socket_state_info",
+                        "Where the programs keep connection state: sk_storage (on the socket, \
+                         freed with it) or lru (a map of --max-sockets entries).",
+                    ),
+                    &["store"],
+                ),
+            ),
         }
     }
 }
@@ -240,6 +252,10 @@ impl Metrics {
                 .with_label_values(&[d.as_str()])
                 .set(i64::from(*on));
         }
+    }
+
+    pub fn set_socket_state(&self, store: &str) {
+        self.health.socket_state.with_label_values(&[store]).set(1);
     }
 
     pub fn record(&self, a: &Attributed) {

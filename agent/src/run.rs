@@ -13,7 +13,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    cli::{ProbeModeArg, RunArgs, Switch},
+    cli::{ProbeModeArg, RunArgs, SocketStateArg, Switch},
     correlate::Correlator,
     go_runtime::{self, Candidate, Discovery, GoBinary, InspectError, Outcome},
     http::{self, AppState},
@@ -22,7 +22,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{Filter, Pipeline},
     privileges,
-    probes::{Detector, Kernel, LoadOptions, ProbeMode, Probes},
+    probes::{Detector, Kernel, LoadOptions, ProbeError, ProbeMode, Probes, StateStore},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
         btf: &args.kernel.btf,
         tracefs: &args.kernel.tracefs,
+        socket_state: match args.socket_state {
+            SocketStateArg::Auto => None,
+            SocketStateArg::SkStorage => Some(StateStore::SkStorage),
+            SocketStateArg::Lru => Some(StateStore::Lru),
+        },
         max_sockets: args.max_sockets,
         events_ring_bytes: args.events_ring_bytes,
         force_classic: args.classic_tracepoints,
@@ -68,6 +73,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Switch::Auto => Some(false),
         },
     };
+    if let Some(store) = opts.socket_state
+        && let Some(reason) = Probes::option_conflict(store, &opts)
+    {
+        return Err(ProbeError::StoreConflict {
+            store: store.as_str(),
+            reason,
+        }
+        .into());
+    }
     let kernel = Kernel::open(&opts)?;
     let mut probes = match args.probe_mode {
         ProbeModeArg::Auto => Probes::auto(&kernel, &opts)?,
@@ -94,8 +108,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .filter(|(_, on)| !on)
         .map(|(d, _)| d.as_str())
         .collect();
+    if let Some(note) = &probes.store_note {
+        info!("socket state in the LRU map; not in socket-local storage: {note}");
+    }
     info!(
         mode = probes.mode.as_str(),
+        state = probes.store.as_str(),
         hooks = hooks.join(" "),
         detectors_off = off.join(" "),
         listen = %args.listen,
@@ -157,6 +175,7 @@ async fn serve(
     let mut detectors: Vec<(Detector, bool)> = probes.detecting().into();
     detectors.push((Detector::GoWriteTimeout, go_on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
+    metrics.set_socket_state(probes.store.as_str());
     match &probes.go {
         Ok(()) => info!("Go runtime hooks loaded: Go binaries running or started get them"),
         Err(reason) => info!("Go runtime hooks not loaded: {reason}"),

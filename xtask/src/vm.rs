@@ -166,21 +166,27 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             boot.log.display()
         );
         let mut run = qemu::run(&boot)?;
-        if run.problem.is_some() && run.booted_after.is_none() {
-            // The kernel faulted before its init ran: nothing of the project's had started. Under
-            // software emulation an early-boot fault is the emulator's (seen once as an int3 oops
-            // in the idle loop, with the next boot clean), so the guest is booted once more, and
-            // the failed boot's console is kept beside the new one.
-            let kept = boot.log.with_extension("boot-fault.log");
+        if run.faulted() {
+            // Under software emulation a guest kernel fault has so far been the emulator's: an
+            // int3 oops in the idle loop before init, and once a double fault while probes were
+            // being attached, each with the next boot of the same image clean. So the guest is
+            // booted once more. The fault is echoed above with its backtrace, kept in its own
+            // log, and named in the summary; a second fault fails the kernel.
+            let kept = boot.log.with_extension("fault.log");
             std::fs::rename(&boot.log, &kept)?;
+            let fault = run.problem.clone().unwrap_or_default();
             println!(
-                "vm-test: {} faulted while booting, before init ({}); booting it again (console \
-                 kept in {})",
+                "vm-test: {} kernel fault {} ({fault}); booting it again (console kept in {})",
                 kernel.line.name,
-                run.problem.as_deref().unwrap_or_default(),
+                if run.booted_after.is_none() {
+                    "before init"
+                } else {
+                    "after init"
+                },
                 kept.display()
             );
             run = qemu::run(&boot)?;
+            run.earlier_fault = Some(fault);
         }
         println!(
             "vm-test: {} done in {:.1} s",

@@ -1,5 +1,5 @@
 //! Attaching one hook: the BTF or classic tracepoint, the fentry/fexit trampoline or the kprobe,
-//! with the program variant written for this kernel's parameter list.
+//! with the program variant written for this kernel's parameter list and the state store.
 
 use aya::{
     Btf, Ebpf,
@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::{
     HookError, Kernel, ProbeMode, Via, chain,
-    table::{Attach, EBADF_HOOKS, Hook},
+    table::{Attach, EBADF_HOOKS, Hook, StateStore, program_for},
 };
 
 /// Every hook of every mode, for `--skip-hook`.
@@ -24,14 +24,15 @@ pub fn hook_names() -> Vec<&'static str> {
     names
 }
 
-/// Attaches one hook; `arity` is the number of parameters of its function or tracepoint in
-/// this kernel's BTF.
+/// Attaches one hook with the programs for `store`; `arity` is the number of parameters of its
+/// function or tracepoint in this kernel's BTF.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
     kernel: &Kernel,
     hook: &Hook,
     arity: Option<usize>,
     force_classic: bool,
+    store: StateStore,
 ) -> Result<Via, HookError> {
     match &hook.attach {
         Attach::Tracepoint {
@@ -47,11 +48,18 @@ pub(super) fn attach(
             let btf_err = if force_classic {
                 "not tried (--classic-tracepoints)".to_owned()
             } else {
-                match attach_btf(ebpf, program, hook.target, &kernel.aya_btf) {
+                let program = program_for(program, store);
+                match attach_btf(ebpf, &program, hook.target, &kernel.aya_btf) {
                     Ok(()) => return Ok(Via::Btf),
                     Err(e) => e.reason,
                 }
             };
+            if store != StateStore::Lru {
+                return Err(HookError::load(format!(
+                    "BTF tracepoint: {btf_err}; a classic tracepoint cannot use {}",
+                    store.as_str()
+                )));
+            }
             let classic = match &kernel.classic_unavailable {
                 Some(e) => Err(HookError::load(e.clone())),
                 None => {
@@ -74,8 +82,8 @@ pub(super) fn attach(
             })
         }
         Attach::Trampoline(variants) => {
-            let program = variant(hook.target, variants, arity)?;
-            attach_trampoline(ebpf, program, hook.target, &kernel.aya_btf)?;
+            let program = program_for(variant(hook.target, variants, arity)?, store);
+            attach_trampoline(ebpf, &program, hook.target, &kernel.aya_btf)?;
             Ok(Via::Fentry)
         }
         Attach::Kprobe { entry, ret } => {

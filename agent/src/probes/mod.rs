@@ -1,10 +1,11 @@
 //! Loading the eBPF object and attaching a probe mode's hooks.
 //!
-//! One object holds the programs of every mode; [`table`] (the compatibility table) says which
-//! programs a mode attaches and which detector needs which hook. [`kernel`] resolves what the
-//! programs need from this kernel once, [`attach`] attaches one hook, and this module loads a
-//! mode and picks one. Support is probed by loading and attaching for real, and every failure
-//! keeps the verifier's words.
+//! One object holds the programs of every mode and state store; [`table`] (the compatibility
+//! table) says which programs a mode attaches, which detector needs which hook, and which store
+//! a program can use. [`kernel`] resolves what the programs need from this kernel once,
+//! [`attach`] attaches one hook, and this module loads a mode with a store and picks both.
+//! Support is probed by loading and attaching for real, and every failure keeps the verifier's
+//! words.
 
 mod attach;
 mod go;
@@ -24,8 +25,8 @@ use aya::{
 };
 pub use kernel::Kernel;
 pub use stats::{KernelStats, StatsReader};
-pub use table::ProbeMode;
 use table::{Attach, EBADF_HOOKS};
+pub use table::{ProbeMode, StateStore};
 use tracing::{debug, warn};
 
 use crate::btf;
@@ -56,6 +57,14 @@ pub enum ProbeError {
     Map(&'static str),
     #[error("--go-runtime on, but the Go runtime hooks cannot load here: {0}")]
     GoRuntime(String),
+    #[error("--socket-state {store} is not possible with {reason}")]
+    StoreConflict { store: &'static str, reason: String },
+    #[error("--socket-state {store}, but probe mode {mode} cannot keep state there: {reason}")]
+    StoreUnavailable {
+        store: &'static str,
+        mode: &'static str,
+        reason: String,
+    },
 }
 
 /// How a hook got attached.
@@ -146,6 +155,9 @@ impl Failure {
 pub struct LoadOptions<'a> {
     pub btf: &'a Path,
     pub tracefs: &'a Path,
+    /// `--socket-state`: `None` takes the cheapest store that loads, `Some` requires that one.
+    pub socket_state: Option<StateStore>,
+    /// Entries of the LRU map of socket states.
     pub max_sockets: u32,
     /// Size of the EVENTS ring buffer in bytes (a power of two, at least a page); `None` keeps
     /// the object's own size.
@@ -168,6 +180,10 @@ pub struct LoadOptions<'a> {
 pub struct Probes {
     ebpf: Ebpf,
     pub mode: ProbeMode,
+    /// Where the programs keep socket state.
+    pub store: StateStore,
+    /// Why a cheaper store was not used, if one was passed over.
+    pub store_note: Option<String>,
     pub attached: Vec<Attached>,
     /// Hooks that did not attach; the detectors that need them are off.
     pub failed: Vec<Failure>,
@@ -181,18 +197,126 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the object and attaches `mode`'s hooks. Fails when the mode gives no core detector;
-    /// a mode missing only some hooks loads with those detectors off.
+    /// Loads the object and attaches `mode`'s hooks, with the cheapest state store whose
+    /// programs all load and attach (or the one `--socket-state` names). Fails when the mode
+    /// gives no core detector; a mode missing only some hooks loads with those detectors off.
     pub fn load(
         kernel: &Kernel,
         mode: ProbeMode,
         opts: &LoadOptions<'_>,
     ) -> Result<Self, ProbeError> {
+        let mut passed_over: Option<String> = None;
+        for &store in StateStore::ALL.iter() {
+            let reason = match Self::rules_out(mode, store, opts) {
+                Some(reason) => reason,
+                None => match Self::load_with(kernel, mode, store, opts) {
+                    // The last store takes what it gets: some detectors may be off.
+                    Ok(p) if store == StateStore::Lru || p.only_skipped() => {
+                        return Ok(Self {
+                            store_note: passed_over,
+                            ..p
+                        });
+                    }
+                    Ok(p) => Failure::list(&p.failed),
+                    Err(e) if store == StateStore::Lru => return Err(e),
+                    Err(e) => e.to_string(),
+                },
+            };
+            if opts.socket_state == Some(store) {
+                return Err(ProbeError::StoreUnavailable {
+                    store: store.as_str(),
+                    mode: mode.as_str(),
+                    reason,
+                });
+            }
+            if opts.socket_state.is_none() {
+                debug!(
+                    "probe mode {}: state store {} unavailable: {reason}",
+                    mode.as_str(),
+                    store.as_str()
+                );
+                passed_over = Some(format!("{}: {reason}", store.as_str()));
+            }
+        }
+        unreachable!("the LRU store either loads or fails the mode")
+    }
+
+    /// Why `store` is not tried in `mode` with these options.
+    fn rules_out(mode: ProbeMode, store: StateStore, opts: &LoadOptions<'_>) -> Option<String> {
+        if opts.socket_state.is_some_and(|s| s != store) {
+            return Some(format!("--socket-state {}", opts.socket_state?.as_str()));
+        }
+        if !mode.stores().contains(&store) {
+            return Some(format!(
+                "{} mode's programs see the socket as a plain address",
+                mode.as_str()
+            ));
+        }
+        Self::option_conflict(store, opts)
+    }
+
+    /// Why the options rule `store` out in every mode.
+    pub fn option_conflict(store: StateStore, opts: &LoadOptions<'_>) -> Option<String> {
+        if store == StateStore::Lru {
+            return None;
+        }
+        if opts.force_classic {
+            return Some(
+                "classic tracepoints (--classic-tracepoints), whose programs see the socket as \
+                 a plain address"
+                    .to_owned(),
+            );
+        }
+        if opts.detect_ebadf {
+            return Some(
+                "--detect-ebadf, whose syscall hooks see the socket as a plain address".to_owned(),
+            );
+        }
+        None
+    }
+
+    /// Attaches the EBADF detector's syscall hooks (`agent check` tries them on any load; they
+    /// read socket state from the LRU map only).
+    pub fn attach_ebadf(&mut self, kernel: &Kernel, skip_hooks: &[String]) -> bool {
+        let skipped = EBADF_HOOKS
+            .iter()
+            .any(|(name, _)| skip_hooks.iter().any(|s| s == name));
+        if !kernel.fd_offsets || skipped {
+            return false;
+        }
+        self.ebadf = attach_ebadf(&mut self.ebpf, &kernel.aya_btf);
+        if self.ebadf {
+            self.attached
+                .extend(EBADF_HOOKS.iter().map(|(name, _)| Attached {
+                    name,
+                    via: Via::Btf,
+                }));
+        }
+        self.ebadf
+    }
+
+    /// Every hook that did not attach was left out by `--skip-hook`.
+    fn only_skipped(&self) -> bool {
+        self.failed.iter().all(|f| f.reason == SKIPPED)
+    }
+
+    /// Loads the object and attaches `mode`'s hooks with the programs for `store`.
+    fn load_with(
+        kernel: &Kernel,
+        mode: ProbeMode,
+        store: StateStore,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Self, ProbeError> {
         let mut loader = EbpfLoader::new();
+        let lru_entries = match store {
+            StateStore::Lru => opts.max_sockets,
+            // Unused: the smallest map the kernel creates.
+            StateStore::SkStorage => 1,
+        };
         loader
             .btf(Some(&kernel.aya_btf))
             .override_global(names::CONFIG, &kernel.config, true)
-            .map_max_entries(names::SOCKS, opts.max_sockets);
+            .map_max_entries(names::SOCKS, lru_entries);
         if let Some(bytes) = opts.events_ring_bytes {
             loader.map_max_entries(names::EVENTS, bytes);
         }
@@ -201,7 +325,7 @@ impl Probes {
             .map_err(|e| ProbeError::Load(chain(&e)))?;
         let mut attached = Vec::new();
         let mut failed = Vec::new();
-        for hook in mode.hooks() {
+        for hook in mode.hooks().filter(|h| h.used_with(store)) {
             let tp = matches!(hook.attach, Attach::Tracepoint { .. });
             let arity = kernel.arities.get(&(hook.target, tp)).copied().flatten();
             if hook.if_present && arity.is_none() {
@@ -212,11 +336,11 @@ impl Probes {
                 failed.push(Failure {
                     hook: hook.target,
                     step: Step::Load,
-                    reason: "skipped (--skip-hook)".to_owned(),
+                    reason: SKIPPED.to_owned(),
                 });
                 continue;
             }
-            match attach(&mut ebpf, kernel, hook, arity, opts.force_classic) {
+            match attach(&mut ebpf, kernel, hook, arity, opts.force_classic, store) {
                 Ok(via) => attached.push(Attached {
                     name: hook.target,
                     via,
@@ -231,6 +355,8 @@ impl Probes {
         let mut probes = Self {
             ebpf,
             mode,
+            store,
+            store_note: None,
             attached,
             failed,
             ebadf: false,
@@ -250,19 +376,8 @@ impl Probes {
                 failures: probes.failed,
             });
         }
-        let ebadf_skipped = EBADF_HOOKS
-            .iter()
-            .any(|(name, _)| opts.skip_hooks.iter().any(|s| s == name));
-        if kernel.fd_offsets && !ebadf_skipped && opts.detect_ebadf {
-            probes.ebadf = attach_ebadf(&mut probes.ebpf, &kernel.aya_btf);
-            if probes.ebadf {
-                probes
-                    .attached
-                    .extend(EBADF_HOOKS.iter().map(|(name, _)| Attached {
-                        name,
-                        via: Via::Btf,
-                    }));
-            }
+        if opts.detect_ebadf {
+            probes.attach_ebadf(kernel, opts.skip_hooks);
         }
         if let Some(required) = opts.go_runtime {
             probes.go = probes.load_go(kernel).map_err(|e| e.reason);
@@ -351,9 +466,11 @@ impl Probes {
             .take_map(names::STATS)
             .ok_or(ProbeError::Map(names::STATS))?;
         let array = PerCpuArray::try_from(map).map_err(|_| ProbeError::Map(names::STATS))?;
-        let socks = match self.ebpf.take_map(names::SOCKS) {
-            Some(Map::LruHashMap(data)) => data,
-            _ => return Err(ProbeError::Map(names::SOCKS)),
+        // Socket-local storage has no entries to count: nothing is ever evicted from it.
+        let socks = match (self.store, self.ebpf.take_map(names::SOCKS)) {
+            (StateStore::SkStorage, _) => None,
+            (StateStore::Lru, Some(Map::LruHashMap(data))) => Some(data),
+            (StateStore::Lru, _) => return Err(ProbeError::Map(names::SOCKS)),
         };
         Ok(StatsReader::new(array, socks))
     }
@@ -365,6 +482,9 @@ impl Probes {
             .ok()
     }
 }
+
+/// The reason recorded for a hook `--skip-hook` left out.
+const SKIPPED: &str = "skipped (--skip-hook)";
 
 /// An error and its sources on one line ("a: b: c"), so verifier output is never lost.
 pub fn chain(e: &dyn std::error::Error) -> String {

@@ -1,5 +1,8 @@
 //! The kernel-side counters, and how many sockets the `SOCKS` LRU map holds right now.
 //!
+//! With socket-local storage there is no map to walk and nothing is evicted: a socket counts as
+//! tracked from its state's creation until the connection reaches CLOSE (`SOCKETS_RELEASED`).
+//!
 //! A BPF LRU map evicts silently when it is full: no program runs, no counter moves. The agent
 //! therefore derives evictions at scrape time. Every entry that ever entered the map was counted
 //! in `SOCKETS_TRACKED`; it leaves either through `tcp:tcp_destroy_sock` (counted in
@@ -39,7 +42,8 @@ const BATCH: usize = 4096;
 
 pub struct StatsReader {
     array: PerCpuArray<MapData, u64>,
-    socks: MapData,
+    /// The LRU map of socket states, when the programs use it.
+    socks: Option<MapData>,
     keys: Vec<u64>,
     values: Vec<u8>,
     /// The batch walk failed once (a kernel without it); not retried.
@@ -47,7 +51,7 @@ pub struct StatsReader {
 }
 
 impl StatsReader {
-    pub fn new(array: PerCpuArray<MapData, u64>, socks: MapData) -> Self {
+    pub fn new(array: PerCpuArray<MapData, u64>, socks: Option<MapData>) -> Self {
         Self {
             array,
             socks,
@@ -66,7 +70,7 @@ impl StatsReader {
 
     pub fn read(&mut self) -> KernelStats {
         let sockets_tracked = self.total(stat::SOCKETS_TRACKED);
-        let sockets_live = if self.walk_unavailable {
+        let sockets_live = if self.walk_unavailable || self.socks.is_none() {
             None
         } else {
             match self.count_live() {
@@ -94,7 +98,10 @@ impl StatsReader {
 
     /// Entries in the SOCKS map, by batch lookups over all of it.
     fn count_live(&mut self) -> std::io::Result<u64> {
-        let fd = self.socks.fd().as_fd().as_raw_fd();
+        let Some(socks) = &self.socks else {
+            return Ok(0);
+        };
+        let fd = socks.fd().as_fd().as_raw_fd();
         let mut cursor = 0u64;
         let mut first = true;
         let mut live = 0u64;

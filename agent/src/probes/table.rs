@@ -1,8 +1,10 @@
-//! The compatibility table: probe mode -> hooks -> programs, and which detector needs which hook.
+//! The compatibility table: probe mode -> hooks -> programs, which detector needs which hook,
+//! and which state store each program can use.
 //!
-//! Every mode feeds the same handlers in the eBPF crate's `state` module; a mode differs only in
-//! where the send/receive/close facts come from. The TCP state tracepoints (Linux 4.16+) serve
-//! every mode.
+//! Every mode feeds the same handlers in the eBPF crate; a mode differs only in where the
+//! send/close facts come from. The TCP state tracepoints (Linux 4.16+) serve every mode. The
+//! per-socket state lives in one of two stores ([`StateStore`]): the BTF programs come in one
+//! program per store, the others work only with the LRU map.
 
 use super::Detector::{self, UnansweredClose, UndeliveredBytes, WriteAfterClose};
 
@@ -13,9 +15,53 @@ pub enum ProbeMode {
     Tracepoint,
 }
 
+/// Where the programs keep each connection's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateStore {
+    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`): a slot on the socket, freed with it.
+    SkStorage,
+    /// The `SOCKS` LRU hash map, keyed by socket address, of `--max-sockets` entries.
+    Lru,
+}
+
+impl StateStore {
+    /// The order `--socket-state auto` tries them in: cheapest first.
+    pub const ALL: [Self; 2] = [Self::SkStorage, Self::Lru];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SkStorage => "sk_storage",
+            Self::Lru => "lru",
+        }
+    }
+}
+
+/// Which stores a hook's programs work with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stores {
+    /// Both: each BTF program has a twin for socket-local storage, named `<program>_local`
+    /// (a classic tracepoint's program works with the LRU map only).
+    Both,
+    /// Only the LRU map needs the hook (it deletes the map's entries): not attached with
+    /// socket-local storage.
+    LruCleanup,
+    /// Only the LRU map: the programs see the socket as a plain address (kprobes), which
+    /// socket-local storage does not take. A mode with such a hook keeps state in the map.
+    LruOnly,
+}
+
 impl ProbeMode {
     /// The order `--probe-mode auto` tries them in: cheapest first.
     pub const ALL: [Self; 3] = [Self::Fentry, Self::Kprobe, Self::Tracepoint];
+
+    /// The stores this mode's programs can keep state in, cheapest first.
+    pub fn stores(self) -> &'static [StateStore] {
+        if self.hooks().any(|h| h.stores == Stores::LruOnly) {
+            &[StateStore::Lru]
+        } else {
+            &StateStore::ALL
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,6 +117,22 @@ pub(super) struct Hook {
     pub needed_by: &'static [Detector],
     /// Only hooked on kernels whose BTF has the function (tcp_sendpage is gone since 6.5).
     pub if_present: bool,
+    pub stores: Stores,
+}
+
+impl Hook {
+    /// Whether `store` needs this hook at all.
+    pub(super) fn used_with(&self, store: StateStore) -> bool {
+        store == StateStore::Lru || self.stores != Stores::LruCleanup
+    }
+}
+
+/// The name of `program`'s twin for `store`.
+pub(super) fn program_for(program: &str, store: StateStore) -> std::borrow::Cow<'_, str> {
+    match store {
+        StateStore::Lru => program.into(),
+        StateStore::SkStorage => format!("{program}_local").into(),
+    }
 }
 
 /// No mode hooks a receive: what a process read is taken from the socket's own sequence numbers
@@ -81,18 +143,21 @@ const FENTRY_HOOKS: &[Hook] = &[
         attach: Attach::Trampoline(&[(3, "fexit_tcp_sendmsg")]),
         needed_by: &[UnansweredClose, WriteAfterClose],
         if_present: false,
+        stores: Stores::Both,
     },
     Hook {
         target: "tcp_sendpage",
         attach: Attach::Trampoline(&[(5, "fexit_tcp_sendpage")]),
         needed_by: &[UnansweredClose, WriteAfterClose],
         if_present: true,
+        stores: Stores::Both,
     },
     Hook {
         target: "tcp_close",
         attach: Attach::Trampoline(&[(2, "fentry_tcp_close")]),
         needed_by: &[],
         if_present: false,
+        stores: Stores::Both,
     },
 ];
 
@@ -105,6 +170,7 @@ const KPROBE_HOOKS: &[Hook] = &[
         },
         needed_by: &[UnansweredClose, WriteAfterClose],
         if_present: false,
+        stores: Stores::LruOnly,
     },
     Hook {
         target: "tcp_sendpage",
@@ -114,6 +180,7 @@ const KPROBE_HOOKS: &[Hook] = &[
         },
         needed_by: &[UnansweredClose, WriteAfterClose],
         if_present: true,
+        stores: Stores::LruOnly,
     },
     Hook {
         target: "sk_stream_error",
@@ -123,6 +190,7 @@ const KPROBE_HOOKS: &[Hook] = &[
         },
         needed_by: &[WriteAfterClose],
         if_present: false,
+        stores: Stores::LruOnly,
     },
     Hook {
         target: "tcp_close",
@@ -132,6 +200,7 @@ const KPROBE_HOOKS: &[Hook] = &[
         },
         needed_by: &[],
         if_present: false,
+        stores: Stores::LruOnly,
     },
 ];
 
@@ -141,6 +210,7 @@ const fn tracepoint(
     btf_program: &'static str,
     classic_program: &'static str,
     needed_by: &'static [Detector],
+    stores: Stores,
 ) -> Hook {
     Hook {
         target,
@@ -152,6 +222,7 @@ const fn tracepoint(
         },
         needed_by,
         if_present: false,
+        stores,
     }
 }
 
@@ -164,6 +235,7 @@ const TRACEPOINT_HOOKS: &[Hook] = &[tracepoint(
     "btf_sock_send_length",
     "tp_sock_send_length",
     &[UnansweredClose, WriteAfterClose, UndeliveredBytes],
+    Stores::Both,
 )];
 
 const STATE_HOOKS: &[Hook] = &[
@@ -173,14 +245,17 @@ const STATE_HOOKS: &[Hook] = &[
         "btf_inet_sock_set_state",
         "tp_inet_sock_set_state",
         &[UnansweredClose, UndeliveredBytes],
+        Stores::Both,
     ),
-    // Frees the socket's entry; without it a recycled `struct sock` could inherit stale counts.
+    // Frees the socket's entry in the LRU map; without it a recycled `struct sock` could
+    // inherit stale counts. Socket-local storage is freed with the socket.
     tracepoint(
         "tcp",
         "tcp_destroy_sock",
         "btf_tcp_destroy_sock",
         "tp_tcp_destroy_sock",
         &[UnansweredClose, UndeliveredBytes],
+        Stores::LruCleanup,
     ),
     // Tells a close caused by the peer's RST from one the process started.
     tracepoint(
@@ -189,6 +264,7 @@ const STATE_HOOKS: &[Hook] = &[
         "btf_tcp_receive_reset",
         "tp_tcp_receive_reset",
         &[UndeliveredBytes],
+        Stores::Both,
     ),
     // Local aborts: close() with unread input, SO_LINGER{1,0}, memory pressure, keepalive. The
     // reset reason argument exists since Linux 6.10.
@@ -202,6 +278,7 @@ const STATE_HOOKS: &[Hook] = &[
         },
         needed_by: &[UndeliveredBytes],
         if_present: false,
+        stores: Stores::Both,
     },
 ];
 

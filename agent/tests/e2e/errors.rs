@@ -120,6 +120,36 @@ fn unavailable_probe_mode_is_an_error() {
 }
 
 #[test]
+fn socket_local_storage_where_it_cannot_be_is_an_error() {
+    if !root_or_skip("socket_local_storage_where_it_cannot_be_is_an_error") {
+        return;
+    }
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--socket-state",
+            "sk-storage",
+        ];
+        args.extend_from_slice(extra);
+        agent(&args)
+    };
+    let out = run(&["--detect-ebadf", "on"]);
+    assert_clean_failure(
+        &out,
+        1,
+        "--socket-state sk_storage is not possible with --detect-ebadf",
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    let out = run(&["--classic-tracepoints"]);
+    assert_clean_failure(&out, 1, "is not possible with classic tracepoints");
+    // This host has no kprobes; the mode would keep its state in the LRU map anyway.
+    let out = run(&["--probe-mode", "kprobe"]);
+    assert_clean_failure(&out, 1, "probe mode kprobe cannot keep state there");
+}
+
+#[test]
 fn check_reports_modes_detectors_and_exit_status() {
     if !root_or_skip("check_reports_modes_detectors_and_exit_status") {
         return;

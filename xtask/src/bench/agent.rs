@@ -243,14 +243,20 @@ impl Agent {
         ))
     }
 
+    /// The probe mode and the state store, as "tracepoint, state in sk_storage".
     fn probe_mode(&self) -> Result<String> {
         let text = self.metrics()?;
-        text.lines()
-            .filter(|l| l.ends_with(" 1"))
-            .find_map(|l| l.strip_prefix("lostwrite_probe_mode_info{mode=\""))
-            .and_then(|rest| rest.split('"').next())
-            .map(str::to_owned)
-            .context("no lostwrite_probe_mode_info in /metrics")
+        let info = |prefix: &str| {
+            text.lines()
+                .filter(|l| l.ends_with(" 1"))
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_owned)
+                .with_context(|| format!("no {prefix}...}} 1 in /metrics"))
+        };
+        let mode = info("lostwrite_probe_mode_info{mode=\"")?;
+        let store = info("lostwrite_socket_state_info{store=\"")?;
+        Ok(format!("{mode}, state in {store}"))
     }
 
     /// utime + stime of the agent, from /proc/<pid>/stat (fields 14 and 15, in clock ticks).

@@ -174,7 +174,8 @@ fn machine(w: &mut String, m: &Machine) {
         (
             "agent",
             format!(
-                "commit {}, `agent run` defaults (`--probe-mode auto` chose `{}`)",
+                "commit {}, `agent run` defaults (`--probe-mode auto` and `--socket-state auto` \
+                 chose `{}`)",
                 m.commit, m.probe_mode
             ),
         ),

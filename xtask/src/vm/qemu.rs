@@ -32,6 +32,9 @@ const KERNEL_FAULTS: &[&str] = &[
 /// How long to keep reading after a fault line, so the log holds the whole backtrace.
 const FAULT_GRACE: Duration = Duration::from_secs(5);
 
+/// Console lines of a fault echoed to the terminal (the whole console is in the log file).
+const FAULT_ECHO_LINES: usize = 80;
+
 pub struct Boot<'a> {
     pub kernel: &'a Kernel,
     pub initramfs: &'a Path,
@@ -62,6 +65,17 @@ pub struct GuestRun {
     pub check_exit: Option<String>,
     /// What `agent check --json` printed, when it printed JSON.
     pub check: Option<serde_json::Value>,
+    /// The fault of a first boot of this guest, when it was booted again after one.
+    pub earlier_fault: Option<String>,
+}
+
+impl GuestRun {
+    /// The guest kernel faulted (rather than a scenario failing or the guest timing out).
+    pub fn faulted(&self) -> bool {
+        self.problem
+            .as_deref()
+            .is_some_and(|p| p.starts_with("kernel fault"))
+    }
 }
 
 /// Boots the guest, streams its console into `boot.log`, and collects its result lines.
@@ -129,6 +143,7 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
     let deadline = started + boot.timeout;
     let mut parser = Parser::new(&boot.kernel.release);
     let mut fault_deadline: Option<Instant> = None;
+    let mut fault_echoed = 0;
     let mut problem = None;
     loop {
         let until = fault_deadline.map_or(deadline, |f| f.min(deadline));
@@ -154,6 +169,10 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
             eprintln!("vm-test: {} kernel fault: {line}", boot.kernel.line.name);
             problem = Some(format!("kernel fault ({fault}): {line}"));
             fault_deadline = Some(Instant::now() + FAULT_GRACE);
+        } else if fault_deadline.is_some() && fault_echoed < FAULT_ECHO_LINES {
+            // The backtrace, where a CI log shows it (the log file stays on the CI machine).
+            eprintln!("vm-test: {} | {line}", boot.kernel.line.name);
+            fault_echoed += 1;
         }
         if let Some(report) = parser.line(&line, started.elapsed()) {
             println!("vm-test: {} {report}", boot.kernel.line.name);
@@ -171,6 +190,7 @@ pub fn run(boot: &Boot<'_>) -> Result<GuestRun> {
         booted_after: parser.booted_after,
         check_exit: parser.check_exit,
         check: parser.check,
+        earlier_fault: None,
     })
 }
 

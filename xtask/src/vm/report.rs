@@ -105,6 +105,30 @@ impl Matrix<'_> {
                 run.wall.as_secs_f64(),
                 run.problem.as_deref().unwrap_or("-")
             );
+            // Where each mode keeps socket state on this kernel, as the guest's check says.
+            let stores: Vec<String> = run
+                .check
+                .as_ref()
+                .and_then(|c| c["probe_modes"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|m| Some(format!("{}={}", m["mode"].as_str()?, m["state"].as_str()?)))
+                .collect();
+            if !stores.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{:<6} socket state: {}",
+                    kernel.line.name,
+                    stores.join(" ")
+                );
+            }
+            if let Some(fault) = &run.earlier_fault {
+                let _ = writeln!(
+                    out,
+                    "{:<6} booted twice: the first boot had a {fault}",
+                    kernel.line.name
+                );
+            }
         }
 
         for (kernel, run) in self.runs {
@@ -418,6 +442,7 @@ mod tests {
             booted_after: None,
             check_exit: Some("0".to_owned()),
             check: Some(check_json(&[("unanswered_close", &["fentry", "kprobe"])])),
+            earlier_fault: None,
         };
         assert!(Matrix::off(&run, "tracepoint", seed));
         assert!(!Matrix::off(&run, "fentry", seed));
