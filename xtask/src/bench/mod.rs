@@ -62,7 +62,15 @@ pub struct Options {
     /// statistics.
     #[arg(long)]
     no_peer: bool,
+    /// Skip the LRU map's runs: one more agent-on run in each pair with `--socket-state lru`,
+    /// and one with BPF statistics, beside the default store (socket-local storage where the
+    /// kernel allows it).
+    #[arg(long)]
+    no_lru: bool,
 }
+
+/// The agent's arguments for its LRU-map runs.
+const LRU: &[&str] = &["--socket-state", "lru"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Case {
@@ -127,6 +135,8 @@ pub struct Pair {
     pub floor: Option<Floor>,
     /// The reference peer attached instead of the agent (unless `--no-peer`).
     pub peer: Option<Run>,
+    /// The agent with its state in the LRU map (unless `--no-lru`).
+    pub lru: Option<(Run, AgentRun)>,
 }
 
 /// `--floor`'s extra runs.
@@ -163,6 +173,8 @@ pub struct CaseResult {
     pub empty_probe_stats: Option<ProbeStats>,
     /// The same for the reference peer's programs.
     pub peer_stats: Option<ProbeStats>,
+    /// The same for the agent with its state in the LRU map.
+    pub lru_stats: Option<ProbeStats>,
 }
 
 /// A run with BPF statistics on, and the statistics.
@@ -281,12 +293,23 @@ impl Bench<'_> {
         } else {
             Some(peer::measure_stats(self.dir, &work)?)
         };
+        let lru_stats = if self.opts.no_probe_stats || self.opts.no_lru {
+            None
+        } else {
+            Some(agent::measure_probe_stats(
+                self.binary,
+                self.dir,
+                LRU,
+                &work,
+            )?)
+        };
         Ok(CaseResult {
             case,
             pairs,
             probe_stats,
             empty_probe_stats,
             peer_stats,
+            lru_stats,
         })
     }
 
@@ -310,6 +333,11 @@ impl Bench<'_> {
             } else {
                 Some(peer::measure(self.dir, work)?)
             };
+            let lru = if self.opts.no_lru {
+                None
+            } else {
+                Some(agent::measure(self.binary, self.dir, LRU, work)?)
+            };
             if !quiet.disturbed() {
                 return Ok(Pair {
                     off,
@@ -317,6 +345,7 @@ impl Bench<'_> {
                     agent,
                     floor,
                     peer,
+                    lru,
                 });
             }
         }
@@ -365,6 +394,7 @@ fn log_pair(case: Case, i: usize, pair: &Pair) {
         agent,
         floor,
         peer,
+        lru,
     } = pair;
     eprintln!(
         "bench: {:>5} pair {:>2}: off {:>12.1}/s  on {:>12.1}/s  ratio {:.4}  \
@@ -395,6 +425,16 @@ fn log_pair(case: Case, i: usize, pair: &Pair) {
             i + 1,
             peer.rate(),
             peer.rate() / off.rate(),
+        );
+    }
+    if let Some((lru, agent)) = lru {
+        eprintln!(
+            "bench: {:>5} pair {:>2}: lru  {:>12.1}/s  ratio {:.4}  records {}",
+            case.unit(),
+            i + 1,
+            lru.rate(),
+            lru.rate() / off.rate(),
+            agent.records()
         );
     }
 }

@@ -146,6 +146,7 @@ pub fn render(cx: &Context<'_>) -> String {
     throughput(w, cx.results);
     floor(w, cx.results);
     peer(w, cx.results);
+    lru(w, cx.results);
     missed_note(w, cx.results);
     agent_method(w);
     agent_table(w, cx.results);
@@ -492,6 +493,64 @@ fn peer(w: &mut String, results: &[CaseResult]) {
     }
 }
 
+/// The agent with its state in the LRU map, beside the default store: throughput over the same
+/// pairs, records, and share of CPU.
+fn lru(w: &mut String, results: &[CaseResult]) {
+    let with_lru: Vec<_> = results
+        .iter()
+        .filter(|r| !r.pairs.is_empty() && r.pairs.iter().all(|p| p.lru.is_some()))
+        .collect();
+    if with_lru.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### With the LRU map\n");
+    let _ = writeln!(
+        w,
+        "Each pair above had one more run with the agent started with `--socket-state lru`: \
+         its connection state in the LRU hash map (the store of kprobe mode, classic \
+         tracepoints and kernels before 5.11) instead of the default store named under Machine. \
+         **lru/off** is its throughput over the agent-off run of the same pair; the shares of \
+         CPU come from one run each with BPF statistics on (the method of \
+         [The agent](#the-agent)), and the split into hooks and work is in \
+         [One program run](#one-program-run-in-cpu-time).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| case | lru/off (IQR) | lru's loss (90 % CI) | default store's loss (90 % CI) | lru's \
+         records | lru's probe runs per unit | lru's share of CPU | default store's share of \
+         CPU |\n|---|---|---|---|---|---|---|---|"
+    );
+    let share = |stats: &Option<super::ProbeStats>| {
+        ProbeCost::of(stats).map_or("n/a".to_owned(), |c| {
+            format!("{:.2} %", c.ns_run * c.runs / c.busy_ns * 100.0)
+        })
+    };
+    for r in with_lru {
+        let ratios: Vec<f64> = r
+            .pairs
+            .iter()
+            .map(|p| p.lru.as_ref().map_or(f64::NAN, |(run, _)| run.rate()) / p.off.rate())
+            .collect();
+        let records: u64 = r
+            .pairs
+            .iter()
+            .filter_map(|p| p.lru.as_ref().map(|(_, a)| a.records()))
+            .sum();
+        let (q1, q3) = quartiles(&ratios);
+        let _ = writeln!(
+            w,
+            "| {} | {:.4} ({q1:.4}–{q3:.4}) | {} | {} | {records} | {} | {} | {} |",
+            r.case.title(),
+            median(ratios.clone()),
+            loss_with_ci(&ratios),
+            loss_with_ci(&pair_ratios(r)),
+            ProbeCost::of(&r.lru_stats).map_or("n/a".to_owned(), |c| format!("{:.2}", c.runs)),
+            share(&r.lru_stats),
+            share(&r.probe_stats),
+        );
+    }
+}
+
 /// A statistics run's figures per workload unit.
 struct ProbeCost {
     /// Program runs per unit.
@@ -551,26 +610,29 @@ fn dispatch(w: &mut String, results: &[CaseResult], rounds: &[DispatchRound]) {
          |---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
-        let (Some(on), Some(empty)) = (
-            ProbeCost::of(&r.probe_stats),
-            ProbeCost::of(&r.empty_probe_stats),
-        ) else {
+        let Some(empty) = ProbeCost::of(&r.empty_probe_stats) else {
             continue;
         };
-        let (runs, ns_run, busy) = (on.runs, on.ns_run, on.busy_ns);
-        let empty_ns_run = empty.ns_run;
-        let hooks = per_run * runs;
-        let work = (ns_run - empty_ns_run) * runs;
-        let _ = writeln!(
-            w,
-            "| {} | {runs:.2} | {busy:.0} ns | {hooks:.0} ns | {work:.0} ns | {:.2} % | {:.2} % \
-             | {:.2} % | {:.0} % |",
-            r.case.unit(),
-            hooks / busy * 100.0,
-            work / busy * 100.0,
-            (hooks + work) / busy * 100.0,
-            r.case.budget() * 100.0,
-        );
+        // The emptied programs' time per run is the statistics' own cost, the same for either
+        // store's programs.
+        for (label, stats) in [("", &r.probe_stats), (" (lru)", &r.lru_stats)] {
+            let Some(on) = ProbeCost::of(stats) else {
+                continue;
+            };
+            let (runs, ns_run, busy) = (on.runs, on.ns_run, on.busy_ns);
+            let hooks = per_run * runs;
+            let work = (ns_run - empty.ns_run) * runs;
+            let _ = writeln!(
+                w,
+                "| {}{label} | {runs:.2} | {busy:.0} ns | {hooks:.0} ns | {work:.0} ns | {:.2} % \
+                 | {:.2} % | {:.2} % | {:.0} % |",
+                r.case.unit(),
+                hooks / busy * 100.0,
+                work / busy * 100.0,
+                (hooks + work) / busy * 100.0,
+                r.case.budget() * 100.0,
+            );
+        }
     }
 }
 
@@ -617,6 +679,7 @@ mod tests {
                 sham: run(sham),
             }),
             peer: None,
+            lru: None,
         }
     }
 
@@ -631,6 +694,7 @@ mod tests {
             probe_stats: None,
             empty_probe_stats: None,
             peer_stats: None,
+            lru_stats: None,
         }];
         let mut w = String::new();
         floor(&mut w, &results);
@@ -667,6 +731,7 @@ mod tests {
                 },
             )),
             peer_stats: None,
+            lru_stats: None,
         }];
         let rounds: Vec<DispatchRound> = [(160.0, 210.0), (162.0, 222.0), (158.0, 213.0)]
             .map(|(off, empty)| DispatchRound { off, empty })
@@ -723,12 +788,14 @@ mod tests {
                     .map(|i| {
                         let mut p = pair(100_000, 99_000 - i * 100, Some((99_500, 100_100)));
                         p.peer = Some(run(92_000 + i * 100));
+                        p.lru = Some((run(97_000 + i * 100), agent(0.25, 40_960, 0)));
                         with_agent(p, 0)
                     })
                     .collect(),
                 probe_stats: stats(100_000, 200_000, 30_000_000),
                 empty_probe_stats: stats(100_000, 200_000, 10_000_000),
                 peer_stats: stats(100_000, 200_000, 90_000_000),
+                lru_stats: stats(100_000, 200_000, 50_000_000),
             },
             CaseResult {
                 case: Case::Http,
@@ -738,6 +805,7 @@ mod tests {
                 probe_stats: stats(1000, 2000, 300_000),
                 empty_probe_stats: None,
                 peer_stats: None,
+                lru_stats: None,
             },
             CaseResult {
                 case: Case::Churn,
@@ -745,6 +813,7 @@ mod tests {
                 probe_stats: None,
                 empty_probe_stats: None,
                 peer_stats: None,
+                lru_stats: None,
             },
         ]
     }
@@ -794,6 +863,7 @@ mod tests {
                 "## Throughput",
                 "### The hooks alone",
                 "### Beside a bpftrace script",
+                "### With the LRU map",
                 "## The agent",
                 "### One program run, in CPU time",
                 "## Every pair",
@@ -811,6 +881,19 @@ mod tests {
             "{full}"
         );
         assert!(full.contains("| 450.00 % | 150.00 % |"), "{full}");
+        // The LRU row: 97,200 of 100,000, no records, 2 runs per write, 50 ms over 20 ms.
+        assert!(
+            full.contains(
+                "| 64-byte write() loop, loopback TCP | 0.9720 (0.9710–0.9730) | 2.80 % (2.60 to \
+                 3.00) |"
+            ),
+            "{full}"
+        );
+        assert!(
+            full.contains("| 0 | 2.00 | 250.00 % | 150.00 % |"),
+            "{full}"
+        );
+        assert!(full.contains("| write (lru) | 2.00 |"), "{full}");
         assert_eq!(
             full.matches("| wrk -> nginx, keep-alive").count(),
             2,
@@ -825,6 +908,7 @@ mod tests {
             probe_stats: None,
             empty_probe_stats: None,
             peer_stats: None,
+            lru_stats: None,
         }];
         let quiet = Quiet::default();
         let plain = render(&Context {
@@ -849,6 +933,7 @@ mod tests {
             probe_stats: None,
             empty_probe_stats: None,
             peer_stats: None,
+            lru_stats: None,
         }];
         let mut w = String::new();
         floor(&mut w, &results);
