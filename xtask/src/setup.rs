@@ -281,6 +281,8 @@ const APT_PACKAGES: &[&[&str]] = &[
     &["nghttp2-client"],
     // `cargo xtask bench`'s reference peer: a bpftrace script of the unanswered-close detector.
     &["bpftrace"],
+    // `cargo xtask bench --profile`: perf record, to place the programs' time.
+    &["linux-perf"],
     // `cargo xtask vm-test`: the emulator, and a static busybox for the guests' initramfs.
     &["qemu-system-x86"],
     &["busybox-static"],

@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Run,
+    profile::{self, Profile, Recorder},
     workload::{Measured, Steady},
 };
 use crate::net::free_port;
@@ -108,6 +109,36 @@ pub fn measure_probe_stats(
     let measured = over_steady_window(work, || agent.bpf_stats())?;
     agent.stop()?;
     Ok(measured)
+}
+
+/// One agent-on run under `perf record` over its steady window (`--profile`): where the
+/// programs' time went, per workload unit.
+pub fn measure_profile(
+    binary: &Path,
+    dir: &Path,
+    args: &[&str],
+    work: Work<'_>,
+) -> Result<Profile> {
+    let agent = Agent::start(binary, dir, args)?;
+    let mut recorder = None;
+    let mut script = None;
+    let measured = work(&mut |start| {
+        if start {
+            recorder = Some(Recorder::start(dir)?);
+        } else if let Some(r) = recorder.take() {
+            script = Some(r.stop()?);
+        }
+        Ok(())
+    })?;
+    agent.stop()?;
+    let Some(script) = script else {
+        bail!("the workload did not close its steady window");
+    };
+    Ok(profile::parse(
+        &script,
+        measured.steady_units,
+        measured.run.seconds,
+    ))
 }
 
 /// Runs `work` with BPF statistics read by `read` at its steady window's start and end: the

@@ -10,6 +10,7 @@
 mod agent;
 mod machine;
 mod peer;
+mod profile;
 mod report;
 mod workload;
 
@@ -67,6 +68,12 @@ pub struct Options {
     /// kernel allows it).
     #[arg(long)]
     no_lru: bool,
+    /// Add one agent-on run per case (and one with `--socket-state lru`, unless `--no-lru`)
+    /// under `perf record`, which shows where the programs' time goes: their own instructions,
+    /// each helper and map function they call, the tracepoints' dispatch, and freeing socket-local
+    /// storage when a socket is destroyed (which no BPF statistic counts).
+    #[arg(long)]
+    profile: bool,
 }
 
 /// The agent's arguments for its LRU-map runs.
@@ -175,6 +182,8 @@ pub struct CaseResult {
     pub peer_stats: Option<ProbeStats>,
     /// The same for the agent with its state in the LRU map.
     pub lru_stats: Option<ProbeStats>,
+    /// With `--profile`: (the agent's store, its profile), the default store's first.
+    pub profiles: Vec<(&'static str, profile::Profile)>,
 }
 
 /// A run with BPF statistics on, and the statistics.
@@ -303,6 +312,7 @@ impl Bench<'_> {
                 &work,
             )?)
         };
+        let profiles = self.profiles(&work)?;
         Ok(CaseResult {
             case,
             pairs,
@@ -310,6 +320,7 @@ impl Bench<'_> {
             empty_probe_stats,
             peer_stats,
             lru_stats,
+            profiles,
         })
     }
 
@@ -349,6 +360,26 @@ impl Bench<'_> {
                 });
             }
         }
+    }
+
+    /// With `--profile`, one agent-on run under `perf record` per store.
+    fn profiles(&self, work: agent::Work<'_>) -> Result<Vec<(&'static str, profile::Profile)>> {
+        if !self.opts.profile {
+            return Ok(Vec::new());
+        }
+        let mut stores = vec![("default store", &[][..])];
+        if !self.opts.no_lru {
+            stores.push(("lru", LRU));
+        }
+        stores
+            .into_iter()
+            .map(|(label, args)| {
+                Ok((
+                    label,
+                    agent::measure_profile(self.binary, self.dir, args, work)?,
+                ))
+            })
+            .collect()
     }
 
     /// The extra runs with BPF statistics on, unless `--no-probe-stats`: with the agent's

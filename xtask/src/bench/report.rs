@@ -151,6 +151,7 @@ pub fn render(cx: &Context<'_>) -> String {
     agent_method(w);
     agent_table(w, cx.results);
     dispatch(w, cx.results, cx.dispatch);
+    profiles(w, cx.results);
     every_pair(w, cx.results);
     s
 }
@@ -636,6 +637,60 @@ fn dispatch(w: &mut String, results: &[CaseResult], rounds: &[DispatchRound]) {
     }
 }
 
+/// `--profile`'s tables: where each case's BPF time goes, per unit and as a share of the busy
+/// CPU, for each store.
+fn profiles(w: &mut String, results: &[CaseResult]) {
+    if results.iter().all(|r| r.profiles.is_empty()) {
+        return;
+    }
+    let _ = writeln!(w, "\n### Where the time goes\n");
+    let _ = writeln!(
+        w,
+        "With `--profile`, one more agent-on run per case and store ran under `perf record -e \
+         cpu-clock -a -g -F{}` over its steady window. Each sample on a busy CPU is placed by its \
+         call chain: in a program (**body**: its own instructions; else the helper or map \
+         function it was in, with what that called), in the tracepoint's dispatch around the \
+         programs, or in freeing a socket's local storage when the socket is destroyed, which \
+         runs in no program and so is in no BPF statistic above. A sample is {} µs of one CPU; \
+         places under {:.2} % of the busy CPU are in the total only. Sampling slows the workload \
+         (each total row gives the profiled run's rate beside the agent-on pairs'), so the shares \
+         are the measure and the ns per unit are those of the slowed run; these runs are apart \
+         from the pairs.\n",
+        super::profile::FREQUENCY,
+        1e6 / super::profile::FREQUENCY as f64,
+        0.02,
+    );
+    let _ = writeln!(
+        w,
+        "| case | store | where | what | ns per unit | share of busy CPU |\n\
+         |---|---|---|---|---|---|"
+    );
+    for r in results {
+        for (store, p) in &r.profiles {
+            for ((place, what), samples) in p.listed() {
+                let _ = writeln!(
+                    w,
+                    "| {} | {store} | {place} | {what} | {:.0} | {:.2} % |",
+                    r.case.unit(),
+                    p.ns_per_unit(samples),
+                    p.share(samples) * 100.0,
+                );
+            }
+            let _ = writeln!(
+                w,
+                "| {} | {store} | **all of it** | of {:.0} ns busy per unit, at {:.0} units/s \
+                 (agent-on pairs: {:.0}) | **{:.0}** | **{:.2} %** |",
+                r.case.unit(),
+                p.ns_per_unit(p.busy),
+                p.units / p.seconds,
+                median(r.pairs.iter().map(|x| x.on.rate()).collect()),
+                p.ns_per_unit(p.total()),
+                p.share(p.total()) * 100.0,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,6 +750,7 @@ mod tests {
             empty_probe_stats: None,
             peer_stats: None,
             lru_stats: None,
+            profiles: Vec::new(),
         }];
         let mut w = String::new();
         floor(&mut w, &results);
@@ -732,6 +788,7 @@ mod tests {
             )),
             peer_stats: None,
             lru_stats: None,
+            profiles: Vec::new(),
         }];
         let rounds: Vec<DispatchRound> = [(160.0, 210.0), (162.0, 222.0), (158.0, 213.0)]
             .map(|(off, empty)| DispatchRound { off, empty })
@@ -796,6 +853,7 @@ mod tests {
                 empty_probe_stats: stats(100_000, 200_000, 10_000_000),
                 peer_stats: stats(100_000, 200_000, 90_000_000),
                 lru_stats: stats(100_000, 200_000, 50_000_000),
+                profiles: vec![("default store", profile())],
             },
             CaseResult {
                 case: Case::Http,
@@ -806,6 +864,7 @@ mod tests {
                 empty_probe_stats: None,
                 peer_stats: None,
                 lru_stats: None,
+                profiles: Vec::new(),
             },
             CaseResult {
                 case: Case::Churn,
@@ -814,8 +873,28 @@ mod tests {
                 empty_probe_stats: None,
                 peer_stats: None,
                 lru_stats: None,
+                profiles: Vec::new(),
             },
         ]
+    }
+
+    /// 1000 busy samples over 100 units (at 4 kHz a sample is 250 µs of CPU, 2.5 µs per unit): a
+    /// program's body, a helper, and one place too small to list.
+    fn profile() -> crate::bench::profile::Profile {
+        let mut p = crate::bench::profile::Profile {
+            busy: 1000,
+            units: 100.0,
+            seconds: 1.0,
+            ..Default::default()
+        };
+        for (place, what, n) in [
+            ("btf_sock_send_length_local", "body", 30),
+            ("btf_sock_send_length_local", "bpf_probe_read_user", 10),
+            ("dispatch", "bpf_trace_run3", 0),
+        ] {
+            p.places.insert((place.into(), what.into()), n);
+        }
+        p
     }
 
     fn machine() -> Machine {
@@ -866,6 +945,7 @@ mod tests {
                 "### With the LRU map",
                 "## The agent",
                 "### One program run, in CPU time",
+                "### Where the time goes",
                 "## Every pair",
             ]
         );
@@ -894,6 +974,19 @@ mod tests {
             "{full}"
         );
         assert!(full.contains("| write (lru) | 2.00 |"), "{full}");
+        // The profile: 30 samples are 75 µs per unit and 3 % of the 1000 busy ones; the empty
+        // place is left out of the rows.
+        assert!(
+            full.contains(
+                "| write | default store | btf_sock_send_length_local | body | 75000 | 3.00 % |"
+            ),
+            "{full}"
+        );
+        assert!(
+            full.contains("| write | default store | **all of it** | of 2500000 ns busy per unit, at 100 units/s (agent-on pairs: 98800) | **100000** | **4.00 %** |"),
+            "{full}"
+        );
+        assert!(!full.contains("bpf_trace_run3"), "{full}");
         assert_eq!(
             full.matches("| wrk -> nginx, keep-alive").count(),
             2,
@@ -909,6 +1002,7 @@ mod tests {
             empty_probe_stats: None,
             peer_stats: None,
             lru_stats: None,
+            profiles: Vec::new(),
         }];
         let quiet = Quiet::default();
         let plain = render(&Context {
@@ -934,6 +1028,7 @@ mod tests {
             empty_probe_stats: None,
             peer_stats: None,
             lru_stats: None,
+            profiles: Vec::new(),
         }];
         let mut w = String::new();
         floor(&mut w, &results);
