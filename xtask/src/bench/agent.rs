@@ -104,7 +104,7 @@ pub fn measure_probe_stats(
     args: &[&str],
     work: Work<'_>,
 ) -> Result<(Run, BpfStats)> {
-    let _stats_on = StatsEnabled::new()?;
+    let _stats_on = stats_enabled()?;
     let agent = Agent::start(binary, dir, args)?;
     let measured = over_steady_window(work, || agent.bpf_stats())?;
     agent.stop()?;
@@ -385,28 +385,32 @@ fn sample(text: &str, name: &str) -> Result<f64> {
         .with_context(|| format!("no {name} in /metrics"))
 }
 
-/// `kernel.bpf_stats_enabled = 1` while alive, restored on drop.
-pub struct StatsEnabled {
+/// A sysctl set for as long as this lives, then restored.
+pub struct Sysctl {
+    path: &'static str,
     previous: String,
 }
 
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl StatsEnabled {
-    pub fn new() -> Result<Self> {
-        let previous = fs::read_to_string(BPF_STATS)
-            .with_context(|| format!("reading {BPF_STATS}"))?
+impl Sysctl {
+    pub fn set(path: &'static str, value: &str) -> Result<Self> {
+        let previous = fs::read_to_string(path)
+            .with_context(|| format!("reading {path}"))?
             .trim()
             .to_owned();
-        fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
-        Ok(Self { previous })
+        fs::write(path, value).with_context(|| format!("writing {path}"))?;
+        Ok(Self { path, previous })
     }
 }
 
-impl Drop for StatsEnabled {
+impl Drop for Sysctl {
     fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS, &self.previous);
+        let _ = fs::write(self.path, &self.previous);
     }
+}
+
+/// `kernel.bpf_stats_enabled = 1` while the guard lives: the kernel times every program run.
+pub fn stats_enabled() -> Result<Sysctl> {
+    Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")
 }
 
 #[cfg(test)]

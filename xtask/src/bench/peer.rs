@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Run,
-    agent::{BpfStats, SETTLE, StatsEnabled, Work, bpf_stats_of, over_steady_window, programs_of},
+    agent::{BpfStats, SETTLE, Work, bpf_stats_of, over_steady_window, programs_of, stats_enabled},
 };
 
 /// The script, one probe per tracepoint.
@@ -38,7 +38,7 @@ pub fn measure(dir: &Path, work: Work<'_>) -> Result<Run> {
 
 /// One run with BPF statistics on, summed over the peer's programs.
 pub fn measure_stats(dir: &Path, work: Work<'_>) -> Result<(Run, BpfStats)> {
-    let _stats_on = StatsEnabled::new()?;
+    let _stats_on = stats_enabled()?;
     let peer = Bpftrace::start(dir)?;
     let measured = over_steady_window(work, || bpf_stats_of(peer.child.id()))?;
     peer.stop()?;

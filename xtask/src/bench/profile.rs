@@ -21,6 +21,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::agent::Sysctl;
+
 /// Samples per second per CPU: enough for the places of 0.1 % to show over a 3 s window. Sampling
 /// in this VM is not free (10 kHz slowed connection churn by a third), so the shares are the
 /// measure, and the ns per unit those of a run slowed by the sampling.
@@ -150,12 +152,13 @@ pub fn parse(text: &str, units: f64, seconds: f64) -> Profile {
 pub struct Recorder {
     child: Child,
     data: PathBuf,
-    _kallsyms: JitKallsyms,
+    /// `net.core.bpf_jit_kallsyms = 1`: JIT-compiled programs get symbols.
+    _kallsyms: Sysctl,
 }
 
 impl Recorder {
     pub fn start(dir: &Path) -> Result<Self> {
-        let kallsyms = JitKallsyms::new()?;
+        let kallsyms = Sysctl::set("/proc/sys/net/core/bpf_jit_kallsyms", "1")?;
         let data = dir.join("perf.data");
         let child = Command::new("perf")
             .args(["record", "-e", "cpu-clock", "-a", "-g", "-q"])
@@ -196,31 +199,6 @@ impl Recorder {
         }
         let _ = fs::remove_file(&self.data);
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-/// `net.core.bpf_jit_kallsyms = 1` while alive (JIT-compiled programs get symbols), restored
-/// on drop.
-struct JitKallsyms {
-    previous: String,
-}
-
-const JIT_KALLSYMS: &str = "/proc/sys/net/core/bpf_jit_kallsyms";
-
-impl JitKallsyms {
-    fn new() -> Result<Self> {
-        let previous = fs::read_to_string(JIT_KALLSYMS)
-            .with_context(|| format!("reading {JIT_KALLSYMS}"))?
-            .trim()
-            .to_owned();
-        fs::write(JIT_KALLSYMS, "1").with_context(|| format!("writing {JIT_KALLSYMS}"))?;
-        Ok(Self { previous })
-    }
-}
-
-impl Drop for JitKallsyms {
-    fn drop(&mut self) {
-        let _ = fs::write(JIT_KALLSYMS, &self.previous);
     }
 }
 
