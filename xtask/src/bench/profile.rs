@@ -202,6 +202,16 @@ impl Recorder {
     }
 }
 
+impl Drop for Recorder {
+    /// A profile given up on (the workload failed) leaves no perf running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
