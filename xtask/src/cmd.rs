@@ -1,6 +1,9 @@
 //! Running commands: echo them, and fail with the command line in the error.
 
-use std::{ffi::OsStr, process::Command};
+use std::{
+    ffi::OsStr,
+    process::{Child, Command},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -69,4 +72,13 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 /// Whether `cmd` runs and exits successfully, with its output discarded.
 pub fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|out| out.status.success())
+}
+
+/// Kills `child` and reaps it if it is still running: what a guard for a background process
+/// does when it is dropped before it was stopped properly.
+pub fn kill_if_running(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

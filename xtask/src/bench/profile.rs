@@ -92,7 +92,8 @@ fn program_name(sym: &str) -> Option<&str> {
 }
 
 /// Reads `perf script` output (a header line per sample, then its call chain, leaf first, one
-/// `<address> <symbol>+<offset> (<object>)` per line, and a blank line) into a profile.
+/// tab-indented `<address> <symbol>[+<offset> (<object>)]` per line, and a blank line) into a
+/// profile.
 pub fn parse(text: &str, units: f64, seconds: f64) -> Profile {
     let mut profile = Profile {
         units,
@@ -102,7 +103,7 @@ pub fn parse(text: &str, units: f64, seconds: f64) -> Profile {
     for sample in text.split("\n\n") {
         let stack: Vec<&str> = sample
             .lines()
-            .filter(|l| l.starts_with(char::is_whitespace))
+            .filter(|l| l.starts_with('\t'))
             .filter_map(|l| {
                 let sym = l.split_whitespace().nth(1)?;
                 Some(sym.split_once("+0x").map_or(sym, |(s, _)| s))
@@ -188,27 +189,21 @@ impl Recorder {
         if !status.success() && status.signal() != Some(libc::SIGINT) {
             bail!("perf record exited with {status}");
         }
-        let out = Command::new("perf")
-            .args(["script", "-F", "comm,pid,ip,sym", "-i"])
-            .arg(&self.data)
-            .stderr(Stdio::null())
-            .output()
-            .context("running perf script")?;
-        if !out.status.success() {
-            bail!("perf script exited with {}", out.status);
-        }
+        // No `comm`: a task's name need not be UTF-8, and the stacks are all that is read.
+        let script = crate::cmd::output(
+            Command::new("perf")
+                .args(["script", "-F", "pid,ip,sym", "-i"])
+                .arg(&self.data),
+        )?;
         let _ = fs::remove_file(&self.data);
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(script)
     }
 }
 
 impl Drop for Recorder {
     /// A profile given up on (the workload failed) leaves no perf running.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        crate::cmd::kill_if_running(&mut self.child);
     }
 }
 
