@@ -138,6 +138,10 @@ impl Stake {
         } else {
             0
         };
+        // Input dropped by the close of an unanswered close: that incident counts it already.
+        if st.flags & flag::OWES_SENT != 0 && self.unacked == 0 {
+            return false;
+        }
         if !data_at_stake(st.proto, self.unacked, dropped) {
             return false;
         }

@@ -119,6 +119,10 @@ pub mod flag {
     pub const LOCAL_CLOSE: u16 = 1 << 2;
     /// An abort record was already sent for this socket.
     pub const ABORTED: u16 = 1 << 3;
+    /// A teardown record judged [`crate::Verdict::Owes`] was sent for this socket: an abort
+    /// that follows it (close() with the request unread resets the connection) loses only what
+    /// that unanswered close already counts, unless bytes written are at stake too.
+    pub const OWES_SENT: u16 = 1 << 4;
     /// The local side sent its FIN, which takes one sequence number but carries no data.
     pub const FIN_SENT: u16 = 1 << 5;
     /// The process called close() on it (fentry/kprobe `tcp_close`; tracepoint mode cannot
@@ -140,7 +144,18 @@ pub mod flag {
     /// The connection reached CLOSE and was counted released (socket-local storage, whose
     /// state lives on until the kernel frees the socket).
     pub const RELEASED: u16 = 1 << 12;
+    /// The process closed within [`crate::PROMPT_CLOSE_NS`] of the last input's arrival
+    /// ([`crate::SockState::note_close`]).
+    pub const PROMPT_CLOSE: u16 = 1 << 13;
+    /// The connection went to CLOSE with `sk_err` set and no reset: a retransmission or
+    /// keepalive timeout ended it.
+    pub const TIMED_OUT: u16 = 1 << 14;
 }
+
+/// A close this soon after the last input arrived is the direct reaction to that input: a
+/// goodbye answered by closing. Work, a timer, a deadline or a kill take longer. The kernel
+/// measures it in jiffies (`icsk_ack.lrcvtime`), so at HZ=250 it is 48 to 52 ms.
+pub const PROMPT_CLOSE_NS: u64 = 50_000_000;
 
 /// TCP states, from include/net/tcp_states.h.
 pub mod tcp_state {

@@ -42,7 +42,9 @@ pub const fn of_first_message(h: &Head, len: u32, replying: bool) -> u8 {
     if starts(h, b"HTTP/1.1 101 ") {
         return WEBSOCKET;
     }
-    if starts(h, b"HTTP/1.") || is_http_method(h) {
+    // A request only where the process speaks first: NATS clients answer the server's
+    // greeting with `CONNECT {...}`.
+    if starts(h, b"HTTP/1.") || (!replying && is_http_method(h)) {
         return HTTP;
     }
     // The client preface, or a server's first frame: SETTINGS (type 4) on stream 0.
@@ -103,6 +105,31 @@ pub const fn of_first_message(h: &Head, len: u32, replying: bool) -> u8 {
 #[inline(always)]
 pub const fn client_speaks_first(p: u8) -> bool {
     matches!(p, HTTP | H2 | TLS | POSTGRES | REDIS | WEBSOCKET)
+}
+
+/// Protocols whose goodbyes the table knows in full: on these, input the process never
+/// answered is a request owed an answer unless it is one of those goodbyes. Every other
+/// protocol may end its sessions with a goodbye no table lists
+/// ([`crate::SockState::ends_a_session`]).
+#[inline(always)]
+pub const fn goodbyes_known(p: u8) -> bool {
+    matches!(p, HTTP | H2 | WEBSOCKET | POSTGRES | MYSQL)
+}
+
+/// The largest last message taken for a goodbye on a protocol whose goodbyes no table knows.
+/// Goodbyes are small: memcached's and beanstalkd's `quit` are 6 bytes, an LDAP unbind 7, an
+/// MQTT DISCONNECT 2, OpenSSH's last packets 96.
+pub const SESSION_GOODBYE_MAX: u64 = 256;
+
+/// How many answers (or a greeting) make a connection a session whose last message may be a
+/// goodbye no table knows: one, and on TLS three, as the handshake's two flights answer the
+/// client's before any application data does.
+#[inline(always)]
+pub const fn answers_before_goodbye(p: u8) -> u8 {
+    match p {
+        TLS => 3,
+        _ => 1,
+    }
 }
 
 /// The sizes of one TLS close alert record: TLS 1.3 with any AEAD (5 + 2 + 1 + 16), TLS 1.2

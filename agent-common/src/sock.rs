@@ -51,7 +51,11 @@ pub struct SockState {
     pub role: u8,
     /// One of [`proto`], from the first bytes of the process's first message.
     pub proto: u8,
-    pub _pad: [u8; 2],
+    /// How many of the process's messages answered input it had not answered yet (saturating):
+    /// the connection's rhythm, which the goodbye of a protocol in no table is told by
+    /// ([`SockState::ends_a_session`]). A server's greeting is not one.
+    pub answers: u8,
+    pub _pad: u8,
     /// `tcp_sock.write_seq` where the process's output began when tracking did.
     pub write_at_start: u32,
     /// `tcp_sock.copied_seq` at the process's last goodbye (valid with [`flag::GOODBYE_SENT`]).
@@ -81,13 +85,14 @@ impl SockState {
         }
     }
 
-    /// Whether a write must record where the process's reading stands. Not for a client that
-    /// wrote before it read anything: it owes no answer ([`SockState::verdict`]) however its
-    /// reads and writes interleave later, so its writes (an HTTP client's requests, a stream of
-    /// uploads) skip the read of `copied_seq`.
+    /// Whether a write must record where the process's reading stands. Not for a client after
+    /// its first write: a client that spoke first, or answered its server once, owes no answer
+    /// ([`SockState::verdict`]) however its reads and writes interleave later, so its writes
+    /// (an HTTP client's requests, a stream of uploads, a subscriber's acknowledgements) skip
+    /// the read of `copied_seq`.
     #[inline(always)]
     pub const fn send_needs_read_position(&self) -> bool {
-        !(self.role == role::CLIENT && self.flags & (flag::SENT | flag::PEER_FIRST) == flag::SENT)
+        !(self.role == role::CLIENT && self.flags & flag::SENT != 0)
     }
 
     /// Whether the send of `len` bytes being recorded must have its first bytes read
@@ -128,6 +133,7 @@ impl SockState {
             // fetch it again.
             if self.copied_at_last_out != copied {
                 self.copied_at_last_out = copied;
+                self.answers = self.answers.saturating_add(1);
             }
             if self.flags & flag::GOODBYE_SENT != 0 && !kind.ends() {
                 self.flags &= !flag::GOODBYE_SENT;
@@ -213,7 +219,9 @@ impl SockState {
             return Verdict::PeerClosed;
         }
         if self.role == role::CLIENT
-            && (!self.peer_spoke_first() || proto::client_speaks_first(self.proto))
+            && (!self.peer_spoke_first()
+                || proto::client_speaks_first(self.proto)
+                || self.answers > 0)
         {
             return Verdict::Client;
         }
@@ -227,7 +235,51 @@ impl SockState {
         if proto::is_goodbye_size(self.proto, self.unanswered_in) {
             return Verdict::PeerGoodbye;
         }
+        if self.ends_a_session() {
+            return Verdict::SessionEnd;
+        }
         Verdict::Owes
+    }
+
+    /// The goodbye of a protocol the table does not know (README: What unanswered close tells
+    /// apart): the peer's last message, unanswered, is taken for its goodbye when
+    /// - the protocol has no table of its goodbyes that is complete ([`proto::goodbyes_known`]:
+    ///   on HTTP, HTTP/2, WebSocket, PostgreSQL and MySQL every other request is owed an
+    ///   answer);
+    /// - the connection is a session: the process answered the peer before, at least
+    ///   [`proto::answers_before_goodbye`] times (a TLS handshake takes two), or spoke first
+    ///   (a greeting);
+    /// - the message is small ([`proto::SESSION_GOODBYE_MAX`] bytes at most);
+    /// - and the close came at once ([`flag::PROMPT_CLOSE`], set by [`SockState::note_close`]):
+    ///   the direct reaction to that message, not work, a timer, a deadline or a kill.
+    ///
+    /// What it gives up: a small request on such a session, dropped within
+    /// [`crate::PROMPT_CLOSE_NS`] of its arrival (a crash right after reading it), is taken for
+    /// a goodbye.
+    #[inline(always)]
+    pub const fn ends_a_session(&self) -> bool {
+        self.flags & flag::PROMPT_CLOSE != 0 && self.may_end_a_session()
+    }
+
+    /// Everything [`SockState::ends_a_session`] asks but the close's timing: the kernel reads
+    /// the clock at a close only when this holds. Meaningful after `settle`.
+    #[inline(always)]
+    pub const fn may_end_a_session(&self) -> bool {
+        if proto::goodbyes_known(self.proto) || self.unanswered_in > proto::SESSION_GOODBYE_MAX {
+            return false;
+        }
+        let greeted = self.flags & (flag::SENT | flag::PEER_FIRST) == flag::SENT;
+        self.answers as u32 + greeted as u32 >= proto::answers_before_goodbye(self.proto) as u32
+    }
+
+    /// The process closes, `since_input_ns` after the last input arrived: a close within
+    /// [`crate::PROMPT_CLOSE_NS`] of it is the direct reaction to that input
+    /// ([`flag::PROMPT_CLOSE`]).
+    #[inline(always)]
+    pub const fn note_close(&mut self, since_input_ns: u64) {
+        if since_input_ns <= crate::PROMPT_CLOSE_NS {
+            self.flags |= flag::PROMPT_CLOSE;
+        }
     }
 
     /// A write that failed because the connection was gone loses nothing when the process had
@@ -274,6 +326,9 @@ pub enum Verdict {
     /// No process closed it (a timer or a received segment did), or a socket older than the
     /// agent that is not a server's (decided by the agent).
     NotTheResponder = 7,
+    /// The peer's last message was small and closed at once on a session of a protocol whose
+    /// goodbyes no table knows: its goodbye ([`SockState::ends_a_session`]).
+    SessionEnd = 8,
 }
 
 impl Verdict {
@@ -288,6 +343,7 @@ impl Verdict {
             Self::Client => "client",
             Self::SimultaneousClose => "simultaneous_close",
             Self::NotTheResponder => "not_the_responder",
+            Self::SessionEnd => "session_end",
         }
     }
 }

@@ -306,3 +306,57 @@ fn detectors_are_named_once() {
     }
     assert_eq!(Detector::from_name("false_positive"), None);
 }
+
+#[test]
+fn a_session_ends_on_a_small_message_closed_at_once() {
+    // memcached after `set` and `get`, reading `quit`: answered twice, 6 bytes unanswered.
+    let mut st = SockState {
+        role: role::SERVER,
+        ..SockState::default()
+    };
+    st.record_send(23, 8, &head(b"STORED\r\n"));
+    st.record_send(32, 27, &head(b"VALUE k 0 5\r\n"));
+    assert_eq!(st.answers, 2);
+    st.settle(38, 38, 38, 35, false);
+    assert_eq!(st.unanswered_in, 6);
+    assert!(st.may_end_a_session());
+    // A close 60 ms after the input: work, a timer or a kill, not the goodbye's reaction.
+    let mut late = st;
+    late.note_close(60_000_000);
+    assert_eq!(late.verdict(), Verdict::Owes);
+    st.note_close(PROMPT_CLOSE_NS);
+    assert_eq!(st.verdict(), Verdict::SessionEnd);
+    // On HTTP every request is owed its answer, however small and soon.
+    st.proto = proto::HTTP;
+    assert_eq!(st.verdict(), Verdict::Owes);
+    // Nothing answered, nothing said first: no session yet.
+    let mut first = SockState {
+        role: role::SERVER,
+        flags: flag::PROMPT_CLOSE,
+        unanswered_in: 78,
+        ..SockState::default()
+    };
+    assert!(!first.may_end_a_session());
+    assert_eq!(first.verdict(), Verdict::Owes);
+    // A greeting makes one.
+    first.record_send(0, 30, &head(b"220 ready\r\n"));
+    assert!(first.may_end_a_session());
+    assert_eq!(first.verdict(), Verdict::SessionEnd);
+}
+
+#[test]
+fn a_request_method_is_http_only_from_the_side_speaking_first() {
+    // NATS: the server's INFO first, then the client's CONNECT.
+    let connect = head(b"CONNECT {\"verbose\"");
+    assert_eq!(proto::of_first_message(&connect, 120, true), proto::UNKNOWN);
+    assert_eq!(proto::of_first_message(&connect, 120, false), proto::HTTP);
+    // A client that answered its server once owes it nothing after.
+    let mut st = SockState {
+        role: role::CLIENT,
+        ..SockState::default()
+    };
+    st.record_send(400, 120, &connect);
+    st.settle(4400, 4400, 4400, 120, false);
+    assert_eq!(st.verdict(), Verdict::Client);
+    assert!(!st.send_needs_read_position());
+}

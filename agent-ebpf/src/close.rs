@@ -89,6 +89,7 @@ fn on_closing<M: Mem, S: Store>(tp: u64, old: u32, new: u32) {
     }
     // A peer RST was already reported by tcp_receive_reset.
     if closing.failed && st.flags & flag::PEER_RESET == 0 {
+        st.flags |= flag::TIMED_OUT;
         abort::<M>(tp, st, trigger::ERROR, NO_REASON);
     }
     if !closing.open || !st.local_close(new) {
@@ -103,11 +104,20 @@ fn on_closing<M: Mem, S: Store>(tp: u64, old: u32, new: u32) {
     };
     // This state change comes before the kernel queues the FIN it announces.
     track::settle::<M>(tp, st, false);
+    // How soon the close followed the last input decides only a session's possible goodbye.
+    if st.may_end_a_session()
+        && let Some(ago) = track::since_last_input_ns::<M>(tp)
+    {
+        st.note_close(ago);
+    }
     let go = go_deadline_explaining::<M, S>(tp, st);
     // The clocks are read only for a record: most closes owe nothing.
     if st.worth_a_teardown_record(explained(st), go.is_some()) {
         st.last_in_ns = track::last_input_ns::<M>(tp);
         st.flags |= flag::TEARDOWN_SENT;
+        if st.may_owe_answer() {
+            st.flags |= flag::OWES_SENT;
+        }
         emit_teardown(kind::TEARDOWN, tp, st, closer, old, new, go.as_ref());
     }
 }

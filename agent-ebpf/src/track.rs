@@ -181,11 +181,18 @@ pub fn settle<M: Mem>(tp: u64, st: &mut SockState, fin_queued: bool) {
 /// When the last input arrived: `icsk_ack.lrcvtime` (jiffies) placed on the monotonic clock.
 #[inline(always)]
 pub fn last_input_ns<M: Mem>(tp: u64) -> u64 {
-    let Some(lrcv) = M::read::<u32>(tp, config!(sock.icsk_lrcvtime)) else {
-        return 0;
-    };
+    match since_last_input_ns::<M>(tp) {
+        Some(ago) => now().saturating_sub(ago),
+        None => 0,
+    }
+}
+
+/// How long ago the last input arrived, at the kernel's tick resolution: `icsk_ack.lrcvtime`
+/// against the jiffies now, no clock read.
+#[inline(always)]
+pub fn since_last_input_ns<M: Mem>(tp: u64) -> Option<u64> {
+    let lrcv = M::read::<u32>(tp, config!(sock.icsk_lrcvtime))?;
     // SAFETY: plain helper call.
     let jiffies = unsafe { bpf_jiffies64() } as u32;
-    let ago = jiffies.wrapping_sub(lrcv) as u64 * config!(jiffy_ns) as u64;
-    now().saturating_sub(ago)
+    Some(jiffies.wrapping_sub(lrcv) as u64 * config!(jiffy_ns) as u64)
 }

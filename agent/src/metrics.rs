@@ -90,7 +90,7 @@ impl Losses {
                 r,
                 "lostwrite_unanswered_closes_total",
                 "Connections closed by the local process after reading input it never answered.",
-                &per_process(&["comm", "port", "role"]),
+                &per_process(&["comm", "port", "role", "protocol", "ended_by"]),
             ),
             unanswered_delay: register(
                 r,
@@ -107,25 +107,25 @@ impl Losses {
                 r,
                 "lostwrite_writes_after_close_total",
                 "Write-family calls that failed because the connection was already torn down.",
-                &per_process(&["comm", "port", "role", "errno"]),
+                &per_process(&["comm", "port", "role", "errno", "ended_by"]),
             ),
             writes_after_close_bytes: counters(
                 r,
                 "lostwrite_writes_after_close_bytes_total",
                 "Bytes those calls tried to write (only where the probe mode sees the size).",
-                &per_process(&["comm", "port", "role", "errno"]),
+                &per_process(&["comm", "port", "role", "errno", "ended_by"]),
             ),
             undelivered_bytes: counters(
                 r,
                 "lostwrite_undelivered_bytes_total",
                 "Bytes write() accepted that the peer never acknowledged before an abortive end.",
-                &per_process(&["comm", "port", "role", "reason"]),
+                &per_process(&["comm", "port", "role", "reason", "ended_by"]),
             ),
             aborted_connections: counters(
                 r,
                 "lostwrite_aborted_connections_total",
                 "Connections that ended abortively with data at stake.",
-                &per_process(&["comm", "port", "role", "reason"]),
+                &per_process(&["comm", "port", "role", "reason", "ended_by"]),
             ),
             go_write_timeouts: counters(
                 r,
@@ -133,14 +133,14 @@ impl Losses {
                 "Responses a Go server dropped or cut short because its write deadline \
              (net/http's WriteTimeout) expired, by protocol (http1: the connection \
              closed; h2: the stream was reset).",
-                &per_process(&["comm", "port", "protocol"]),
+                &per_process(&["comm", "port", "protocol", "ended_by"]),
             ),
             explained: counters(
                 r,
                 "lostwrite_explained_closes_total",
                 "Closes judged on an --explain-port, by verdict (unanswered, answered, \
-             peer_goodbye, goodbye_sent, peer_closed, client, simultaneous_close, \
-             not_the_responder).",
+             peer_goodbye, session_end, goodbye_sent, peer_closed, client, \
+             simultaneous_close, not_the_responder).",
                 &["port", "verdict"],
             ),
         }
@@ -261,7 +261,7 @@ impl Metrics {
     pub fn record(&self, a: &Attributed) {
         let i = &a.incident;
         let port = i.port.to_string();
-        let (comm, role) = (i.comm.as_str(), i.role.as_str());
+        let (comm, role, ended_by) = (i.comm.as_str(), i.role.as_str(), i.ended_by.as_str());
         // A process outside any pod, on Kubernetes, gets empty values (Prometheus drops them).
         let pod = match (&a.pod, self.pod_labels) {
             (_, false) => vec![],
@@ -269,10 +269,14 @@ impl Metrics {
             (None, true) => vec![""; 3],
         };
         match &i.detail {
-            Detail::UnansweredClose { delay, .. } => {
+            Detail::UnansweredClose {
+                delay, protocol, ..
+            } => {
                 self.losses
                     .unanswered
-                    .with_label_values(&[&[comm, &port, role][..], &pod].concat())
+                    .with_label_values(
+                        &[&[comm, &port, role, protocol, ended_by][..], &pod].concat(),
+                    )
                     .inc();
                 self.losses
                     .unanswered_delay
@@ -280,7 +284,7 @@ impl Metrics {
                     .observe(delay.as_secs_f64());
             }
             Detail::WriteAfterClose { errno, attempted } => {
-                let labels = [&[comm, &port, role, errno.as_str()][..], &pod].concat();
+                let labels = [&[comm, &port, role, errno.as_str(), ended_by][..], &pod].concat();
                 self.losses
                     .writes_after_close
                     .with_label_values(&labels)
@@ -297,7 +301,7 @@ impl Metrics {
                 undelivered_bytes,
                 ..
             } => {
-                let labels = [&[comm, &port, role, reason.as_str()][..], &pod].concat();
+                let labels = [&[comm, &port, role, reason.as_str(), ended_by][..], &pod].concat();
                 self.losses
                     .aborted_connections
                     .with_label_values(&labels)
@@ -312,7 +316,7 @@ impl Metrics {
         if let Some(go) = &i.go {
             self.losses
                 .go_write_timeouts
-                .with_label_values(&[&[comm, &port, go.protocol()][..], &pod].concat())
+                .with_label_values(&[&[comm, &port, go.protocol(), ended_by][..], &pod].concat())
                 .inc();
         }
     }
@@ -386,8 +390,8 @@ mod tests {
         m.record(&i.into());
         let text = m.render();
         for line in [
-            r#"lostwrite_undelivered_bytes_total{comm="nginx",port="8800",reason="linger_zero",role="server"} 5607424"#,
-            r#"lostwrite_aborted_connections_total{comm="nginx",port="8800",reason="linger_zero",role="server"} 2"#,
+            r#"lostwrite_undelivered_bytes_total{comm="nginx",ended_by="local",port="8800",reason="linger_zero",role="server"} 5607424"#,
+            r#"lostwrite_aborted_connections_total{comm="nginx",ended_by="local",port="8800",reason="linger_zero",role="server"} 2"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -404,12 +408,12 @@ mod tests {
         let out = m.render();
         assert!(
             out.contains(
-                "lostwrite_go_write_timeouts_total{comm=\"seedsrv\",port=\"8800\",protocol=\"http1\"} 1"
+                "lostwrite_go_write_timeouts_total{comm=\"seedsrv\",ended_by=\"local\",port=\"8800\",protocol=\"http1\"} 1"
             ),
             "{out}"
         );
         assert!(out.contains(
-            "lostwrite_unanswered_closes_total{comm=\"seedsrv\",port=\"8800\",role=\"server\"} 2"
+            "lostwrite_unanswered_closes_total{comm=\"seedsrv\",ended_by=\"local\",port=\"8800\",protocol=\"http\",role=\"server\"} 2"
         ));
     }
 
@@ -435,7 +439,7 @@ mod tests {
         });
         let text = m.render();
         for line in [
-            r#"lostwrite_unanswered_closes_total{comm="seedsrv",port="8800",role="server"} 1"#,
+            r#"lostwrite_unanswered_closes_total{comm="seedsrv",ended_by="local",port="8800",protocol="http",role="server"} 1"#,
             r#"lostwrite_unanswered_close_delay_seconds_bucket{comm="seedsrv",port="8800",le="2.5"} 1"#,
             r#"lostwrite_unanswered_close_delay_seconds_bucket{comm="seedsrv",port="8800",le="1"} 0"#,
             "lostwrite_events_dropped_total 3",
@@ -465,9 +469,9 @@ mod tests {
         on.record(&samples::nginx_linger().into());
         let text = on.render();
         for line in [
-            r#"lostwrite_unanswered_closes_total{comm="seedsrv",container="api",namespace="shop",pod="checkout-7d9f8b6c5-x2x9q",port="8800",role="server"} 1"#,
+            r#"lostwrite_unanswered_closes_total{comm="seedsrv",container="api",ended_by="local",namespace="shop",pod="checkout-7d9f8b6c5-x2x9q",port="8800",protocol="http",role="server"} 1"#,
             r#"lostwrite_unanswered_close_delay_seconds_count{comm="seedsrv",container="api",namespace="shop",pod="checkout-7d9f8b6c5-x2x9q",port="8800"} 1"#,
-            r#"lostwrite_aborted_connections_total{comm="nginx",container="",namespace="",pod="",port="8800",reason="linger_zero",role="server"} 1"#,
+            r#"lostwrite_aborted_connections_total{comm="nginx",container="",ended_by="local",namespace="",pod="",port="8800",reason="linger_zero",role="server"} 1"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -481,7 +485,7 @@ mod tests {
         let text = off.render();
         assert!(
             text.lines().any(|l| l
-                == r#"lostwrite_unanswered_closes_total{comm="seedsrv",port="8800",role="server"} 1"#),
+                == r#"lostwrite_unanswered_closes_total{comm="seedsrv",ended_by="local",port="8800",protocol="http",role="server"} 1"#),
             "{text}"
         );
         for label in ["namespace=", "pod=", "container="] {

@@ -51,6 +51,7 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<&'a str>,
     peer_closed: bool,
+    ended_by: crate::correlate::EndedBy,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<&'static str>,
     /// The cause, where the Go runtime hooks saw one.
@@ -93,6 +94,7 @@ impl<'a> Record<'a> {
             pod: a.pod.as_ref().map(|p| p.name.as_str()),
             container: a.pod.as_ref().map(|p| p.container.as_str()),
             peer_closed: i.peer_closed,
+            ended_by: i.ended_by,
             protocol: None,
             go_deadline: i.go.map(|g| g.deadline),
             go_deadline_after_input_seconds: i.go.map(|g| g.after_input.as_secs_f64()),
@@ -180,7 +182,7 @@ pub fn line(format: LogFormat, at: SystemTime, a: &Attributed) -> String {
             format!(
                 "{} INCIDENT {}: {} [reason={} role={} port={} pid={} comm={} tid={} thread={} \
                  local={} remote={} bytes_read={} bytes_written={}{extra} cgroup_id={}{pod} \
-                 peer_closed={}]",
+                 peer_closed={} ended_by={}]",
                 r.ts,
                 r.kind,
                 r.message,
@@ -197,6 +199,7 @@ pub fn line(format: LogFormat, at: SystemTime, a: &Attributed) -> String {
                 r.bytes_written,
                 r.cgroup_id,
                 r.peer_closed,
+                i.ended_by.as_str(),
             )
         }
     }

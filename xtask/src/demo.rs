@@ -85,7 +85,11 @@ pub fn run() -> Result<ExitCode> {
         timed_out.stderr.trim()
     );
 
-    let wanted = format!("{UNANSWERED}{{comm=\"seedsrv\",port=\"{seed_port}\",role=\"server\"}}");
+    // The seed's server never sent a byte, so its protocol is not known from what it sent.
+    let wanted = format!(
+        "{UNANSWERED}{{comm=\"seedsrv\",ended_by=\"local\",port=\"{seed_port}\",\
+         protocol=\"unknown\",role=\"server\"}}"
+    );
     let seen = wait_for("the incident", Duration::from_secs(5), || {
         Ok(agent.incident(seed_port).is_some() && scrape(metrics)?.get(&wanted) == Some(&1.0))
     });

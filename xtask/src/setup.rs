@@ -276,6 +276,22 @@ const APT_PACKAGES: &[&[&str]] = &[
     &["python3-h2"],
     &["openssl"],
     &["nodejs"],
+    // Servers of protocols with no entry in the protocol table, whose sessions end with the
+    // client's goodbye and the server's close, and their clients: OpenSSH, memcached
+    // (pymemcache), NATS (Debian's nats.go, built by the tests in GOPATH mode), mosquitto
+    // (MQTT), slapd (LDAP), git daemon; haproxy as a health checker.
+    &["openssh-server"],
+    &["openssh-client"],
+    &["memcached"],
+    &["python3-pymemcache"],
+    &["nats-server"],
+    &["golang-github-nats-io-go-nats-dev"],
+    &["mosquitto"],
+    &["mosquitto-clients"],
+    &["slapd"],
+    &["ldap-utils"],
+    &["git"],
+    &["haproxy"],
     // nghttp and h2load: HTTP/2 clients that reuse one h2c connection for several requests
     // (Debian 12's curl 7.88 cannot reuse a prior-knowledge h2c connection).
     &["nghttp2-client"],

@@ -58,6 +58,31 @@ impl AbortReason {
     }
 }
 
+/// Which side ended the exchange a loss is about (the `ended_by` label, README: Metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedBy {
+    /// This process ended it while its peer was owed data or an answer: an unanswered close,
+    /// a close with unread input, SO_LINGER{1,0}, a write after its own shutdown, EBADF.
+    Local,
+    /// The peer reset or closed first while bytes were in flight: a client whose own timeout
+    /// fired, a health checker that stops reading, a cancelled download. A middlebox's reset
+    /// looks the same from here.
+    Peer,
+    /// A retransmission or keepalive timeout.
+    Network,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+            Self::Network => "network",
+        }
+    }
+}
+
 /// The errno of a failed write, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[expect(
@@ -191,6 +216,8 @@ pub struct Incident {
     pub cgroup_id: u64,
     /// The peer had sent FIN before (a client that gave up waiting, for an unanswered close).
     pub peer_closed: bool,
+    /// Which side ended the exchange.
+    pub ended_by: EndedBy,
     /// Why, where the Go runtime hooks saw it: the response's write deadline expired.
     pub go: Option<GoWriteTimeout>,
 }
@@ -379,6 +406,7 @@ pub mod samples {
             bytes_out: 0,
             cgroup_id: 1,
             peer_closed: false,
+            ended_by: EndedBy::Local,
             go: None,
         }
     }

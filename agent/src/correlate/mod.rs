@@ -25,7 +25,7 @@ use agent_common::{
 #[cfg(test)]
 pub use incident::samples;
 pub use incident::{
-    AbortReason, CloseHow, Detail, Errno, GoDeadlineKind, GoWriteTimeout, Incident, Role,
+    AbortReason, CloseHow, Detail, EndedBy, Errno, GoDeadlineKind, GoWriteTimeout, Incident, Role,
 };
 
 impl Role {
@@ -394,6 +394,11 @@ impl Correlator {
             return None;
         }
         let reason = self.abort_reason(ev);
+        let ended_by = match (reason, ev.trigger) {
+            (AbortReason::PeerReset, _) => EndedBy::Peer,
+            (AbortReason::Timeout, _) | (_, trigger::ERROR) => EndedBy::Network,
+            _ => EndedBy::Local,
+        };
         let detail = Detail::Undelivered {
             reason,
             undelivered_bytes: ev.unacked,
@@ -410,7 +415,8 @@ impl Correlator {
                 ..Owner::default()
             }
         };
-        let incident = self.incident(s, role, owner, detail);
+        let mut incident = self.incident(s, role, owner, detail);
+        incident.ended_by = ended_by;
         if ev.trigger == trigger::RECEIVE_RESET {
             return self.pairs.peer_reset(
                 ev.header.ts_ns,
@@ -499,7 +505,9 @@ impl Correlator {
             tid: ev.pid,
             thread: comm(&ev.thread),
         };
-        Some(self.incident(s, Role::from_wire(s.role), writer, detail))
+        let mut incident = self.incident(s, Role::from_wire(s.role), writer, detail);
+        incident.ended_by = write_ended_by(errno, tracked);
+        Some(incident)
     }
 
     fn incident(&self, s: &SockState, role: Role, owner: Owner, detail: Detail) -> Incident {
@@ -518,6 +526,7 @@ impl Correlator {
             bytes_out: s.bytes_out,
             cgroup_id: s.cgroup_id,
             peer_closed: s.flags & flag::PEER_FIN != 0,
+            ended_by: EndedBy::Local,
             go: None,
         }
     }
@@ -535,6 +544,20 @@ impl Correlator {
             }
             Role::Unknown => lport,
         }
+    }
+}
+
+/// Who ended the connection a write failed on: the process itself for EBADF and for a write
+/// after its own close or shutdown; the network where the connection timed out; else the
+/// peer, whose reset is what EPIPE, ECONNRESET and ENOTCONN mostly follow.
+fn write_ended_by(errno: Errno, tracked: Option<&SockState>) -> EndedBy {
+    let flags = tracked.map_or(0, |s| s.flags);
+    match errno {
+        Errno::EBADF => EndedBy::Local,
+        _ if flags & flag::PEER_RESET != 0 => EndedBy::Peer,
+        _ if flags & flag::TIMED_OUT != 0 => EndedBy::Network,
+        Errno::EPIPE | Errno::ENOTCONN if flags & flag::LOCAL_CLOSE != 0 => EndedBy::Local,
+        _ => EndedBy::Peer,
     }
 }
 

@@ -24,7 +24,7 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const STARTUP: Duration = Duration::from_secs(30);
 
 /// A server's directory, removed on drop.
-struct ServerDir(PathBuf);
+pub struct ServerDir(pub PathBuf);
 
 impl Drop for ServerDir {
     fn drop(&mut self) {
@@ -33,7 +33,7 @@ impl Drop for ServerDir {
 }
 
 /// A fresh `/tmp/lostwrite-e2e/<name>` owned by `user`, every directory above it traversable.
-fn server_dir(name: &str, user: &str) -> ServerDir {
+pub fn server_dir(name: &str, user: &str) -> ServerDir {
     let root = Path::new("/tmp/lostwrite-e2e");
     std::fs::create_dir_all(root).expect("create /tmp/lostwrite-e2e");
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -65,13 +65,13 @@ fn output(what: &str, cmd: &mut Command) -> Output {
 }
 
 /// The file's text, or why it could not be read (for failure messages).
-fn read_log(path: &Path) -> String {
+pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
 }
 
 /// Polls `ready` every 50 ms until it holds; panics with the server's log if the server exits
 /// first or [`STARTUP`] passes.
-fn wait_ready(
+pub fn wait_ready(
     what: &str,
     port: u16,
     server: &mut Process,

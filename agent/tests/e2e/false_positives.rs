@@ -15,7 +15,7 @@ use crate::{
     servers::{Nginx, curl, start_nginx, start_rust_http},
 };
 
-const LOSSES: [&str; 6] = [
+pub const LOSSES: [&str; 6] = [
     "lostwrite_unanswered_closes_total",
     "lostwrite_go_write_timeouts_total",
     "lostwrite_writes_after_close_total",
@@ -82,6 +82,81 @@ pub fn assert_no_loss_on_with(
 }
 
 const EXPLAINED: &str = "lostwrite_explained_closes_total";
+
+/// Starts an agent that explains every close on `port` (`--explain-port`, and `extra`), and
+/// asserts every detector is enabled (a detector that is off counts nothing, which would make
+/// a test pass for the wrong reason).
+pub fn explaining_agent(name: &str, port: u16, extra: &[&str]) -> Agent {
+    let port_label = port.to_string();
+    let mut args = vec!["--explain-port", &port_label];
+    args.extend(extra);
+    let agent = Agent::start(&args);
+    let m = agent.scrape();
+    let go = (!extra.contains(&"--go-runtime")).then_some("go_write_timeout");
+    for detector in DETECTORS.into_iter().chain(go) {
+        assert_eq!(
+            m.value("lostwrite_detector_enabled", &[("detector", detector)]),
+            Some(1.0),
+            "{name}: detector {detector} is not enabled"
+        );
+    }
+    agent
+}
+
+/// Waits until the agent has judged exactly `closes` closes of connections on `port` (the
+/// test's own, by their port: two per loopback connection, one per end), and checks that no
+/// more come within 300 ms and that no record was dropped or failed to decode (a lost record
+/// would make any "nothing lost" pass). Returns a scrape taken after that, and the verdicts
+/// of the closes (verdict -> count).
+pub fn judged_exactly(
+    name: &str,
+    agent: &Agent,
+    port: u16,
+    closes: f64,
+) -> (Metrics, BTreeMap<String, f64>) {
+    let port_label = port.to_string();
+    let judged = |m: &Metrics| m.by_label(EXPLAINED, &[("port", &port_label)], "verdict");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: f64 = judged(&agent.scrape()).values().sum();
+        if n >= closes || std::time::Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let m = agent.scrape();
+    let verdicts = judged(&m);
+    let n: f64 = verdicts.values().sum();
+    assert_eq!(
+        n,
+        closes,
+        "{name}: the agent judged {n} closes on port {port}, not {closes}: {verdicts:?}\n{:?}",
+        agent.explained()
+    );
+    for counter in [
+        "lostwrite_events_dropped_total",
+        "lostwrite_decode_errors_total",
+    ] {
+        assert_eq!(m.total(counter), 0.0, "{name}: {counter}");
+    }
+    (m, verdicts)
+}
+
+/// [`explaining_agent`], `scenario`, [`judged_exactly`] `closes`, and then: no loss counter
+/// moved and no incident was logged. Returns the verdicts.
+pub fn assert_no_loss_exactly(
+    name: &str,
+    port: u16,
+    closes: f64,
+    scenario: impl FnOnce(),
+) -> BTreeMap<String, f64> {
+    let agent = explaining_agent(name, port, &[]);
+    scenario();
+    let (m, verdicts) = judged_exactly(name, &agent, port, closes);
+    assert_counted_nothing(name, &agent, &m);
+    verdicts
+}
 
 fn assert_counted_nothing(name: &str, agent: &Agent, m: &Metrics) {
     for loss in LOSSES {

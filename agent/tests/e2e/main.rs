@@ -21,6 +21,7 @@ mod kubernetes;
 mod prometheus;
 mod scale;
 mod servers;
+mod sessions;
 mod streams;
 mod tls;
 mod unanswered;

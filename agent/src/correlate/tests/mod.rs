@@ -225,6 +225,9 @@ impl Conn {
             self.write_seq,
             false,
         );
+        if st.may_end_a_session() {
+            st.note_close(t.saturating_sub(self.last_arrival));
+        }
         st.last_in_ns = self.last_arrival;
         let go = if st.flags & flag::GO_DEADLINE != 0
             && self.go.explains(st.verdict(), self.copied) != GoLoss::None
@@ -233,6 +236,9 @@ impl Conn {
         } else {
             GoDeadline::default()
         };
+        if st.worth_a_teardown_record(explained, go.which != 0) && st.may_owe_answer() {
+            st.flags |= flag::OWES_SENT;
+        }
         st.worth_a_teardown_record(explained, go.which != 0)
             .then_some(TeardownEvent {
                 header: EventHeader {
@@ -298,6 +304,7 @@ use undelivered::{abort_ev, correlator_with_reasons};
 
 mod go;
 mod protocols;
+mod sessions;
 mod unanswered;
 mod undelivered;
 mod write_after_close;

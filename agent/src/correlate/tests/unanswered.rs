@@ -40,10 +40,12 @@ fn keep_alive_client_records_its_reading_only_at_its_first_write() {
     assert_eq!(c.st.copied_at_last_out, PEER_ISN);
     assert!(!c.st.send_needs_read_position());
     assert_eq!(c.close(3 * SEC), None);
-    // A client whose peer spoke first keeps recording it.
+    // A client whose peer spoke first records it at its first write, its answer, and owes
+    // nothing after it.
     let c = Conn::client().recv(SEC, 40).send(SEC + 1, 10);
-    assert!(c.st.send_needs_read_position());
+    assert!(!c.st.send_needs_read_position());
     assert_eq!(c.st.copied_at_last_out, PEER_ISN.wrapping_add(40));
+    assert_eq!(c.st.answers, 1);
 }
 
 #[test]
