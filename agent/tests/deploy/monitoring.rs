@@ -74,9 +74,11 @@ fn every_loss_counter_has_an_alert() {
             "no alert on {counter}"
         );
     }
-    // Every alert expression groups by the pod labels (absent off Kubernetes, which is fine).
+    // Every alert expression groups by the pod labels (absent off Kubernetes, which is fine),
+    // and pages on losses this side or the network caused, never on those the peer chose.
     for e in exprs.iter().filter(|e| e.contains("sum by")) {
         assert!(e.contains("namespace, pod, container"), "{e}");
+        assert!(e.contains(r#"ended_by!="peer""#), "{e}");
     }
 }
 
@@ -203,6 +205,15 @@ fn dashboard_has_a_panel_per_detector_by_pod() {
             assert!(e.contains("by (namespace, pod"), "{counter}: {e}");
         }
     }
+    // The peers that left with data in flight have a panel of their own.
+    let peer = panels
+        .iter()
+        .find(|p| exprs(p).iter().any(|e| e.contains(r#"ended_by="peer""#)))
+        .expect("a panel of the losses peers chose");
+    assert!(
+        exprs(peer).iter().all(|e| e.contains(r#"ended_by="peer""#)),
+        "{peer}"
+    );
     let mut ids: Vec<i64> = panels.iter().filter_map(|p| p["id"].as_i64()).collect();
     ids.sort_unstable();
     ids.dedup();

@@ -183,6 +183,61 @@ fn query_then_close_counts_one() {
     assert_eq!(i["unanswered_bytes"], PG_SLEEP.len());
 }
 
+// --- A protocol in no table: a greeting, one answered command, then the client's goodbye.
+
+const GREETING: &[u8] = b"\x01\x02shapes 1.0\n";
+const COMMAND: &[u8] = b"\x03get k\n";
+const REPLY: &[u8] = b"\x04value\n";
+const GOODBYE: &[u8] = b"\x05bye\n";
+
+/// The server's side up to its answer to the client's one command.
+const SESSION_SERVER: &[Step] = &[Write(GREETING), Read(COMMAND.len()), Write(REPLY)];
+/// The client's side, then its goodbye, and it waits for the server's close.
+const SESSION_CLIENT: &[Step] = &[
+    Read(GREETING.len()),
+    Write(COMMAND),
+    Read(REPLY.len()),
+    Write(GOODBYE),
+    Eof,
+];
+
+/// The server reads the goodbye of a protocol no table knows and closes at once, while its
+/// client waits for the close: the session's end, by the rule for such protocols.
+#[test]
+fn session_goodbye_of_a_protocol_in_no_table_counts_zero() {
+    if !root_or_skip("session_goodbye_of_a_protocol_in_no_table_counts_zero") {
+        return;
+    }
+    let port = server(&[SESSION_SERVER, &[Read(GOODBYE.len())]].concat());
+    let verdicts = assert_no_loss_on("session goodbye", port, 10.0, || {
+        clients(port, 5, SESSION_CLIENT);
+    });
+    assert_eq!(verdicts.get("session_end"), Some(&5.0), "{verdicts:?}");
+}
+
+/// The same session, but the server closes 300 ms after the last message (work, a timer, a
+/// kill): that message was a request it dropped.
+#[test]
+fn session_message_closed_on_after_work_counts_one() {
+    if !root_or_skip("session_message_closed_on_after_work_counts_one") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let port = server(&[SESSION_SERVER, &[Read(GOODBYE.len()), Pause(300)]].concat());
+    clients(port, 1, SESSION_CLIENT);
+    let (_, i) = the_only_unanswered_close(
+        &agent,
+        "the dropped request",
+        &own_comm(),
+        &port.to_string(),
+        "server",
+    );
+    assert_own_thread(&i, "shapesrv");
+    assert_eq!(i["protocol"], "unknown", "{i}");
+    assert_eq!(i["ended_by"], "local", "{i}");
+    assert_eq!(i["unanswered_bytes"], GOODBYE.len());
+}
+
 /// The client sends its request and its FIN; the server reads both and closes without a word.
 /// A peer that closed its side first was not waiting.
 #[test]
@@ -191,7 +246,7 @@ fn peer_fin_first_counts_zero() {
         return;
     }
     let port = server(&[Read(crate::servers::REQUEST.len()), Eof]);
-    let verdicts = assert_no_loss_on("peer FIN first", port, 5.0, || {
+    let verdicts = assert_no_loss_on("peer FIN first", port, 10.0, || {
         clients(port, 5, &[Write(crate::servers::REQUEST), HalfClose, Eof]);
     });
     assert_eq!(verdicts.get("peer_closed"), Some(&5.0), "{verdicts:?}");
@@ -221,16 +276,18 @@ fn simultaneous_close_counts_zero() {
             for _ in 0..3 {
                 let (mut conn, _) = listener.accept().unwrap();
                 // A stream the server pushes first (a feed, a replication log), then the
-                // client's request, which the server drops.
+                // client's request, which the server drops after some work (closed at once,
+                // the request would be taken for the goodbye of a session).
                 conn.write_all(&vec![b'f'; BLOB]).unwrap();
                 let mut req = vec![0; crate::servers::REQUEST.len()];
                 conn.read_exact(&mut req).unwrap();
+                thread::sleep(Duration::from_millis(100));
                 drop(conn);
                 closed.send(()).unwrap();
             }
         })
         .unwrap();
-    let verdicts = assert_no_loss_on("simultaneous close", port, 3.0, || {
+    let verdicts = assert_no_loss_on("simultaneous close", port, 6.0, || {
         for _ in 0..3 {
             let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
             set_socket_option(c.as_raw_fd(), libc::SO_RCVBUF, &4096);
@@ -317,7 +374,7 @@ fn tls_alert_sized_final_writes_count_only_the_dropped_request() {
     ];
     for (name, server_steps, client_steps) in shapes {
         let port = server(&server_steps);
-        assert_no_loss_on(name, port, 3.0, || clients(port, 3, &client_steps));
+        assert_no_loss_on(name, port, 6.0, || clients(port, 3, &client_steps));
     }
     // The seed over TLS: the request read, no response, and the TLS layer's alert at close.
     let agent = Agent::start(&[]);

@@ -131,7 +131,8 @@ pub fn start_postgres(name: &str) -> Postgres {
             .arg(pg.log())
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c update_process_title=on",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c update_process_title=on \
+                 -c log_connections=on",
                 pg.port,
                 pg.dir.0.display()
             ))
@@ -162,6 +163,13 @@ impl Postgres {
     /// The server log, for failure messages.
     pub fn server_log(&self) -> String {
         read_log(&self.log())
+    }
+
+    /// The TCP connections the server has received so far, by its log (`log_connections`).
+    pub fn connections_received(&self) -> usize {
+        self.server_log()
+            .matches("connection received: host=127.0.0.1")
+            .count()
     }
 
     /// `psql -c sql` in a session of its own over TCP: the unaligned, tuples-only output.
@@ -334,6 +342,15 @@ pub fn start_redis(name: &str) -> Redis {
 }
 
 impl Redis {
+    /// `total_connections_received` of `INFO stats` (this query's connection included).
+    pub fn connections_received(&self) -> usize {
+        let info = self.cli(&["info", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total_connections_received in INFO: {info}"))
+    }
+
     /// `redis-cli -p port args...` (one connection): its output.
     pub fn cli(&self, args: &[&str]) -> String {
         run(

@@ -387,21 +387,39 @@ fn go_newer_release_is_hooked() {
     assert_seed_with_cause(&agent, port, "seedsrv-go123");
 }
 
-/// Runs of the Go hook programs so far, every one of them (`bpftool prog show`, with bpf stats
-/// on).
-fn go_runs() -> u64 {
+/// Runs of the agent's own Go hook programs so far (`bpftool prog show`, with bpf stats on):
+/// the programs whose fds the agent process holds, not every `go_*` program on the host.
+fn go_runs(agent: &Agent) -> u64 {
+    let own = program_ids(agent.pid());
+    assert!(!own.is_empty(), "the agent holds no BPF program");
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
         .expect("bpftool");
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    progs
+    let runs: Vec<u64> = progs
         .as_array()
         .unwrap()
         .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| own.contains(&id)))
         .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("go_")))
         .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
-        .sum()
+        .collect();
+    assert!(!runs.is_empty(), "the agent has no Go hook program loaded");
+    runs.iter().sum()
+}
+
+/// The ids of the BPF programs process `pid` holds an fd of (`prog_id:` in its fdinfo).
+fn program_ids(pid: u32) -> std::collections::BTreeSet<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("the agent's fdinfo");
+    fds.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
 }
 
 /// Turns `kernel.bpf_stats_enabled` on while alive.
@@ -437,7 +455,7 @@ fn go_hooks_never_run_for_healthy_requests_and_an_idle_expiry_is_no_incident() {
         assert_eq!(code, Some(0), "{err}");
     }
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(go_runs(), 0, "a Go hook ran for healthy requests");
+    assert_eq!(go_runs(&agent), 0, "a Go hook ran for healthy requests");
 
     // An idle keep-alive connection: answered, then quiet past WriteTimeout (the deadline
     // expires, and the hook runs once) and past IdleTimeout (the server closes it).
@@ -452,7 +470,7 @@ fn go_hooks_never_run_for_healthy_requests_and_an_idle_expiry_is_no_incident() {
     assert_eq!(n, 0, "EOF");
     thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        go_runs(),
+        go_runs(&agent),
         1,
         "the idle connection's write deadline expired once"
     );

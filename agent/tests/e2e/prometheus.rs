@@ -17,9 +17,13 @@ fn exposition_passes_promtool() {
         return;
     }
     let agent = Agent::start(&[]);
-    rust_server_reads_and_closes();
-    wait_for("an incident", Duration::from_secs(2), || {
-        (agent.scrape().total("lostwrite_unanswered_closes_total") >= 1.0).then_some(())
+    let (port, _) = rust_server_reads_and_closes();
+    let port = port.to_string();
+    wait_for("its own incident", Duration::from_secs(2), || {
+        agent
+            .scrape()
+            .value("lostwrite_unanswered_closes_total", &[("port", &port)])
+            .filter(|n| *n == 1.0)
     });
     let text = agent.metrics_text();
     let mut promtool = Command::new("promtool")

@@ -182,7 +182,7 @@ fn nginx_tls_with_curl() {
     }
     let n = nginx_tls("tls-nginx-curl");
     let url = https(n.port, "/1k");
-    assert_no_loss_on("nginx tls x curl", n.port, 5.0, || {
+    assert_no_loss_on("nginx tls x curl", n.port, 10.0, || {
         // Three requests on one connection, HTTP/2 (curl's default by ALPN) and HTTP/1.1.
         assert_eq!(
             curl_tls(&[], &times(3, &url)),
@@ -220,7 +220,7 @@ fn nginx_tls_1_3_with_curl_and_the_go_client() {
         "keepalive_timeout 1s;\n    ssl_protocols TLSv1.2 TLSv1.3;",
     );
     let url = https(n.port, "/1k");
-    assert_no_loss_on("nginx tls 1.3", n.port, 4.0, || {
+    assert_no_loss_on("nginx tls 1.3", n.port, 8.0, || {
         let (code, _, err) = curl(&["-vk".into(), "-o".into(), "/dev/null".into(), url.clone()]);
         assert_eq!(code, Some(0), "{err}");
         assert!(err.contains("SSL connection using TLSv1.3"), "{err}");
@@ -246,7 +246,7 @@ fn nginx_tls_with_python_http_client() {
     }
     let n = nginx_tls("tls-nginx-python");
     let url = https(n.port, "/1k");
-    assert_no_loss_on("nginx tls x python", n.port, 4.0, || {
+    assert_no_loss_on("nginx tls x python", n.port, 8.0, || {
         assert_eq!(python_client(&["get", &url, "3"]), python_answers(3, 1024));
         assert_eq!(
             python_client(&["get-keep-alive", &url, "3"]),
@@ -262,7 +262,7 @@ fn nginx_tls_with_the_go_client() {
     }
     let n = nginx_tls("tls-nginx-go");
     let url = https(n.port, "/1k");
-    assert_no_loss_on("nginx tls x go", n.port, 6.0, || {
+    assert_no_loss_on("nginx tls x go", n.port, 12.0, || {
         assert_eq!(
             go_client(&url, &["-n", "3"]),
             go_answers(3, "HTTP/2.0", 1024)
@@ -290,7 +290,7 @@ fn nginx_tls_with_a_node_http2_client_closing_with_goaway() {
     }
     let n = nginx_tls("tls-nginx-node");
     let url = https(n.port, "/1k");
-    assert_no_loss_on("nginx tls x node http2", n.port, 2.0, || {
+    assert_no_loss_on("nginx tls x node http2", n.port, 4.0, || {
         for _ in 0..2 {
             assert_eq!(node_h2_client(&url, 3), node_answers(3, 1024));
         }
@@ -306,7 +306,7 @@ fn go_tls_server_with_curl() {
     }
     let (_srv, port, _) = start_seedsrv_tls(&[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("go tls x curl", port, 3.0, || {
+    assert_no_loss_on("go tls x curl", port, 6.0, || {
         assert_eq!(
             curl_tls(&[], &times(3, &url)),
             on_one_connection(3, "2", 11)
@@ -334,7 +334,7 @@ fn go_tls_server_with_python_http_client() {
     }
     let (_srv, port, _) = start_seedsrv_tls(&[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("go tls x python", port, 4.0, || {
+    assert_no_loss_on("go tls x python", port, 8.0, || {
         assert_eq!(python_client(&["get", &url, "3"]), python_answers(3, 11));
         assert_eq!(
             python_client(&["get-keep-alive", &url, "3"]),
@@ -350,7 +350,7 @@ fn go_tls_server_with_the_go_client() {
     }
     let (_srv, port, _) = start_seedsrv_tls(&[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("go tls x go", port, 8.0, || {
+    assert_no_loss_on("go tls x go", port, 16.0, || {
         assert_eq!(go_client(&url, &["-n", "3"]), go_answers(3, "HTTP/2.0", 11));
         assert_eq!(
             go_client(&url, &["-n", "3", "-keep-alive=false"]),
@@ -377,7 +377,7 @@ fn python_tls_server_with_curl() {
     }
     let (_srv, port) = start_python_tls("tls-python-curl", "http", &[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("python tls x curl", port, 3.0, || {
+    assert_no_loss_on("python tls x curl", port, 6.0, || {
         assert_eq!(
             curl_tls(&[], &times(3, &url)),
             on_one_connection(3, "1.1", 11)
@@ -395,7 +395,7 @@ fn python_tls_server_with_python_http_client() {
     }
     let (_srv, port) = start_python_tls("tls-python-python", "http", &[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("python tls x python", port, 4.0, || {
+    assert_no_loss_on("python tls x python", port, 8.0, || {
         assert_eq!(python_client(&["get", &url, "3"]), python_answers(3, 11));
         assert_eq!(
             python_client(&["get-keep-alive", &url, "3"]),
@@ -411,7 +411,7 @@ fn python_tls_server_with_the_go_client() {
     }
     let (_srv, port) = start_python_tls("tls-python-go", "http", &[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("python tls x go", port, 4.0, || {
+    assert_no_loss_on("python tls x go", port, 8.0, || {
         // The Go client offers HTTP/2 too; the server picks HTTP/1.1.
         assert_eq!(
             go_client(&url, &["-n", "3", "-want-proto", "HTTP/1.1"]),
@@ -433,7 +433,7 @@ fn python_tls_server_with_the_go_client() {
 fn close_notify_shapes(name: &str, client: &str, server: &str) {
     let (_srv, port) = start_python_tls(name, "raw", &[server]);
     let port_arg = port.to_string();
-    assert_no_loss_on(name, port, 6.0, || {
+    assert_no_loss_on(name, port, 12.0, || {
         for closer in ["client", "server"] {
             assert_eq!(
                 python_client(&["ping", &port_arg, "3", closer, client]),
@@ -494,7 +494,7 @@ fn http2_streams_on_one_connection_to_the_go_server() {
     }
     let (_srv, port, _) = start_seedsrv_tls(&[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("http2 streams", port, 3.0, || {
+    assert_no_loss_on("http2 streams", port, 6.0, || {
         // Four streams one after the other, then four at once, each set on one connection.
         assert_eq!(
             curl_tls(&["--http2"], &times(4, &url)),
@@ -519,7 +519,7 @@ fn http2_goaway_from_the_go_server_after_its_idle_timeout() {
     // close_notify, while the clients still wait.
     let (_srv, port, _) = start_seedsrv_tls(&["-idle-timeout", "300ms"]);
     let url = https(port, "/fast");
-    assert_no_loss_on("http2 goaway from the server", port, 2.0, || {
+    assert_no_loss_on("http2 goaway from the server", port, 4.0, || {
         let clients: Vec<_> = (0..2)
             .map(|_| {
                 let url = url.clone();
@@ -539,7 +539,7 @@ fn http2_goaway_from_a_node_client_to_the_go_server() {
     }
     let (_srv, port, _) = start_seedsrv_tls(&[]);
     let url = https(port, "/fast");
-    assert_no_loss_on("http2 goaway from the client", port, 2.0, || {
+    assert_no_loss_on("http2 goaway from the client", port, 4.0, || {
         for _ in 0..2 {
             assert_eq!(node_h2_client(&url, 3), node_answers(3, 11));
         }
@@ -560,7 +560,7 @@ fn seed_over_http2_is_answered_with_a_stream_reset() {
     assert_no_loss_on_with(
         "seed over http2",
         port,
-        1.0,
+        2.0,
         &["--go-runtime", "off"],
         || {
             let (code, _, err) = curl(&["-k".into(), "--http2".into(), https(port, "/")]);

@@ -132,6 +132,13 @@ pub const SCENARIOS: &[Scenario] = &[
         default_mode: false,
     },
     Scenario {
+        name: "session-closed-after-work",
+        test: "close_shapes::session_message_closed_on_after_work_counts_one",
+        detector: Column::Loss(Detector::UnansweredClose),
+        needs: &[],
+        default_mode: false,
+    },
+    Scenario {
         name: "tls-alert-sized-writes",
         test: "close_shapes::tls_alert_sized_final_writes_count_only_the_dropped_request",
         detector: Column::Loss(Detector::UnansweredClose),
@@ -204,6 +211,13 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "goodbye-then-close",
         test: "close_shapes::goodbye_then_close_counts_zero",
+        detector: Column::NoFalsePositives,
+        needs: &[],
+        default_mode: false,
+    },
+    Scenario {
+        name: "session-goodbye",
+        test: "close_shapes::session_goodbye_of_a_protocol_in_no_table_counts_zero",
         detector: Column::NoFalsePositives,
         needs: &[],
         default_mode: false,
