@@ -432,6 +432,36 @@ mod peer {
         }
     }
 
+    /// After the agent judged exactly `closes` closes on `port`: every loss is the peer's, and
+    /// `comm` has exactly `writes` writes after close there, all the peer's.
+    fn counted_as_the_peers(
+        name: &str,
+        agent: &Agent,
+        port: u16,
+        closes: f64,
+        comm: &str,
+        writes: f64,
+    ) {
+        let (m, _) = judged_exactly(name, agent, port, closes);
+        only_peer_losses(&m, agent);
+        let metric = "lostwrite_writes_after_close_total";
+        let port = port.to_string();
+        let labels = [
+            ("comm", comm),
+            ("port", port.as_str()),
+            ("ended_by", "peer"),
+        ];
+        assert_eq!(m.sum(metric, &labels), writes, "{:?}", m.series(metric));
+    }
+
+    /// Waits until the slow server has logged `n` failed writes (each response written after
+    /// its client went away).
+    fn failed_writes(server: &Server, n: usize) {
+        crate::harness::wait_for("the failed writes", Duration::from_secs(10), || {
+            (server.log().matches("write failed").count() == n).then_some(())
+        });
+    }
+
     /// An HTTP server whose handler sleeps `delay` seconds before it answers 100 kB.
     const SLOW_SERVER: &str = r#"
 import sys, time, http.server
@@ -474,23 +504,8 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
                 .expect("run curl");
             assert_eq!(out.code(), Some(28), "curl timed out");
         }
-        // Each response is written after its client went away.
-        crate::harness::wait_for("three failed writes", Duration::from_secs(10), || {
-            (server.log().matches("write failed").count() == 3).then_some(())
-        });
-        let (m, _) = judged_exactly("curl --max-time", &agent, server.port, 6.0);
-        only_peer_losses(&m, &agent);
-        let name = "lostwrite_writes_after_close_total";
-        let port = server.port.to_string();
-        assert_eq!(
-            m.sum(
-                name,
-                &[("comm", "python3"), ("port", &port), ("ended_by", "peer")]
-            ),
-            3.0,
-            "{:?}",
-            m.series(name)
-        );
+        failed_writes(&server, 3);
+        counted_as_the_peers("curl --max-time", &agent, server.port, 6.0, "python3", 3.0);
     }
 
     #[test]
@@ -515,22 +530,9 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
                 .expect("run curl");
             assert_eq!(String::from_utf8_lossy(&out.stdout), "504");
         }
-        crate::harness::wait_for("three failed writes", Duration::from_secs(10), || {
-            (upstream.log().matches("write failed").count() == 3).then_some(())
-        });
-        let (m, _) = judged_exactly("proxy_read_timeout", &agent, upstream.port, 6.0);
-        only_peer_losses(&m, &agent);
-        let name = "lostwrite_writes_after_close_total";
-        let port = upstream.port.to_string();
-        assert_eq!(
-            m.sum(
-                name,
-                &[("comm", "python3"), ("port", &port), ("ended_by", "peer")]
-            ),
-            3.0,
-            "{:?}",
-            m.series(name)
-        );
+        failed_writes(&upstream, 3);
+        let port = upstream.port;
+        counted_as_the_peers("proxy_read_timeout", &agent, port, 6.0, "python3", 3.0);
     }
 
     #[test]
@@ -568,23 +570,14 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
         let checks: Vec<&str> = log.lines().filter(|l| l.contains("/big.bin")).collect();
         let cut_short = checks.iter().filter(|l| !l.contains(" 200 65536 ")).count() as f64;
         assert!(cut_short >= 10.0, "{log}");
-        let (m, _) = judged_exactly(
+        let closes = 2.0 * checks.len() as f64;
+        counted_as_the_peers(
             "haproxy httpchk",
             &agent,
             nginx.port,
-            2.0 * checks.len() as f64,
-        );
-        only_peer_losses(&m, &agent);
-        let name = "lostwrite_writes_after_close_total";
-        let port = nginx.port.to_string();
-        assert_eq!(
-            m.sum(
-                name,
-                &[("comm", "nginx"), ("port", &port), ("ended_by", "peer")]
-            ),
+            closes,
+            "nginx",
             cut_short,
-            "{:?}\n{log}",
-            m.series(name)
         );
     }
 }
