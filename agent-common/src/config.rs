@@ -5,6 +5,7 @@
 /// Rust eBPF has no CO-RE relocations, so the agent reads these from `/sys/kernel/btf/vmlinux`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockOffsets {
     pub skc_family: u32,
     pub skc_num: u32,
@@ -42,6 +43,7 @@ pub struct SockOffsets {
 /// Unused slots are 0. Only used when the BTF variant of a tracepoint cannot be attached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TracepointFields {
     /// `sock:sock_send_length`: sk, ret.
     pub len_sk: u32,
@@ -62,6 +64,7 @@ pub struct TracepointFields {
 /// through the current task, and the syscall arguments in `struct pt_regs`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FdOffsets {
     pub task_files: u32,
     pub files_fdt: u32,
@@ -82,6 +85,7 @@ pub struct FdOffsets {
 /// its syscall arguments point at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct PeekOffsets {
     /// Non-zero: `bpf_task_pt_regs` exists (Linux 5.15+) and finds the user registers. Else they
     /// sit at the top of the task's kernel stack: `task_struct.stack` + `stack_top`.
@@ -100,6 +104,7 @@ pub struct PeekOffsets {
 /// that task's `comm`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TaskOffsets {
     pub group_leader: u32,
     pub comm: u32,
@@ -124,6 +129,7 @@ pub const SIZE_UNKNOWN: u64 = u64::MAX;
 /// Read-only configuration the agent hands to the programs (the `CONFIG` global).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Config {
     pub sock: SockOffsets,
     pub tp: TracepointFields,
@@ -146,7 +152,9 @@ pub struct Config {
 pub const EXPLAIN_PORTS: usize = 4;
 
 #[cfg(feature = "user")]
-// SAFETY: plain old data, `#[repr(C)]`, every field an integer, no implicit padding.
+// SAFETY: `Config` derives `bytemuck::Pod` (above), whose derive fails to compile when the
+// struct or any struct in it has padding or a field that is not plain old data: what
+// `aya::Pod` asks for too.
 unsafe impl aya::Pod for Config {}
 
 /// Upper bound for any offset the programs add to a kernel pointer; the agent rejects bigger ones.

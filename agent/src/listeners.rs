@@ -9,8 +9,9 @@ use procfs::{
 use crate::correlate::Listeners;
 
 /// Reads `/proc/<pid>/net/tcp{,6}`: the listening sockets of the process's own network
-/// namespace (a container's, on Kubernetes). Falls back to the agent's namespace when the
-/// process is gone.
+/// namespace (a container's, on Kubernetes). When the process is gone there is no namespace
+/// to read: the answer is no, never the agent's own namespace, whose listeners say nothing
+/// about a container's sockets (a socket older than the agent then counts as no server's).
 pub struct ProcListeners;
 
 impl Listeners for ProcListeners {
@@ -22,7 +23,7 @@ impl Listeners for ProcListeners {
         };
         let entries = match Process::new(pid as i32) {
             Ok(p) => table(&p),
-            Err(_) => Process::myself().map(|p| table(&p)).unwrap_or_default(),
+            Err(_) => return false,
         };
         entries
             .iter()
@@ -44,5 +45,16 @@ mod tests {
         assert!(ProcListeners.listening(me, port));
         drop(l);
         assert!(!ProcListeners.listening(me, port));
+    }
+
+    #[test]
+    fn a_process_that_is_gone_listens_nowhere() {
+        // A port the agent's own namespace listens on says nothing of another process's.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        assert!(!ProcListeners.listening(gone, port));
     }
 }

@@ -254,6 +254,15 @@ impl Metrics {
         }
     }
 
+    /// A detector stopped working after the start (its programs or the thread that serves
+    /// them): reported off from now on.
+    pub fn detector_stopped(&self, d: Detector) {
+        self.health
+            .detector_enabled
+            .with_label_values(&[d.as_str()])
+            .set(0);
+    }
+
     pub fn set_socket_state(&self, store: &str) {
         self.health.socket_state.with_label_values(&[store]).set(1);
     }

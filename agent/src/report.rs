@@ -140,6 +140,18 @@ impl<'a> Record<'a> {
     }
 }
 
+/// A name as the value of a text line's `key=value` field: quoted (with `"` and `\` escaped)
+/// where it holds a space, `=`, `]` or a quote, which would otherwise end the field or the
+/// bracket early for a reader of the line ("Web Content" is a real process name). Names come
+/// with their control characters already escaped (`correlate::comm`).
+fn field(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.is_empty() || name.contains([' ', '=', ']', '"', '\\']) {
+        format!("{name:?}").into()
+    } else {
+        name.into()
+    }
+}
+
 /// Formats one incident as a single line (no trailing newline).
 pub fn line(format: LogFormat, at: SystemTime, a: &Attributed) -> String {
     let r = Record::new(at, a);
@@ -190,9 +202,9 @@ pub fn line(format: LogFormat, at: SystemTime, a: &Attributed) -> String {
                 i.role.as_str(),
                 r.port,
                 r.pid,
-                r.comm,
+                field(r.comm),
                 r.tid,
-                r.thread,
+                field(r.thread),
                 r.local,
                 r.remote,
                 r.bytes_read,
@@ -261,6 +273,28 @@ mod tests {
         ));
         assert!(l.contains(" delay=2.003s "), "{l}");
         assert!(!l.contains('\n'));
+    }
+
+    #[test]
+    fn names_cannot_forge_a_line_or_break_a_field() {
+        // A process that renamed itself (prctl PR_SET_NAME) to start a fake incident line.
+        let forged = crate::correlate::comm(b"x\n1970 INCIDENT y\0");
+        assert_eq!(forged, "x\\n1970 INCIDENT y");
+        let i = Incident {
+            comm: forged,
+            thread: "Web Content".into(),
+            ..samples::seed()
+        };
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let l = line(format, UNIX_EPOCH, &i.clone().into());
+            assert!(!l.contains('\n'), "{l}");
+        }
+        let l = line(LogFormat::Text, UNIX_EPOCH, &i.into());
+        assert!(
+            l.contains(r#" comm="x\\n1970 INCIDENT y" tid=4247 thread="Web Content" "#),
+            "{l}"
+        );
+        assert_eq!(field("pool-1-thread-3"), "pool-1-thread-3");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     os::fd::AsRawFd,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
 };
 
 use anyhow::Context as _;
@@ -180,11 +180,12 @@ async fn serve(
         Ok(()) => info!("Go runtime hooks loaded: Go binaries running or started get them"),
         Err(reason) => info!("Go runtime hooks not loaded: {reason}"),
     }
-    let stats = Mutex::new(probes.take_stats()?);
-    // Walking SOCKS takes a few syscalls; concurrent scrapes take turns on the lock.
+    let mut stats_reader = probes.take_stats()?;
+    // Walking SOCKS takes a few syscalls; concurrent scrapes share one walk.
+    let stats = http::Coalesced::new(move || stats_reader.read());
     let state = Arc::new(AppState {
         metrics: metrics.clone(),
-        kernel_stats: Box::new(move || stats.lock().expect("stats lock").read()),
+        kernel_stats: Box::new(move || stats.read()),
         ready: Default::default(),
     });
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -217,8 +218,9 @@ async fn serve(
         correlator,
         filter,
         pods,
-        metrics,
+        metrics: metrics.clone(),
         format: args.log_format,
+        warnings: Default::default(),
     };
     let (exec_tx, mut execs) = tokio::sync::mpsc::unbounded_channel();
     let mut reader = tokio::spawn(read_events(readable(events)?, pipeline, exec_tx));
@@ -255,16 +257,25 @@ async fn serve(
                     go.look(pid);
                 }
             }
-            Some((c, found)) = async {
+            inspected = async {
                 match &mut go {
                     Some(go) => go.results.recv().await,
                     None => std::future::pending().await,
                 }
-            } => {
-                if let Some(go) = &mut go {
-                    go.attach(probes, c, found);
+            } => match (inspected, &mut go) {
+                (Some((c, found)), Some(go)) => go.attach(probes, c, found),
+                // The thread that reads binaries is gone: no Go binary is hooked from now on,
+                // and the detector must not say it is on.
+                _ => {
+                    warn!(
+                        "the Go binary reader stopped: no more Go binaries are hooked; \
+                         lostwrite_detector_enabled{{detector=\"go_write_timeout\"}} is 0 \
+                         from now on"
+                    );
+                    metrics.detector_stopped(Detector::GoWriteTimeout);
+                    go = None;
                 }
-            }
+            },
         }
     }
     Ok(())

@@ -605,10 +605,24 @@ impl Owner {
     }
 }
 
-/// A task comm, up to its NUL.
+/// A task comm, up to its NUL, with its control characters escaped (`\n`, `\u{1b}`): any
+/// process can name itself, and a newline in a name must not start a line of the incident log
+/// (a forged `INCIDENT`) or of the exposition.
 pub fn comm(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    let name = String::from_utf8_lossy(&raw[..end]);
+    if !name.chars().any(char::is_control) {
+        return name.into_owned();
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn addrs(s: &SockState) -> (SocketAddr, SocketAddr) {

@@ -76,7 +76,20 @@ pub enum InspectError {
     TooOld { path: String, version: String },
     #[error("{0}: the Go runtime's deadline timers are not in its pclntab")]
     NoTimers(String),
+    #[error(
+        "{path}: {size} bytes, over the {max} a Go binary may have to be read (its pclntab is \
+         parsed from the whole file, in the agent's memory)"
+    )]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("{0}: reading its Go metadata failed ({1})")]
+    Panicked(String, String),
 }
+
+/// The largest Go binary the agent reads. Its pclntab is parsed from the whole file in memory,
+/// and the agent runs under a 256 MiB limit (the DaemonSet's): a workload's binary must not
+/// push it over, at start (the rescan of running processes) or after. Real Go servers are tens
+/// of MiB; the largest seen (Grafana, kubelet) stay under it.
+pub const MAX_GO_BINARY: u64 = 160 << 20;
 
 /// A Go binary's hook points.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +109,7 @@ pub fn inspect(path: &Path) -> Result<Option<GoBinary>, InspectError> {
     };
     // Only the headers are read to tell Go from the rest (most execs are not Go).
     let file = File::open(path).map_err(read)?;
+    let size = file.metadata().map_err(read)?.len();
     let cache = ReadCache::new(file);
     let Ok(elf) = object::File::parse(&cache) else {
         return Ok(None);
@@ -105,6 +119,13 @@ pub fn inspect(path: &Path) -> Result<Option<GoBinary>, InspectError> {
         return Ok(None);
     }
     drop(elf);
+    if size > MAX_GO_BINARY {
+        return Err(InspectError::TooLarge {
+            path: shown,
+            size,
+            max: MAX_GO_BINARY,
+        });
+    }
 
     let bin = unstrip::GoBinary::open(path).map_err(|e| InspectError::Go(shown.clone(), e))?;
     let version = unstrip::BuildInfo::parse(&bin)
@@ -160,6 +181,32 @@ mod tests {
         assert_eq!(parse_version("devel go1.24-1a2b3c"), Some((1, 24)));
         assert_eq!(parse_version("go1.16"), Some((1, 16)));
         assert_eq!(parse_version("unknown"), None);
+    }
+
+    #[test]
+    fn a_go_binary_too_large_to_read_is_refused_before_it_is_read() {
+        use object::{
+            Architecture, BinaryFormat, Endianness, SectionKind, write::Object as Writer,
+        };
+        let mut elf = Writer::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        for name in [".go.buildinfo", ".gopclntab"] {
+            let section = elf.add_section(
+                Vec::new(),
+                name.as_bytes().to_vec(),
+                SectionKind::ReadOnlyData,
+            );
+            elf.append_section_data(section, &[0u8; 64], 8);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge-go");
+        std::fs::write(&path, elf.write().unwrap()).unwrap();
+        // Sparse: the size of a huge binary, none of its disk or of the test's memory.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(MAX_GO_BINARY + 1).unwrap();
+        match inspect(&path) {
+            Err(InspectError::TooLarge { size, .. }) => assert_eq!(size, MAX_GO_BINARY + 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

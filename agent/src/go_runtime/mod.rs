@@ -114,14 +114,48 @@ pub fn running() -> Vec<u32> {
         .collect()
 }
 
-/// Inspects a candidate (blocking: it reads the whole binary when it is Go).
+/// Inspects a candidate (blocking: it reads the whole binary when it is Go). A binary whose
+/// parse panics (any workload can ship a crafted one) is an error for that binary alone, not
+/// the end of the thread that reads every binary after it.
 pub fn inspect(c: &Candidate) -> Result<Option<GoBinary>, InspectError> {
-    binary::inspect(&c.path)
+    contained(c, || binary::inspect(&c.path))
+}
+
+/// Runs `inspect`, turning its panic into [`InspectError::Panicked`] for `c`.
+fn contained(
+    c: &Candidate,
+    inspect: impl FnOnce() -> Result<Option<GoBinary>, InspectError>,
+) -> Result<Option<GoBinary>, InspectError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(inspect)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(InspectError::Panicked(c.path.display().to_string(), why))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binary_whose_parse_panics_is_an_error_of_its_own() {
+        let c = Candidate {
+            pid: 1,
+            path: PathBuf::from("/proc/1/exe"),
+            key: (0, 0),
+        };
+        let got = contained(&c, || panic!("index out of range in the pclntab"));
+        match got {
+            Err(InspectError::Panicked(path, why)) => {
+                assert_eq!(path, "/proc/1/exe");
+                assert!(why.contains("pclntab"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_binary_is_looked_at_once() {

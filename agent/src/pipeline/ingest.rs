@@ -5,6 +5,8 @@
 //! counted decode error or a harmless incident, never a panic. The property tests below feed it
 //! arbitrary bytes to hold it to that.
 
+use std::time::{Duration, Instant};
+
 use tracing::warn;
 
 use crate::{
@@ -13,11 +15,40 @@ use crate::{
     metrics::Metrics,
 };
 
+/// Warnings of malformed records, at most one per [`Throttle::EVERY`]: every such record is
+/// counted in `lostwrite_decode_errors_total` anyway, and a stream of them (a broken program,
+/// a kernel that lays a record out differently) must not flood the log.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Whether a warning may be logged at `now`; when it may, how many were held back since
+    /// the last one.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < Self::EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 pub fn record(
     bytes: &[u8],
     correlator: &mut Correlator,
     listeners: &impl Listeners,
     metrics: &Metrics,
+    warnings: &mut Throttle,
 ) -> Option<Incident> {
     match events::decode(bytes) {
         Ok(Event::Teardown(ev)) => correlator.teardown(&ev, listeners),
@@ -34,7 +65,14 @@ pub fn record(
         }
         Err(e) => {
             metrics.decode_error();
-            warn!("dropping a malformed kernel record: {e}");
+            match warnings.admit(Instant::now()) {
+                Some(0) => warn!("dropping a malformed kernel record: {e}"),
+                Some(n) => warn!(
+                    "dropping a malformed kernel record: {e} ({n} more since the last warning, \
+                     see lostwrite_decode_errors_total)"
+                ),
+                None => {}
+            }
             None
         }
     }
@@ -55,7 +93,13 @@ mod tests {
     fn ingest(bytes: &[u8], correlator: &mut Correlator, metrics: &Metrics) -> bool {
         let decoded = events::decode(bytes).is_ok();
         let listening = |_: u32, port: u16| port.is_multiple_of(2);
-        if let Some(i) = record(bytes, correlator, &listening, metrics) {
+        if let Some(i) = record(
+            bytes,
+            correlator,
+            &listening,
+            metrics,
+            &mut Throttle::default(),
+        ) {
             let a = i.into();
             metrics.record(&a);
             for format in [LogFormat::Text, LogFormat::Json] {
@@ -149,13 +193,27 @@ mod tests {
                 Ok(_) => ok += 1,
                 Err(_) => err += 1,
             }
-            incidents +=
-                usize::from(record(&bytes, &mut correlator, &listening, &metrics).is_some());
+            let mut warnings = Throttle::default();
+            let incident = record(&bytes, &mut correlator, &listening, &metrics, &mut warnings);
+            incidents += usize::from(incident.is_some());
         }
         assert!(
             ok > 200 && err > 200 && incidents > 20,
             "decoded {ok}, rejected {err}, incidents {incidents}"
         );
+    }
+
+    #[test]
+    fn malformed_records_warn_once_per_interval() {
+        let mut t = Throttle::default();
+        let start = Instant::now();
+        assert_eq!(t.admit(start), Some(0));
+        // A flood within the interval: held back, and counted.
+        for i in 1..1000 {
+            assert_eq!(t.admit(start + Duration::from_millis(i)), None);
+        }
+        assert_eq!(t.admit(start + Throttle::EVERY), Some(999));
+        assert_eq!(t.admit(start + Throttle::EVERY), None);
     }
 
     #[test]

@@ -25,12 +25,21 @@ pub struct Pipeline {
     pub pods: Option<k8s::Resolver>,
     pub metrics: std::sync::Arc<Metrics>,
     pub format: LogFormat,
+    /// Warnings of malformed records, rate-limited.
+    pub warnings: ingest::Throttle,
 }
 
 impl Pipeline {
     /// One ring-buffer record, through every stage.
     pub fn record(&mut self, bytes: &[u8], listeners: &impl Listeners) {
-        if let Some(i) = ingest::record(bytes, &mut self.correlator, listeners, &self.metrics) {
+        let i = ingest::record(
+            bytes,
+            &mut self.correlator,
+            listeners,
+            &self.metrics,
+            &mut self.warnings,
+        );
+        if let Some(i) = i {
             self.report(i);
         }
     }
