@@ -33,7 +33,7 @@ pub fn pod_spec(objects: &[(String, Object)]) -> PodSpec {
         .expect("a pod template")
 }
 
-fn agent(pod: &PodSpec) -> Container {
+pub fn agent(pod: &PodSpec) -> Container {
     assert_eq!(pod.containers.len(), 1, "one container");
     pod.containers[0].clone()
 }
@@ -48,9 +48,7 @@ fn not_privileged_and_only_the_needed_capabilities() {
     let caps = sc.capabilities.expect("capabilities");
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
     let added: BTreeSet<String> = caps.add.unwrap_or_default().into_iter().collect();
-    let want: BTreeSet<String> = ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"]
-        .map(String::from)
-        .into();
+    let want: BTreeSet<String> = CAPABILITIES.map(String::from).into();
     assert_eq!(
         added, want,
         "no SYS_ADMIN, nothing beyond what the agent uses"
@@ -66,10 +64,13 @@ fn not_privileged_and_only_the_needed_capabilities() {
     assert_ne!(pod.host_ipc, Some(true));
 }
 
-#[test]
-fn every_capability_says_why() {
-    let text = read("kubernetes/daemonset.yaml");
-    for cap in ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"] {
+/// The capabilities the DaemonSet adds by default.
+pub const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"];
+
+/// Each of `caps` is added on a `- CAP # why` line of the manifest `text`, with a comment that
+/// says something.
+pub fn capabilities_say_why(text: &str, caps: &[&str]) {
+    for cap in caps {
         let line = text
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("- {cap} ")))
@@ -79,6 +80,12 @@ fn every_capability_says_why() {
             .unwrap_or_else(|| panic!("{cap} has no comment: {line:?}"));
         assert!(why.trim().len() > 20, "{cap}: {why:?} explains nothing");
     }
+}
+
+#[test]
+fn every_capability_says_why() {
+    let text = read("kubernetes/daemonset.yaml");
+    capabilities_say_why(&text, &CAPABILITIES);
     assert!(
         text.contains("hostPID: true") && text.contains("/proc/<pid>/cgroup"),
         "hostPID needs its reason beside it"

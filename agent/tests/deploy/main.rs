@@ -5,9 +5,11 @@
 //!
 //! Kubernetes objects use k8s-openapi's types; the Prometheus Operator's CRDs, kustomize's
 //! Kustomization and Prometheus' rule files use the typed structs in [`types`], which deny
-//! unknown fields themselves.
+//! unknown fields themselves. The Helm chart is rendered by Helm and checked the same way
+//! ([`helm`]).
 
 mod daemonset;
+mod helm;
 mod monitoring;
 mod types;
 
@@ -16,14 +18,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{
-    apps::v1::DaemonSet,
-    core::v1::{Namespace, Service, ServiceAccount},
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{ConfigMap, Namespace, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
-use crate::types::{Kustomization, PodMonitor, PrometheusRule, RuleFile, RuleTestFile};
+use crate::types::{
+    Kustomization, PodMonitor, PrometheusRule, RuleFile, RuleTestFile, ServiceMonitor,
+};
 
 /// The repository's deploy/ directory.
 pub fn deploy_dir() -> PathBuf {
@@ -35,11 +43,19 @@ pub fn read(rel: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Every `*.yaml`/`*.yml` under deploy/, relative to it, sorted.
+/// The Helm chart, relative to deploy/.
+pub const CHART: &str = "helm/lostwrite";
+
+/// Every `*.yaml`/`*.yml` under deploy/, relative to it, sorted; not deploy/helm/'s: the
+/// chart's templates are Go templates, not YAML, and its values file is no Kubernetes object.
+/// [`helm`] checks what Helm renders from them instead.
 fn yaml_files() -> Vec<String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in fs::read_dir(dir).unwrap().map(Result::unwrap) {
             let path = entry.path();
+            if path == deploy_dir().join("helm") {
+                continue;
+            }
             if path.is_dir() {
                 walk(&path, out);
             } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
@@ -60,11 +76,16 @@ fn yaml_files() -> Vec<String> {
 
 /// The documents of a YAML file (`---`-separated).
 pub fn documents(rel: &str) -> Vec<Value> {
-    let text = read(rel);
-    serde_yaml_ng::Deserializer::from_str(&text)
+    parse_documents(rel, &read(rel))
+}
+
+/// The documents of YAML `text` (`---`-separated), empty ones left out; `what` names it in a
+/// panic.
+pub fn parse_documents(what: &str, text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| {
             <Value as serde::Deserialize>::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{rel}: not YAML: {e}"))
+                .unwrap_or_else(|e| panic!("{what}: not YAML: {e}"))
         })
         .filter(|v| !v.is_null())
         .collect()
@@ -88,16 +109,37 @@ pub fn strict<T: DeserializeOwned>(what: &str, value: Value) -> Result<T, String
     }
 }
 
-/// A Kubernetes object from deploy/kubernetes/.
+/// A Kubernetes object from deploy/kubernetes/ or the Helm chart.
 #[derive(Debug)]
 pub enum Object {
     Namespace(Box<Namespace>),
     ServiceAccount(Box<ServiceAccount>),
     DaemonSet(Box<DaemonSet>),
     Service(Box<Service>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    ConfigMap(Box<ConfigMap>),
     PodMonitor(Box<PodMonitor>),
+    ServiceMonitor(Box<ServiceMonitor>),
     PrometheusRule(Box<PrometheusRule>),
     Kustomization(Box<Kustomization>),
+}
+
+impl Object {
+    /// The object's metadata (a Kustomization has none).
+    pub fn metadata_mut(&mut self) -> Option<&mut ObjectMeta> {
+        Some(match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::ServiceAccount(o) => &mut o.metadata,
+            Object::DaemonSet(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::ConfigMap(o) => &mut o.metadata,
+            Object::PodMonitor(o) => &mut o.metadata,
+            Object::ServiceMonitor(o) => &mut o.metadata,
+            Object::PrometheusRule(o) => &mut o.metadata,
+            Object::Kustomization(_) => return None,
+        })
+    }
 }
 
 /// Types a document by its apiVersion and kind. Only the kinds the project ships are known:
@@ -109,8 +151,13 @@ pub fn object(what: &str, doc: Value) -> Result<Object, String> {
         ("v1", "Namespace") => Object::Namespace(strict(what, doc)?),
         ("v1", "ServiceAccount") => Object::ServiceAccount(strict(what, doc)?),
         ("v1", "Service") => Object::Service(strict(what, doc)?),
+        ("v1", "ConfigMap") => Object::ConfigMap(strict(what, doc)?),
         ("apps/v1", "DaemonSet") => Object::DaemonSet(strict(what, doc)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(strict(what, doc)?),
         ("monitoring.coreos.com/v1", "PodMonitor") => Object::PodMonitor(strict(what, doc)?),
+        ("monitoring.coreos.com/v1", "ServiceMonitor") => {
+            Object::ServiceMonitor(strict(what, doc)?)
+        }
         ("monitoring.coreos.com/v1", "PrometheusRule") => {
             Object::PrometheusRule(strict(what, doc)?)
         }
@@ -172,6 +219,7 @@ fn every_yaml_document_parses_into_its_type() {
         "kubernetes/serviceaccount.yaml",
         "kubernetes/daemonset.yaml",
         "kubernetes/service.yaml",
+        "kubernetes/networkpolicy.yaml",
         "kubernetes/kustomization.yaml",
         "kubernetes/prometheus-operator/podmonitor.yaml",
         "kubernetes/prometheus-operator/prometheusrule.yaml",
@@ -185,13 +233,16 @@ fn every_yaml_document_parses_into_its_type() {
     }
 }
 
-fn discriminant(o: &Object) -> &'static str {
+pub fn discriminant(o: &Object) -> &'static str {
     match o {
         Object::Namespace(_) => "Namespace",
         Object::ServiceAccount(_) => "ServiceAccount",
         Object::DaemonSet(_) => "DaemonSet",
         Object::Service(_) => "Service",
+        Object::NetworkPolicy(_) => "NetworkPolicy",
+        Object::ConfigMap(_) => "ConfigMap",
         Object::PodMonitor(_) => "PodMonitor",
+        Object::ServiceMonitor(_) => "ServiceMonitor",
         Object::PrometheusRule(_) => "PrometheusRule",
         Object::Kustomization(_) => "Kustomization",
     }

@@ -17,7 +17,7 @@ const LOSS_COUNTERS: [&str; 3] = [
 
 /// promtool, or a skip that says why. Under LOSTWRITE_E2E=1 (`cargo xtask test`, CI, where
 /// `cargo xtask setup` installs it) a missing promtool fails.
-fn promtool() -> Option<Command> {
+pub fn promtool() -> Option<Command> {
     if Command::new("promtool").arg("--version").output().is_ok() {
         return Some(Command::new("promtool"));
     }

@@ -1,10 +1,10 @@
-//! Typed schemas for what k8s-openapi does not cover: the Prometheus Operator's PodMonitor and
-//! PrometheusRule, kustomize's Kustomization, and Prometheus' rule and rule-test files. Each
+//! Typed schemas for what k8s-openapi does not cover: the Prometheus Operator's PodMonitor,
+//! ServiceMonitor and PrometheusRule, kustomize's Kustomization, and Prometheus' rule and rule-test files. Each
 //! covers the fields the project uses (more can be added from the upstream references) and
 //! denies the rest, so a typo is an error rather than a field the tooling ignores.
 //!
 //! References: the Prometheus Operator API (monitoring.coreos.com/v1 PodMonitorSpec,
-//! PodMetricsEndpoint, PrometheusRuleSpec), kustomize's types.Kustomization, and Prometheus'
+//! PodMetricsEndpoint, ServiceMonitorSpec, Endpoint, PrometheusRuleSpec), kustomize's types.Kustomization, and Prometheus'
 //! rule file and `promtool test rules` formats.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodMonitor {
     pub api_version: String,
@@ -21,7 +21,7 @@ pub struct PodMonitor {
     pub spec: PodMonitorSpec,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodMonitorSpec {
     pub selector: LabelSelector,
@@ -32,7 +32,7 @@ pub struct PodMonitorSpec {
     pub pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceSelector {
     #[serde(default)]
@@ -41,7 +41,7 @@ pub struct NamespaceSelector {
     pub match_names: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodMetricsEndpoint {
     pub port: String,
@@ -55,7 +55,42 @@ pub struct PodMetricsEndpoint {
     pub scheme: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceMonitor {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: ServiceMonitorSpec,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceMonitorSpec {
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub namespace_selector: Option<NamespaceSelector>,
+    #[serde(default)]
+    pub job_label: Option<String>,
+    pub endpoints: Vec<ServiceMonitorEndpoint>,
+}
+
+/// The Operator's `Endpoint`: a Service port to scrape.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceMonitorEndpoint {
+    pub port: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub scrape_timeout: Option<String>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrometheusRule {
     pub api_version: String,
