@@ -911,8 +911,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn render_has_every_section_in_order() {
+    /// The report of [`full_results`], with the dispatch calibration, waits and a competitor.
+    fn full_report() -> String {
         let results = full_results();
         let dispatch: Vec<DispatchRound> = [(160.0, 210.0), (162.0, 222.0), (158.0, 213.0)]
             .map(|(off, empty)| DispatchRound { off, empty })
@@ -922,16 +922,42 @@ mod tests {
         quiet.waited = 2;
         quiet.discarded = 1;
         quiet.competitors.insert("rustc".into());
-        let machine = machine();
-        let full = render(&Context {
+        render(&Context {
             results: &results,
             dispatch: &dispatch,
-            machine: &machine,
+            machine: &machine(),
             quiet: &quiet,
             pairs: 5,
             seconds: 3.0,
             started: "2024-01-01 00:00 UTC".into(),
-        });
+        })
+    }
+
+    /// The report of one case that meets its budget, without `--floor` or probe statistics.
+    fn plain_report() -> String {
+        let results = [CaseResult {
+            case: Case::Writes,
+            pairs: vec![pair(100_000, 99_500, None)],
+            probe_stats: None,
+            empty_probe_stats: None,
+            peer_stats: None,
+            lru_stats: None,
+            profiles: Vec::new(),
+        }];
+        render(&Context {
+            results: &results,
+            dispatch: &[],
+            machine: &machine(),
+            quiet: &Quiet::default(),
+            pairs: 1,
+            seconds: 1.5,
+            started: "2024-01-01 00:00 UTC".into(),
+        })
+    }
+
+    #[test]
+    fn render_has_every_section_in_order() {
+        let full = full_report();
         let headings: Vec<&str> = full.lines().filter(|l| l.starts_with('#')).collect();
         assert_eq!(
             headings,
@@ -994,26 +1020,7 @@ mod tests {
         );
         assert!(full.ends_with("- **connection**: 500 → 495\n"), "{full}");
 
-        // One case that meets its budget, without `--floor` or probe statistics.
-        let results = [CaseResult {
-            case: Case::Writes,
-            pairs: vec![pair(100_000, 99_500, None)],
-            probe_stats: None,
-            empty_probe_stats: None,
-            peer_stats: None,
-            lru_stats: None,
-            profiles: Vec::new(),
-        }];
-        let quiet = Quiet::default();
-        let plain = render(&Context {
-            results: &results,
-            dispatch: &[],
-            machine: &machine,
-            quiet: &quiet,
-            pairs: 1,
-            seconds: 1.5,
-            started: "2024-01-01 00:00 UTC".into(),
-        });
+        let plain = plain_report();
         assert!(!plain.contains("###"), "{plain}");
         assert!(!plain.contains("A missed target"), "{plain}");
         assert!(plain.contains("running anyway: none."), "{plain}");
@@ -1033,5 +1040,39 @@ mod tests {
         let mut w = String::new();
         floor(&mut w, &results);
         assert!(w.is_empty());
+    }
+
+    /// Compares `rendered` with the stored report `name` under `report/golden/`, naming the
+    /// first line that differs (the whole text would bury it).
+    fn assert_golden(rendered: &str, name: &str, expected: &str) {
+        let first = rendered
+            .lines()
+            .zip(expected.lines())
+            .position(|(r, e)| r != e)
+            .unwrap_or_else(|| rendered.lines().count().min(expected.lines().count()));
+        assert!(
+            rendered == expected,
+            "the report differs from report/golden/{name} at line {}:\n  rendered: {:?}\n  \
+             expected: {:?}\nif the change is intended, store the new rendering there",
+            first + 1,
+            rendered.lines().nth(first),
+            expected.lines().nth(first),
+        );
+    }
+
+    /// The whole report, byte for byte, from the inputs of [`full_report`] and
+    /// [`plain_report`]: a change in wording or layout shows here, not only in BENCHMARKS.md.
+    #[test]
+    fn render_matches_the_stored_reports() {
+        assert_golden(
+            &full_report(),
+            "full.md",
+            include_str!("report/golden/full.md"),
+        );
+        assert_golden(
+            &plain_report(),
+            "plain.md",
+            include_str!("report/golden/plain.md"),
+        );
     }
 }
