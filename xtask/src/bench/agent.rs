@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Run,
     profile::{self, Profile, Recorder},
+    sysctl::Sysctl,
     workload::{Measured, Steady},
 };
 use crate::net::free_port;
@@ -380,29 +381,6 @@ fn sample(text: &str, name: &str) -> Result<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no {name} in /metrics"))
-}
-
-/// A sysctl set for as long as this lives, then restored.
-pub struct Sysctl {
-    path: &'static str,
-    previous: String,
-}
-
-impl Sysctl {
-    pub fn set(path: &'static str, value: &str) -> Result<Self> {
-        let previous = fs::read_to_string(path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .to_owned();
-        fs::write(path, value).with_context(|| format!("writing {path}"))?;
-        Ok(Self { path, previous })
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = fs::write(self.path, &self.previous);
-    }
 }
 
 /// `kernel.bpf_stats_enabled = 1` while the guard lives: the kernel times every program run.

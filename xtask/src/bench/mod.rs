@@ -12,6 +12,7 @@ mod machine;
 mod peer;
 mod profile;
 mod report;
+mod sysctl;
 mod workload;
 
 use std::{

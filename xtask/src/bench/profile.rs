@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::agent::Sysctl;
+use super::sysctl::Sysctl;
 
 /// Samples per second per CPU: enough for the places of 0.1 % to show over a 3 s window. Sampling
 /// in this VM is not free (10 kHz slowed connection churn by a third), so the shares are the
