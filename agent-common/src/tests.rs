@@ -360,3 +360,19 @@ fn a_request_method_is_http_only_from_the_side_speaking_first() {
     assert_eq!(st.verdict(), Verdict::Client);
     assert!(!st.send_needs_read_position());
 }
+
+#[test]
+fn a_failed_send_recorded_at_its_entry_is_undone_whole() {
+    // kprobe mode records a send at its entry; the send then fails (the peer reset).
+    let mut st = SockState {
+        role: role::SERVER,
+        ..SockState::default()
+    };
+    st.record_send(78, 120, &head(b"HTTP/1.1 200 OK\r\n"));
+    let before = st;
+    let undo = st.undo_point();
+    st.record_send(156, 120, &Head::default());
+    assert_eq!(st.answers, 2);
+    st.undo_send(&undo);
+    assert_eq!(st, before, "the answer it never gave is not counted");
+}

@@ -111,7 +111,8 @@ pub struct Undo {
     copied_at_last_out: u32,
     copied_at_goodbye: u32,
     flags: u16,
-    _pad: u16,
+    answers: u8,
+    _pad: u8,
 }
 
 impl Undo {
@@ -120,6 +121,7 @@ impl Undo {
         copied_at_last_out: 0,
         copied_at_goodbye: 0,
         flags: 0,
+        answers: 0,
         _pad: 0,
     };
 }
@@ -167,17 +169,19 @@ impl SockState {
             copied_at_last_out: self.copied_at_last_out,
             copied_at_goodbye: self.copied_at_goodbye,
             flags: self.flags,
+            answers: self.answers,
             _pad: 0,
         }
     }
 
     /// The send recorded at its entry failed: it wrote nothing, so the read position, the
-    /// goodbye and the first-write flags go back to what they were.
+    /// goodbye, the count of answers and the first-write flags go back to what they were.
     #[inline(always)]
     pub const fn undo_send(&mut self, undo: &Undo) {
         let mask = flag::SENT | flag::PEER_FIRST | flag::GOODBYE_SENT;
         self.copied_at_last_out = undo.copied_at_last_out;
         self.copied_at_goodbye = undo.copied_at_goodbye;
+        self.answers = undo.answers;
         self.flags = (self.flags & !mask) | (undo.flags & mask);
     }
 }
