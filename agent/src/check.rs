@@ -14,17 +14,35 @@ use crate::{
     tracefs,
 };
 
-/// What the unanswered-close decision tells apart, in every probe mode that runs it.
-const UNANSWERED_CLOSE_SHAPES: &[&str] = &[
-    "unanswered_close tells apart, in every mode above that runs it:",
-    "  not loss  a peer that closed or reset first; a FIN that crossed ours; a client's side;",
-    "            PostgreSQL Terminate and MySQL COM_QUIT (by protocol and size, clear or TLS);",
-    "            a TLS close alert either way (by size); QUIT, WebSocket close, HTTP/2 GOAWAY",
-    "            sent by the process (by their bytes)",
-    "  loss      a request read and left without an answer, a TLS close alert notwithstanding",
-    "  cannot    received bytes are judged by size only; a process that sends by sendfile,",
-    "            splice or io_uring has no protocol (its goodbyes are not recognised)",
-];
+/// What the unanswered-close decision tells apart, in every probe mode that runs it; the
+/// session rule's bounds are agent-common's own.
+fn unanswered_close_shapes() -> Vec<String> {
+    let most = agent_common::proto::SESSION_GOODBYE_MAX;
+    let within = agent_common::PROMPT_CLOSE_NS / 1_000_000;
+    vec![
+        "unanswered_close tells apart, in every mode above that runs it:".into(),
+        "  not loss  a peer that closed or reset first; a FIN that crossed ours; a client's side;"
+            .into(),
+        "            PostgreSQL Terminate and MySQL COM_QUIT (by protocol and size, clear or TLS);"
+            .into(),
+        "            a TLS close alert either way (by size); QUIT, WebSocket close, HTTP/2 GOAWAY"
+            .into(),
+        "            sent by the process (by their bytes); on any other protocol, a session's"
+            .into(),
+        format!(
+            "            last message of {most} bytes or less, closed within {within} ms of it"
+        ),
+        "  loss      a request read and left without an answer, a TLS close alert notwithstanding"
+            .into(),
+        "  cannot    received bytes are judged by size only; a process that sends by sendfile,"
+            .into(),
+        "            splice or io_uring has no protocol (its goodbyes are not recognised); a small"
+            .into(),
+        format!(
+            "            request such a session's server drops within {within} ms is taken for a goodbye"
+        ),
+    ]
+}
 
 /// A mode's result, as printed.
 #[derive(Serialize)]
@@ -342,7 +360,7 @@ fn print_tables(rows: &[ModeRow], detectors: &[DetectorRow], go: &Result<(), Str
     println!();
     // The same facts feed the decision in every mode (README, "What unanswered close tells
     // apart"), so this holds for each mode above that runs the detector.
-    for line in UNANSWERED_CLOSE_SHAPES {
+    for line in unanswered_close_shapes() {
         println!("{line}");
     }
     println!();
