@@ -171,17 +171,34 @@ async fn serve(
     pods: Option<k8s::Resolver>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(pods.is_some()));
-    let go_on = probes.go.is_ok() && !probes.empty_programs;
+    // Loaded is not enough: where uprobes cannot be attached (a container without
+    // CAP_SYS_ADMIN), every Go binary would fail, and the detector must say it is off.
+    let go_on = probes.go.is_ok()
+        && !probes.empty_programs
+        && match probes.uprobes_attach() {
+            Ok(()) => true,
+            Err(reason) => {
+                warn!(
+                    "Go runtime hooks off: a uprobe does not attach here ({reason}); \
+                     lostwrite_detector_enabled{{detector=\"go_write_timeout\"}} is 0"
+                );
+                false
+            }
+        };
     let mut detectors: Vec<(Detector, bool)> = probes.detecting().into();
     detectors.push((Detector::GoWriteTimeout, go_on));
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     metrics.set_socket_state(probes.store.as_str());
-    match &probes.go {
-        Ok(()) => info!("Go runtime hooks loaded: Go binaries running or started get them"),
-        Err(reason) => info!("Go runtime hooks not loaded: {reason}"),
+    match (&probes.go, go_on) {
+        (Ok(()), true) => {
+            info!("Go runtime hooks loaded: Go binaries running or started get them")
+        }
+        // Said above, or --empty-programs.
+        (Ok(()), false) => {}
+        (Err(reason), _) => info!("Go runtime hooks not loaded: {reason}"),
     }
     let mut stats_reader = probes.take_stats()?;
-    // Walking SOCKS takes a few syscalls; concurrent scrapes share one walk.
+    // Walking SOCKS takes a few syscalls; a flood of scrapes shares one walk per 100 ms.
     let stats = http::Coalesced::new(move || stats_reader.read());
     let state = Arc::new(AppState {
         metrics: metrics.clone(),

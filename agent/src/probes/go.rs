@@ -77,7 +77,8 @@ impl Probes {
 
 impl Probes {
     /// Whether uprobes attach on this kernel, tried on the agent's own executable (at its
-    /// entry point, which runs once, long ago) and detached at once. For `agent check`.
+    /// entry point, which runs once, long ago) and detached at once. For `agent check`, and
+    /// at `agent run`'s start: where it fails, every Go binary would, and the detector is off.
     pub fn uprobes_attach(&mut self) -> Result<(), String> {
         self.go.clone()?;
         let exe = Path::new("/proc/self/exe");

@@ -489,4 +489,32 @@ fn the_daemonsets_capabilities_and_read_only_mounts_are_enough() {
             m.series("lostwrite_detector_enabled")
         );
     }
+    // The Go runtime hooks: reported on only where they work (the seed's incident names its
+    // cause), else off, with the reason in the log.
+    let go = m.value(
+        "lostwrite_detector_enabled",
+        &[("detector", "go_write_timeout")],
+    );
+    match go {
+        Some(1.0) => assert!(
+            incidents[0]["go_deadline"].is_string(),
+            "go_write_timeout is reported on but named no cause: {}",
+            incidents[0]
+        ),
+        Some(0.0) => assert!(
+            agent.stderr_text().contains("Go runtime hooks off"),
+            "{}",
+            agent.stderr_text()
+        ),
+        other => panic!("go_write_timeout: {other:?}"),
+    }
+    eprintln!(
+        "go_write_timeout under the DaemonSet's confinement: {go:?}\n{}",
+        agent
+            .stderr_text()
+            .lines()
+            .filter(|l| l.contains("Go runtime hooks"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
