@@ -272,12 +272,19 @@ impl SockState {
         self.answers as u32 + greeted as u32 >= proto::answers_before_goodbye(self.proto) as u32
     }
 
-    /// The process closes, `since_input_ns` after the last input arrived: a close within
-    /// [`crate::PROMPT_CLOSE_NS`] of it is the direct reaction to that input
-    /// ([`flag::PROMPT_CLOSE`]).
+    /// The process closes, after `settle`: a close within [`crate::PROMPT_CLOSE_NS`] of the
+    /// last input's arrival is the direct reaction to that input ([`flag::PROMPT_CLOSE`]).
+    /// `since_input_ns` (how long ago that input arrived, where it can be read) is asked only
+    /// where the rest of [`SockState::ends_a_session`] holds: the kernel reads it from the
+    /// socket and the jiffies, and most closes need neither.
     #[inline(always)]
-    pub const fn note_close(&mut self, since_input_ns: u64) {
-        if since_input_ns <= crate::PROMPT_CLOSE_NS {
+    pub fn note_close(&mut self, since_input_ns: impl FnOnce() -> Option<u64>) {
+        if !self.may_end_a_session() {
+            return;
+        }
+        if let Some(ns) = since_input_ns()
+            && ns <= crate::PROMPT_CLOSE_NS
+        {
             self.flags |= flag::PROMPT_CLOSE;
         }
     }

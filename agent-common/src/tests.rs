@@ -322,9 +322,9 @@ fn a_session_ends_on_a_small_message_closed_at_once() {
     assert!(st.may_end_a_session());
     // A close 60 ms after the input: work, a timer or a kill, not the goodbye's reaction.
     let mut late = st;
-    late.note_close(60_000_000);
+    late.note_close(|| Some(60_000_000));
     assert_eq!(late.verdict(), Verdict::Owes);
-    st.note_close(PROMPT_CLOSE_NS);
+    st.note_close(|| Some(PROMPT_CLOSE_NS));
     assert_eq!(st.verdict(), Verdict::SessionEnd);
     // On HTTP every request is owed its answer, however small and soon.
     st.proto = proto::HTTP;

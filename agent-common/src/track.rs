@@ -156,10 +156,20 @@ impl SockState {
 
     /// The kernel's filter for a teardown record, after `settle`: the close may owe an answer
     /// ([`SockState::may_owe_answer`]), its connection is on an `--explain-port` (`explained`),
-    /// or an expired Go deadline explains it (`go`, [`crate::GoDeadline::explains`]).
+    /// or an expired Go deadline explains it (`go`, [`crate::GoDeadline::explains`]). A close
+    /// worth one is marked as reported ([`flag::TEARDOWN_SENT`], and [`flag::OWES_SENT`] where it
+    /// owes an answer, for the abort that may follow it).
     #[inline(always)]
-    pub const fn worth_a_teardown_record(&self, explained: bool, go: bool) -> bool {
-        self.may_owe_answer() || explained || go
+    pub const fn mark_teardown_record(&mut self, explained: bool, go: bool) -> bool {
+        let owes = self.may_owe_answer();
+        if !(owes || explained || go) {
+            return false;
+        }
+        self.flags |= flag::TEARDOWN_SENT;
+        if owes {
+            self.flags |= flag::OWES_SENT;
+        }
+        true
     }
 
     /// What [`SockState::record_send`] may change, to undo it.

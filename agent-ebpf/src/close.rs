@@ -105,19 +105,11 @@ fn on_closing<M: Mem, S: Store>(tp: u64, old: u32, new: u32) {
     // This state change comes before the kernel queues the FIN it announces.
     track::settle::<M>(tp, st, false);
     // How soon the close followed the last input decides only a session's possible goodbye.
-    if st.may_end_a_session()
-        && let Some(ago) = track::since_last_input_ns::<M>(tp)
-    {
-        st.note_close(ago);
-    }
+    st.note_close(|| track::since_last_input_ns::<M>(tp));
     let go = go_deadline_explaining::<M, S>(tp, st);
     // The clocks are read only for a record: most closes owe nothing.
-    if st.worth_a_teardown_record(explained(st), go.is_some()) {
+    if st.mark_teardown_record(explained(st), go.is_some()) {
         st.last_in_ns = track::last_input_ns::<M>(tp);
-        st.flags |= flag::TEARDOWN_SENT;
-        if st.may_owe_answer() {
-            st.flags |= flag::OWES_SENT;
-        }
         emit_teardown(kind::TEARDOWN, tp, st, closer, old, new, go.as_ref());
     }
 }

@@ -24,7 +24,7 @@ const OWN_ISN: u32 = u32::MAX - 40;
 /// the last arrival), with its `SockState` driven by the same agent-common transitions the
 /// programs call (agent-ebpf's track, send and close): `Start` and `begin` when tracking starts
 /// (at the handshake, or adopted), `record_send` per send, `Closing`, `local_close`, `settle`
-/// and `worth_a_teardown_record` at the local close. What stays here is only what the kernel
+/// and `mark_teardown_record` at the local close. What stays here is only what the kernel
 /// itself does to the socket (sequence numbers moving, state changes).
 struct Conn {
     st: SockState,
@@ -225,9 +225,7 @@ impl Conn {
             self.write_seq,
             false,
         );
-        if st.may_end_a_session() {
-            st.note_close(t.saturating_sub(self.last_arrival));
-        }
+        st.note_close(|| Some(t.saturating_sub(self.last_arrival)));
         st.last_in_ns = self.last_arrival;
         let go = if st.flags & flag::GO_DEADLINE != 0
             && self.go.explains(st.verdict(), self.copied) != GoLoss::None
@@ -236,10 +234,7 @@ impl Conn {
         } else {
             GoDeadline::default()
         };
-        if st.worth_a_teardown_record(explained, go.which != 0) && st.may_owe_answer() {
-            st.flags |= flag::OWES_SENT;
-        }
-        st.worth_a_teardown_record(explained, go.which != 0)
+        st.mark_teardown_record(explained, go.which != 0)
             .then_some(TeardownEvent {
                 header: EventHeader {
                     kind: kind::TEARDOWN,
