@@ -247,20 +247,17 @@ impl Metrics {
     pub fn set_probe_mode(&self, mode: &str, detectors: &[(Detector, bool)]) {
         self.health.probe_mode.with_label_values(&[mode]).set(1);
         for (d, on) in detectors {
-            self.health
-                .detector_enabled
-                .with_label_values(&[d.as_str()])
-                .set(i64::from(*on));
+            self.set_detector(*d, *on);
         }
     }
 
-    /// A detector stopped working after the start (its programs or the thread that serves
-    /// them): reported off from now on.
-    pub fn detector_stopped(&self, d: Detector) {
+    /// `lostwrite_detector_enabled{detector}`: at start, and again when a detector stops
+    /// working later (its programs, or the thread that serves them).
+    pub fn set_detector(&self, d: Detector, on: bool) {
         self.health
             .detector_enabled
             .with_label_values(&[d.as_str()])
-            .set(0);
+            .set(i64::from(on));
     }
 
     pub fn set_socket_state(&self, store: &str) {

@@ -289,7 +289,7 @@ async fn serve(
                          lostwrite_detector_enabled{{detector=\"go_write_timeout\"}} is 0 \
                          from now on"
                     );
-                    metrics.detector_stopped(Detector::GoWriteTimeout);
+                    metrics.set_detector(Detector::GoWriteTimeout, false);
                     go = None;
                 }
             },

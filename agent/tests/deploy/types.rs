@@ -29,7 +29,7 @@ pub struct PodMonitorSpec {
     pub namespace_selector: Option<NamespaceSelector>,
     #[serde(default)]
     pub job_label: Option<String>,
-    pub pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
+    pub pod_metrics_endpoints: Vec<ScrapeEndpoint>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -41,9 +41,11 @@ pub struct NamespaceSelector {
     pub match_names: Vec<String>,
 }
 
+/// A port to scrape: the fields the project sets of the Operator's `PodMetricsEndpoint` (a
+/// PodMonitor's) and `Endpoint` (a ServiceMonitor's), which are the same.
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PodMetricsEndpoint {
+pub struct ScrapeEndpoint {
     pub port: String,
     #[serde(default)]
     pub path: Option<String>,
@@ -72,22 +74,7 @@ pub struct ServiceMonitorSpec {
     pub namespace_selector: Option<NamespaceSelector>,
     #[serde(default)]
     pub job_label: Option<String>,
-    pub endpoints: Vec<ServiceMonitorEndpoint>,
-}
-
-/// The Operator's `Endpoint`: a Service port to scrape.
-#[derive(Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServiceMonitorEndpoint {
-    pub port: String,
-    #[serde(default)]
-    pub path: Option<String>,
-    #[serde(default)]
-    pub interval: Option<String>,
-    #[serde(default)]
-    pub scrape_timeout: Option<String>,
-    #[serde(default)]
-    pub scheme: Option<String>,
+    pub endpoints: Vec<ScrapeEndpoint>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]

@@ -50,6 +50,9 @@ pub struct GoBuild {
     pub static_binary: bool,
     /// The binary's name, when not the program's (it is the process's comm).
     pub name: Option<&'static str>,
+    /// Build against Debian's Go libraries (`golang-*-dev` packages), which are a GOPATH in
+    /// `/usr/share/gocode`, not modules.
+    pub debian_gopath: bool,
 }
 
 /// The newer Go that `cargo xtask setup` unpacks from bookworm-backports (`NEWER_GO` there).
@@ -95,6 +98,10 @@ pub fn go_build_with(name: &str, build: &GoBuild) -> PathBuf {
     }
     if build.static_binary {
         cmd.env("CGO_ENABLED", "0");
+    }
+    if build.debian_gopath {
+        cmd.env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode");
     }
     let status = cmd
         .arg(".")

@@ -16,6 +16,7 @@ use crate::{
     db_servers::{PYTHON, ServerDir, read_log, run, server_dir, wait_ready},
     false_positives::{assert_no_loss_on, explaining_agent, judged_exactly},
     harness::{Agent, Process, free_port, root_or_skip},
+    servers::{GoBuild, go_build_with},
 };
 
 /// A server process on a free loopback port, with its directory; both go on drop.
@@ -186,23 +187,13 @@ fn openssh_sessions_and_keyscans_count_nothing() {
 /// A NATS client on Debian's nats.go (golang-github-nats-io-go-nats-dev): one subscriber and
 /// PUBLISHERS publishers, each on its own connection.
 fn natsclient() -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-bin");
-    std::fs::create_dir_all(&out).unwrap();
-    let bin = out.join("natsclient");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(".")
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/natsclient"))
-        // Debian's Go libraries are a GOPATH, not modules.
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", out.join("cache"))
-        .env("GOFLAGS", "-buildvcs=false")
-        .status()
-        .expect("run `go build` (golang-go is installed by `cargo xtask setup`)");
-    assert!(status.success(), "go build of natsclient failed: {status}");
-    bin
+    go_build_with(
+        "natsclient",
+        &GoBuild {
+            debian_gopath: true,
+            ..GoBuild::default()
+        },
+    )
 }
 
 #[test]
