@@ -144,12 +144,16 @@ pub mod flag {
     /// The connection reached CLOSE and was counted released (socket-local storage, whose
     /// state lives on until the kernel frees the socket).
     pub const RELEASED: u16 = 1 << 12;
-    /// The process closed within [`crate::PROMPT_CLOSE_NS`] of the last input's arrival
-    /// ([`crate::SockState::note_close`]).
+    /// The process closed within [`crate::PROMPT_CLOSE_NS`] of the last input's arrival, or
+    /// said its goodbye that soon ([`crate::SockState::note_close`]).
     pub const PROMPT_CLOSE: u16 = 1 << 13;
     /// The connection went to CLOSE with `sk_err` set and no reset: a retransmission or
     /// keepalive timeout ended it.
     pub const TIMED_OUT: u16 = 1 << 14;
+    /// The peer's FIN acknowledged everything the process wrote, its goodbye last
+    /// ([`GOODBYE_SENT`]): the FIN answered that goodbye (a TLS client that closes on the
+    /// server's close alert), so the peer did not leave first (`SockState::settle`).
+    pub const FIN_ANSWERED_GOODBYE: u16 = 1 << 15;
 }
 
 /// A close this soon after the last input arrived is the direct reaction to that input: a

@@ -60,7 +60,9 @@ pub struct SockState {
     pub write_at_start: u32,
     /// `tcp_sock.copied_seq` at the process's last goodbye (valid with [`flag::GOODBYE_SENT`]).
     pub copied_at_goodbye: u32,
-    pub _pad2: u32,
+    /// `tcp_sock.snd_una` when the peer's FIN arrived ([`SockState::peer_fin`]): what the peer
+    /// had received of the process's output when it closed.
+    pub acked_at_peer_fin: u32,
 }
 
 impl SockState {
@@ -115,9 +117,17 @@ impl SockState {
     /// Where the process's reading stood at this write, and what the write was: `copied` is
     /// the socket's `copied_seq` (everything the process had read, as a sequence number).
     /// `head` holds the message's first bytes when [`SockState::send_needs_peek`] asked for
-    /// them (zeros when they could not be read).
+    /// them (zeros when they could not be read). `since_input_ns` (how long ago the last input
+    /// arrived) is asked only for a goodbye that does not answer, where the session rule may
+    /// apply ([`SockState::ends_a_session`]).
     #[inline(always)]
-    pub fn record_send(&mut self, copied: u32, len: u32, head: &Head) {
+    pub fn record_send(
+        &mut self,
+        copied: u32,
+        len: u32,
+        head: &Head,
+        since_input_ns: impl FnOnce() -> Option<u64>,
+    ) {
         if self.flags & flag::SENT == 0 {
             self.flags |= flag::SENT;
             if copied != self.copied_at_start {
@@ -136,12 +146,24 @@ impl SockState {
                 self.answers = self.answers.saturating_add(1);
             }
             if self.flags & flag::GOODBYE_SENT != 0 && !kind.ends() {
-                self.flags &= !flag::GOODBYE_SENT;
+                self.flags &= !(flag::GOODBYE_SENT | flag::PROMPT_CLOSE);
             }
         }
         if kind.ends() {
             self.flags |= flag::GOODBYE_SENT;
             self.copied_at_goodbye = copied;
+            // The goodbye is where the process ended the session, so the session rule times
+            // it rather than the close: the peer's reply to it (a TLS client's own alert and
+            // FIN) can arrive before the close and would make any close look prompt.
+            self.flags &= !flag::PROMPT_CLOSE;
+            let unanswered = copied.wrapping_sub(self.copied_at_last_out) as i32;
+            if unanswered > 0
+                && self.session_may_end(unanswered as u64)
+                && let Some(ns) = since_input_ns()
+                && ns <= crate::PROMPT_CLOSE_NS
+            {
+                self.flags |= flag::PROMPT_CLOSE;
+            }
         }
     }
 
@@ -162,6 +184,14 @@ impl SockState {
         self.bytes_out = write_seq
             .wrapping_sub(self.write_at_start)
             .saturating_sub(fin_queued as u32) as u64;
+        let written = write_seq.wrapping_sub(fin_queued as u32);
+        // The peer closed having received all the process wrote, its goodbye last: the FIN
+        // answered that goodbye; the peer did not leave first.
+        let fin_after_goodbye = flag::PEER_FIN | flag::GOODBYE_SENT;
+        if self.flags & fin_after_goodbye == fin_after_goodbye && self.acked_at_peer_fin == written
+        {
+            self.flags |= flag::FIN_ANSWERED_GOODBYE;
+        }
         // Reading the end of file steps copied_seq over the peer's FIN; that is not input.
         let fin_read = self.flags & flag::PEER_FIN != 0 && copied == rcv_nxt;
         let unread = rcv_nxt.wrapping_sub(copied) as u64;
@@ -196,12 +226,25 @@ impl SockState {
         }
     }
 
+    /// The peer's FIN arrived (the socket went to CLOSE_WAIT), acknowledging the process's
+    /// output up to `snd_una`. Whether it answered the process's goodbye is told at the close
+    /// (`settle`), by that acknowledgement rather than by which program ran first: a send is
+    /// recorded when it returns in fentry mode, and over loopback the peer's reply can be in
+    /// before that.
+    #[inline(always)]
+    pub const fn peer_fin(&mut self, snd_una: u32) {
+        self.flags |= flag::PEER_FIN;
+        self.acked_at_peer_fin = snd_una;
+    }
+
     /// The unanswered-close decision for a close the process started, from the socket's
     /// facts after `settle` (README: What it detects, and What unanswered close tells apart). The kernel calls it
     /// to decide whether a teardown is worth a record at all, and the agent's correlation
     /// applies the same function to the record, so the two can never disagree.
     ///
-    /// - The peer closed or reset its side first: it was not waiting.
+    /// - The peer closed or reset its side first: it was not waiting. A FIN that answered the
+    ///   process's own goodbye is not the peer leaving first (a TLS close alert sent instead of
+    ///   the response, whose client closes at once).
     /// - A passive open is a responder by definition (HTTP/2 servers may write SETTINGS before
     ///   reading anything, so "who spoke first" alone would miss them). An active open is a
     ///   responder only when the peer spoke first on a protocol whose server speaks first (an
@@ -215,7 +258,9 @@ impl SockState {
     ///   Terminate, MySQL COM_QUIT, a TLS close alert).
     #[inline(always)]
     pub const fn verdict(&self) -> Verdict {
-        if self.flags & (flag::PEER_FIN | flag::PEER_RESET) != 0 {
+        let fin_first =
+            self.flags & (flag::PEER_FIN | flag::FIN_ANSWERED_GOODBYE) == flag::PEER_FIN;
+        if fin_first || self.flags & flag::PEER_RESET != 0 {
             return Verdict::PeerClosed;
         }
         if self.role == role::CLIENT
@@ -250,8 +295,9 @@ impl SockState {
     ///   [`proto::answers_before_goodbye`] times (a TLS handshake takes two), or spoke first
     ///   (a greeting);
     /// - the message is small ([`proto::SESSION_GOODBYE_MAX`] bytes at most);
-    /// - and the close came at once ([`flag::PROMPT_CLOSE`], set by [`SockState::note_close`]):
-    ///   the direct reaction to that message, not work, a timer, a deadline or a kill.
+    /// - and the close came at once ([`flag::PROMPT_CLOSE`], set by [`SockState::note_close`]),
+    ///   or the process's own goodbye before it did (a TLS close alert): the direct reaction to
+    ///   that message, not work, a timer, a deadline or a kill.
     ///
     /// What it gives up: a small request on such a session, dropped within
     /// [`crate::PROMPT_CLOSE_NS`] of its arrival (a crash right after reading it), is taken for
@@ -265,7 +311,13 @@ impl SockState {
     /// the clock at a close only when this holds. Meaningful after `settle`.
     #[inline(always)]
     pub const fn may_end_a_session(&self) -> bool {
-        if proto::goodbyes_known(self.proto) || self.unanswered_in > proto::SESSION_GOODBYE_MAX {
+        self.session_may_end(self.unanswered_in)
+    }
+
+    /// [`SockState::may_end_a_session`] with `unanswered` bytes of input after the last answer.
+    #[inline(always)]
+    const fn session_may_end(&self, unanswered: u64) -> bool {
+        if proto::goodbyes_known(self.proto) || unanswered > proto::SESSION_GOODBYE_MAX {
             return false;
         }
         let greeted = self.flags & (flag::SENT | flag::PEER_FIRST) == flag::SENT;
@@ -273,13 +325,15 @@ impl SockState {
     }
 
     /// The process closes, after `settle`: a close within [`crate::PROMPT_CLOSE_NS`] of the
-    /// last input's arrival is the direct reaction to that input ([`flag::PROMPT_CLOSE`]).
+    /// last input's arrival is the direct reaction to that input ([`flag::PROMPT_CLOSE`]), or,
+    /// where the process said goodbye last, a goodbye that came so soon.
     /// `since_input_ns` (how long ago that input arrived, where it can be read) is asked only
     /// where the rest of [`SockState::ends_a_session`] holds: the kernel reads it from the
     /// socket and the jiffies, and most closes need neither.
     #[inline(always)]
     pub fn note_close(&mut self, since_input_ns: impl FnOnce() -> Option<u64>) {
-        if !self.may_end_a_session() {
+        // After the process's own goodbye, its goodbye was timed ([`SockState::record_send`]).
+        if self.flags & flag::GOODBYE_SENT != 0 || !self.may_end_a_session() {
             return;
         }
         if let Some(ns) = since_input_ns()

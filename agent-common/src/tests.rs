@@ -23,15 +23,15 @@ fn record_send_keeps_the_last_read_position() {
         copied_at_start: 100,
         ..SockState::default()
     };
-    st.record_send(178, 120, &head(b"HTTP/1.1 200 OK\r\n"));
+    st.record_send(178, 120, &head(b"HTTP/1.1 200 OK\r\n"), || None);
     assert_eq!(
         st.flags & (flag::SENT | flag::PEER_FIRST),
         flag::SENT | flag::PEER_FIRST
     );
     assert_eq!(st.proto, proto::HTTP);
     assert_eq!(st.copied_at_last_out, 178);
-    st.record_send(178, 120, &Head::default());
-    st.record_send(258, 120, &Head::default());
+    st.record_send(178, 120, &Head::default(), || None);
+    st.record_send(258, 120, &Head::default(), || None);
     assert_eq!(st.copied_at_last_out, 258);
 }
 
@@ -132,9 +132,14 @@ fn goodbyes_are_told_by_protocol_and_bytes_or_size() {
         proto: proto::H2,
         ..SockState::default()
     };
-    st.record_send(0, 27, &head(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00"));
+    st.record_send(
+        0,
+        27,
+        &head(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00"),
+        || None,
+    );
     assert!(!st.failed_write_loses_nothing(None));
-    st.record_send(0, 17, &goaway);
+    st.record_send(0, 17, &goaway, || None);
     assert!(st.failed_write_loses_nothing(None));
     let tls = SockState {
         proto: proto::TLS,
@@ -314,8 +319,8 @@ fn a_session_ends_on_a_small_message_closed_at_once() {
         role: role::SERVER,
         ..SockState::default()
     };
-    st.record_send(23, 8, &head(b"STORED\r\n"));
-    st.record_send(32, 27, &head(b"VALUE k 0 5\r\n"));
+    st.record_send(23, 8, &head(b"STORED\r\n"), || None);
+    st.record_send(32, 27, &head(b"VALUE k 0 5\r\n"), || None);
     assert_eq!(st.answers, 2);
     st.settle(38, 38, 38, 35, false);
     assert_eq!(st.unanswered_in, 6);
@@ -339,7 +344,7 @@ fn a_session_ends_on_a_small_message_closed_at_once() {
     assert!(!first.may_end_a_session());
     assert_eq!(first.verdict(), Verdict::Owes);
     // A greeting makes one.
-    first.record_send(0, 30, &head(b"220 ready\r\n"));
+    first.record_send(0, 30, &head(b"220 ready\r\n"), || None);
     assert!(first.may_end_a_session());
     assert_eq!(first.verdict(), Verdict::SessionEnd);
 }
@@ -355,7 +360,7 @@ fn a_request_method_is_http_only_from_the_side_speaking_first() {
         role: role::CLIENT,
         ..SockState::default()
     };
-    st.record_send(400, 120, &connect);
+    st.record_send(400, 120, &connect, || None);
     st.settle(4400, 4400, 4400, 120, false);
     assert_eq!(st.verdict(), Verdict::Client);
     assert!(!st.send_needs_read_position());
@@ -368,11 +373,45 @@ fn a_failed_send_recorded_at_its_entry_is_undone_whole() {
         role: role::SERVER,
         ..SockState::default()
     };
-    st.record_send(78, 120, &head(b"HTTP/1.1 200 OK\r\n"));
+    st.record_send(78, 120, &head(b"HTTP/1.1 200 OK\r\n"), || None);
     let before = st;
     let undo = st.undo_point();
-    st.record_send(156, 120, &Head::default());
+    st.record_send(156, 120, &Head::default(), || None);
     assert_eq!(st.answers, 2);
     st.undo_send(&undo);
     assert_eq!(st, before, "the answer it never gave is not counted");
+}
+
+#[test]
+fn a_fin_that_acknowledged_the_goodbye_answered_it_whichever_program_ran_first() {
+    // A TLS server: the handshake answered, a 101-byte request, then only its close alert;
+    // the client's FIN acknowledges everything up to the alert's end (write_seq 1424).
+    let session = || {
+        let mut st = SockState {
+            role: role::SERVER,
+            ..SockState::default()
+        };
+        st.record_send(517, 1400, &head(b"\x16\x03\x03\x00\x7a\x02"), || None);
+        st
+    };
+    let alert = |st: &mut SockState| st.record_send(618, 24, &Head::default(), || None);
+    let judged = |mut st: SockState| {
+        st.settle(618, 619, 619, 1424, false);
+        st.verdict()
+    };
+    // The FIN's state change before the alert's send is recorded (fentry records a send
+    // when it returns), and after.
+    let mut early = session();
+    early.peer_fin(1424);
+    alert(&mut early);
+    let mut late = session();
+    alert(&mut late);
+    late.peer_fin(1424);
+    assert_eq!(judged(early), Verdict::Owes);
+    assert_eq!(judged(late), Verdict::Owes);
+    // A FIN sent before the alert reached the peer: the peer left first.
+    let mut first = session();
+    first.peer_fin(1400);
+    alert(&mut first);
+    assert_eq!(judged(first), Verdict::PeerClosed);
 }

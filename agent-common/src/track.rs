@@ -188,7 +188,7 @@ impl SockState {
     /// goodbye, the count of answers and the first-write flags go back to what they were.
     #[inline(always)]
     pub const fn undo_send(&mut self, undo: &Undo) {
-        let mask = flag::SENT | flag::PEER_FIRST | flag::GOODBYE_SENT;
+        let mask = flag::SENT | flag::PEER_FIRST | flag::GOODBYE_SENT | flag::PROMPT_CLOSE;
         self.copied_at_last_out = undo.copied_at_last_out;
         self.copied_at_goodbye = undo.copied_at_goodbye;
         self.answers = undo.answers;

@@ -38,8 +38,9 @@ pub fn on_state<M: Mem, S: Store>(sk: u64, old: u32, new: u32) {
         tcp_state::ESTABLISHED => track::on_established::<M, S>(sk, old),
         tcp_state::CLOSE_WAIT => {
             if let Some(st) = S::get(sk) {
+                let acked = M::tcp(sk).and_then(|tp| M::read::<u32>(tp, config!(sock.tcp_snd_una)));
                 // SAFETY: see on_close.
-                unsafe { (*st).flags |= flag::PEER_FIN };
+                unsafe { (*st).peer_fin(acked.unwrap_or(0)) };
             }
         }
         tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE => {

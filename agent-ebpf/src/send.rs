@@ -75,7 +75,9 @@ fn record_write<M: Mem, S: Store, C: EbpfContext>(
     }
     // SAFETY: as above.
     let head = unsafe { &*head.as_ptr().cast::<Head>() };
-    st.record_send(kernel::copied_seq::<M>(tp), len, head);
+    st.record_send(kernel::copied_seq::<M>(tp), len, head, || {
+        track::since_last_input_ns::<M>(tp)
+    });
     Some(undo)
 }
 

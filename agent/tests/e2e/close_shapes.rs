@@ -411,6 +411,76 @@ fn tls_alert_sized_final_writes_count_only_the_dropped_request() {
     );
 }
 
+/// The seed over TLS as curl meets it: the server's close alert instead of the response, which
+/// the client answers at once by closing (with its own alert, or without), so that its FIN
+/// arrives before the server's close(). The client answered the goodbye; it did not leave
+/// first. And the mirror that is healthy: a session's small last record, the server's alert
+/// at once, the client's reply before the close.
+#[test]
+fn client_that_closes_on_the_server_s_close_alert_still_lost_the_request() {
+    if !root_or_skip("client_that_closes_on_the_server_s_close_alert_still_lost_the_request") {
+        return;
+    }
+    let server_steps = [
+        TLS_SERVER_HANDSHAKE,
+        &[Read(TLS_REQUEST.len()), Pause(200), Write(TLS_ALERT), Eof],
+    ]
+    .concat();
+    let client_start = [TLS_CLIENT_HANDSHAKE, &[Write(TLS_REQUEST), Read(24)]].concat();
+    for (name, reply) in [("FIN", &[][..]), ("alert and FIN", &[Write(TLS_ALERT)][..])] {
+        let agent = Agent::start(&[]);
+        let port = server(&server_steps);
+        clients(port, 1, &[&client_start[..], reply].concat());
+        let (_, i) = the_only_unanswered_close(
+            &agent,
+            &format!("the request dropped behind a close alert, answered by the client's {name}"),
+            &own_comm(),
+            &port.to_string(),
+            "server",
+        );
+        assert_eq!(i["protocol"], "tls", "{i}");
+        assert_eq!(i["ended_by"], "local", "{i}");
+        assert_eq!(
+            i["unanswered_bytes"],
+            TLS_FINISHED.len() + TLS_REQUEST.len(),
+            "{i}"
+        );
+    }
+    // Healthy: two answered requests make a session; its small last record is answered by
+    // the server's alert at once, and the client's reply arrives before the close.
+    let answered = [Read(TLS_REQUEST.len()), Write(TLS_RESPONSE)];
+    let asked = [Write(TLS_REQUEST), Read(TLS_RESPONSE.len())];
+    let port = server(
+        &[
+            TLS_SERVER_HANDSHAKE,
+            &answered,
+            &answered,
+            &[Read(60), Write(TLS_ALERT), Eof],
+        ]
+        .concat(),
+    );
+    let last = b"\x17\x03\x03\x00\x37a small last record of a session, which its server read";
+    assert_eq!(last.len(), 60);
+    assert_no_loss_on(
+        "a session's last record, then the alerts",
+        port,
+        6.0,
+        || {
+            clients(
+                port,
+                3,
+                &[
+                    TLS_CLIENT_HANDSHAKE,
+                    &asked,
+                    &asked,
+                    &[Write(last), Read(24), Write(TLS_ALERT)],
+                ]
+                .concat(),
+            )
+        },
+    );
+}
+
 /// A keep-alive connection whose request was answered before the agent started; then its client
 /// closes it and the server closes in turn. Nothing was owed (an agent restart must not count
 /// it).

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -80,11 +80,25 @@ fn hooked(agent: &Agent, name: &str) -> String {
 /// The go counter and the incidents of `port` once one go incident is in.
 fn settle(agent: &Agent, port: u16) -> (Metrics, Vec<serde_json::Value>) {
     let p = port.to_string();
-    wait_for(
-        "the Go write timeout on /metrics",
-        Duration::from_secs(10),
-        || agent.scrape().value(GO_TIMEOUTS, &[("port", &p)]),
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.scrape().value(GO_TIMEOUTS, &[("port", &p)]).is_none() {
+        if Instant::now() > deadline {
+            let text = agent.metrics_text();
+            let series: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(&format!("port=\"{p}\"")))
+                .collect();
+            let stderr = agent.stderr_text();
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+            panic!(
+                "timed out after 10s waiting for the Go write timeout on /metrics; \
+                 port {p}'s series: {series:#?}\nincidents: {:#?}\nagent's last log lines \
+                 (newest first): {tail:#?}",
+                agent.incidents()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
     thread::sleep(Duration::from_millis(400));
     let incidents: Vec<serde_json::Value> = agent
         .incidents()

@@ -145,6 +145,15 @@ pub const SCENARIOS: &[Scenario] = &[
         needs: &[],
         default_mode: false,
     },
+    // The seed over TLS as curl meets it, without the race: the client's FIN answers the
+    // server's close alert before the server's close.
+    Scenario {
+        name: "tls-alert-then-client-close",
+        test: "close_shapes::client_that_closes_on_the_server_s_close_alert_still_lost_the_request",
+        detector: Column::Loss(Detector::UnansweredClose),
+        needs: &[],
+        default_mode: false,
+    },
     Scenario {
         name: "pre-existing-unanswered",
         test: "unanswered::connection_from_before_the_agent_closed_unanswered_counts_one",

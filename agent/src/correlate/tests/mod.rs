@@ -159,7 +159,7 @@ impl Conn {
 
     /// A write of `ret` bytes of a message starting with `head`, as the programs record it:
     /// its first bytes are read only where `send_needs_peek` asks for them.
-    fn send_msg(mut self, _t: u64, ret: i64, head: &[u8]) -> Self {
+    fn send_msg(mut self, t: u64, ret: i64, head: &[u8]) -> Self {
         if ret > 0 {
             self.claim();
             self.write_seq = self.write_seq.wrapping_add(ret as u32);
@@ -169,7 +169,9 @@ impl Conn {
                     let n = head.len().min(h.len());
                     h[..n].copy_from_slice(&head[..n]);
                 }
-                self.st.record_send(self.copied, ret as u32, &h);
+                let since = t.saturating_sub(self.last_arrival);
+                self.st
+                    .record_send(self.copied, ret as u32, &h, || Some(since));
             }
         }
         self
@@ -179,7 +181,7 @@ impl Conn {
     fn peer_fin(mut self) -> Self {
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
         self.received += 1;
-        self.st.flags |= flag::PEER_FIN;
+        self.st.peer_fin(self.write_seq);
         self
     }
 

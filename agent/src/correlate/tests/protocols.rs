@@ -120,6 +120,43 @@ fn seed_over_tls_counts_one_although_a_close_alert_was_written() {
 }
 
 #[test]
+fn seed_over_tls_counts_one_when_the_client_closes_on_the_alert_first() {
+    // The client answers the server's alert by closing (curl, which cannot decrypt it after
+    // the failed write), and its FIN arrives before the server's close(): it answered the
+    // goodbye; it did not leave first. Read or not, its own alert changes nothing.
+    let alert_then_fin = |read_reply: bool| {
+        let c = tls_session().recv(2 * SEC, 101).send(4 * SEC, 24);
+        let c = if read_reply { c.recv(4 * SEC, 24) } else { c };
+        incidents(c.peer_fin().close(4 * SEC))
+    };
+    for read_reply in [false, true] {
+        let got = alert_then_fin(read_reply);
+        assert_eq!(got.len(), 1, "client's alert read: {read_reply}");
+        assert!(matches!(
+            got[0].detail,
+            Detail::UnansweredClose {
+                unanswered_bytes: 101,
+                protocol: "tls",
+                goodbye_sent: true,
+                ..
+            }
+        ));
+        assert_eq!(got[0].ended_by, EndedBy::Local);
+    }
+    // The client closed before the server's alert: it left first, and was not waiting.
+    assert!(
+        incidents(
+            tls_session()
+                .recv(2 * SEC, 101)
+                .peer_fin()
+                .send(4 * SEC, 24)
+                .close(4 * SEC)
+        )
+        .is_empty()
+    );
+}
+
+#[test]
 fn websocket_close_handshake_from_either_side_counts_zero() {
     let upgraded = || {
         Conn::server()

@@ -144,6 +144,30 @@ fn tls_needs_an_answer_beyond_its_handshake() {
 }
 
 #[test]
+fn a_goodbye_is_timed_at_the_process_s_own_goodbye_not_at_its_reply() {
+    // A TLS session's last record, then the server's close alert; the client answers the alert
+    // with its own and its FIN, all before the server's close(). The alert is the server's
+    // reaction: at once, a goodbye; a second later (a deadline, then the TLS layer's alert),
+    // the record was dropped, however soon the close follows the client's reply.
+    let session = || tls_session().recv(2 * SEC, 150);
+    let ended = |alert_at: u64| {
+        session()
+            .send(alert_at, 24)
+            .recv(alert_at + MS, 24)
+            .peer_fin()
+            .close(alert_at + 2 * MS)
+    };
+    assert_eq!(ended(2 * SEC + MS), None);
+    assert_eq!(incidents(ended(3 * SEC)).len(), 1);
+    // An answer after the goodbye takes the goodbye back, and its timing with it.
+    let c = session()
+        .send(2 * SEC + MS, 24)
+        .send(2 * SEC + 2 * MS, 300)
+        .recv(4 * SEC, 150);
+    assert_eq!(incidents(c.close(5 * SEC)).len(), 1);
+}
+
+#[test]
 fn a_client_that_answered_owes_nothing() {
     // A NATS subscriber: the server's INFO, the client's CONNECT and SUB, then messages pushed
     // to it until it closes.
