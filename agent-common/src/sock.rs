@@ -238,7 +238,7 @@ impl SockState {
     }
 
     /// The unanswered-close decision for a close the process started, from the socket's
-    /// facts after `settle` (README: What it detects, and What unanswered close tells apart). The kernel calls it
+    /// facts after `settle` (README: What it detects; docs/detection.md). The kernel calls it
     /// to decide whether a teardown is worth a record at all, and the agent's correlation
     /// applies the same function to the record, so the two can never disagree.
     ///
@@ -286,8 +286,8 @@ impl SockState {
         Verdict::Owes
     }
 
-    /// The goodbye of a protocol the table does not know (README: What unanswered close tells
-    /// apart): the peer's last message, unanswered, is taken for its goodbye when
+    /// The goodbye of a protocol the table does not know (docs/detection.md): the peer's last
+    /// message, unanswered, is taken for its goodbye when
     /// - the protocol has no table of its goodbyes that is complete ([`proto::goodbyes_known`]:
     ///   on HTTP, HTTP/2, WebSocket, PostgreSQL and MySQL every other request is owed an
     ///   answer);

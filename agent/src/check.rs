@@ -358,8 +358,8 @@ fn print_tables(rows: &[ModeRow], detectors: &[DetectorRow], go: &Result<(), Str
         }
     );
     println!();
-    // The same facts feed the decision in every mode (README, "What unanswered close tells
-    // apart"), so this holds for each mode above that runs the detector.
+    // The same facts feed the decision in every mode (docs/detection.md), so this holds for
+    // each mode above that runs the detector.
     for line in unanswered_close_shapes() {
         println!("{line}");
     }
