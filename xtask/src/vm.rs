@@ -35,6 +35,10 @@ use crate::{
 
 pub const MODES: &[&str] = &["fentry", "kprobe", "tracepoint"];
 
+/// The file, relative to the workspace root, that holds the support table between its markers:
+/// `cargo xtask test` checks it against the whole matrix.
+pub const SUPPORT_TABLE: &str = "docs/kernels.md";
+
 #[derive(Args)]
 pub struct VmArgs {
     /// Kernels to boot (comma-separated): 5.10 (bullseye), 6.1 (bookworm), 6.12
@@ -49,11 +53,11 @@ pub struct VmArgs {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Write the kernel × mode × detector support table here. When the file has
-    /// `<!-- support-table:begin -->`/`<!-- support-table:end -->` markers (README.md), only the
+    /// `<!-- support-table:begin -->`/`<!-- support-table:end -->` markers (docs/kernels.md), only the
     /// part between them is replaced.
     #[arg(long, value_name = "PATH")]
     support_table: Option<PathBuf>,
-    /// Fail when the support table between the markers in this file (README.md) differs from
+    /// Fail when the support table between the markers in this file (docs/kernels.md) differs from
     /// the one this run would write. Needs the whole matrix: every kernel, `--mode all` and
     /// every scenario (`cargo xtask test` runs it so).
     #[arg(long, value_name = "PATH", conflicts_with = "support_table")]

@@ -1,4 +1,4 @@
-//! The matrix's summary on stdout and the support table for the README.
+//! The matrix's summary on stdout and the support table for docs/kernels.md.
 
 use std::{fmt::Write as _, fs, io, path::Path};
 
@@ -181,13 +181,7 @@ impl Matrix<'_> {
     /// The markdown table: one row per kernel and mode, one column per detector. The
     /// default-mode scenario is left out: it proves the choice, not a mode.
     fn support_table(&self) -> String {
-        let mut t = String::from("| kernel | Debian package | probe mode |");
-        for d in Column::ALL {
-            let _ = write!(t, " {} |", d.heading());
-        }
-        t.push_str("\n|---|---|---|");
-        t.push_str(&"---|".repeat(Column::ALL.len()));
-        t.push('\n');
+        let mut t = support_table_head();
         for (kernel, run) in self.runs {
             let upstream = kernel.version.split('-').next().unwrap_or(&kernel.version);
             for mode in self.modes {
@@ -330,6 +324,18 @@ fn reported_off(check: Option<&Value>, column: Column, mode: &str) -> bool {
     }
 }
 
+/// The support table's heading row and separator, each with its newline.
+fn support_table_head() -> String {
+    let mut t = String::from("| kernel | Debian package | probe mode |");
+    for d in Column::ALL {
+        let _ = write!(t, " {} |", d.heading());
+    }
+    t.push_str("\n|---|---|---|");
+    t.push_str(&"---|".repeat(Column::ALL.len()));
+    t.push('\n');
+    t
+}
+
 fn between_markers(text: &str) -> Result<&str> {
     let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
         bail!("markers missing");
@@ -461,6 +467,32 @@ mod tests {
         assert_eq!(replace_between_markers(&new, "| new |\n").unwrap(), new);
         assert!(replace_between_markers("no markers", "x").is_err());
         assert_eq!(between_markers(&new).unwrap(), "\n| new |\n");
+    }
+
+    /// The file `cargo xtask test` checks (docs/kernels.md) has the markers, and between them a
+    /// table this code writes: its heading, and one row per kernel line and mode.
+    #[test]
+    fn the_checked_file_holds_the_support_table() {
+        let path = crate::workspace::workspace_root().join(crate::vm::SUPPORT_TABLE);
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let table = between_markers(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let body = table
+            .trim_start_matches('\n')
+            .strip_prefix(support_table_head().as_str())
+            .unwrap_or_else(|| panic!("{}: the table's heading differs", path.display()));
+        let rows: Vec<String> = body.lines().map(result_of).collect();
+        let mut expected = Vec::new();
+        for line in crate::vm::kernels::KERNELS {
+            for mode in crate::vm::MODES {
+                expected.push(format!("{} | {mode}", line.name));
+            }
+        }
+        let found: Vec<String> = rows
+            .iter()
+            .map(|r| r.split(" | ").take(2).collect::<Vec<_>>().join(" | "))
+            .collect();
+        assert_eq!(found, expected, "{}", path.display());
     }
 
     #[test]
