@@ -3,7 +3,7 @@
 //! machine hits both sides alike. Never a timed test: it reports, and `BENCHMARKS.md` keeps the
 //! report.
 //!
-//! Three cases (README: Overhead and bounds): 64-byte writes over loopback, wrk against nginx with keep-alive, and
+//! Three cases (docs/overhead.md): 64-byte writes over loopback, wrk against nginx with keep-alive, and
 //! connection churn. For the agent-on runs it also reads the agent's CPU time and peak RSS from
 //! /proc and the ring-buffer records it got from its own /metrics.
 
@@ -110,7 +110,7 @@ impl Case {
         }
     }
 
-    /// The loss budget, as a fraction of throughput (README: Overhead and bounds).
+    /// The loss budget, as a fraction of throughput (docs/overhead.md).
     fn budget(self) -> f64 {
         match self {
             Self::Http => 0.01,

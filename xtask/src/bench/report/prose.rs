@@ -48,7 +48,7 @@ pub const WORKLOADS: &str = "- **writes**: one loopback TCP connection with TCP_
 
 /// Where a missed target is explained.
 pub const MISSED: &str = "\nA missed target is explained, with its profile and what would close \
-     the gap, in the README's \"Overhead and bounds\" section.";
+     the gap, in docs/overhead.md (\"Overhead and bounds\").";
 
 /// What the agent's own columns mean, and what the probe columns measure.
 pub const AGENT: &str = "\"Events\" are the workload's units: one `write()` call, one HTTP \
