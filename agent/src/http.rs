@@ -75,12 +75,23 @@ impl<T: Copy, F: FnMut() -> T> Coalesced<T, F> {
     }
 }
 
-async fn healthz(State(s): State<Arc<AppState>>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "probes not attached\n")
+/// 200 once the probes are attached. The body names each detector that is off, and why: an
+/// agent that runs with a detector off is healthy, but a person reading the probe's output
+/// should not have to guess.
+async fn healthz(State(s): State<Arc<AppState>>) -> (StatusCode, String) {
+    if !s.ready.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "probes not attached\n".into(),
+        );
     }
+    let mut body = String::from("ok\n");
+    for line in s.metrics.detectors_off() {
+        body.push_str("off: ");
+        body.push_str(&line);
+        body.push('\n');
+    }
+    (StatusCode::OK, body)
 }
 
 #[cfg(test)]

@@ -17,6 +17,53 @@ const DELAY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Why a detector is off: the `reason` of `lostwrite_detector_off`, bounded. What a person
+/// reads (the hook, the error) goes to `/healthz`'s body and the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffReason {
+    /// A flag turned it off, or its default is off.
+    Disabled,
+    /// This kernel and probe mode cannot run it: a hook it needs did not attach, or its
+    /// programs did not load.
+    Unavailable,
+    /// Its programs loaded, but cannot be attached here (a container's confinement refuses
+    /// uprobes).
+    NotAttachable,
+    /// It worked, then stopped (its programs, or the thread that serves them).
+    Stopped,
+}
+
+impl OffReason {
+    pub const ALL: [Self; 4] = [
+        Self::Disabled,
+        Self::Unavailable,
+        Self::NotAttachable,
+        Self::Stopped,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Unavailable => "unavailable",
+            Self::NotAttachable => "not_attachable",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// A detector as reported: on, or off with a reason and the sentence that explains it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DetectorState {
+    On,
+    Off(OffReason, String),
+}
+
+impl DetectorState {
+    pub const fn is_on(&self) -> bool {
+        matches!(self, Self::On)
+    }
+}
+
 /// Labels added to the per-process series on Kubernetes. Off Kubernetes the series do not have
 /// them at all (an empty label would still be a label to every query and recording rule).
 const POD_LABELS: [&str; 3] = ["namespace", "pod", "container"];
@@ -78,6 +125,9 @@ struct Health {
     socket_evictions: IntCounter,
     decode_errors: IntCounter,
     detector_enabled: IntGaugeVec,
+    detector_off: IntGaugeVec,
+    /// The off detectors' explanations, for `/healthz`.
+    detectors_off: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
     probe_mode: IntGaugeVec,
     socket_state: IntGaugeVec,
 }
@@ -202,6 +252,19 @@ impl Health {
                     &["detector"],
                 ),
             ),
+            detector_off: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "lostwrite_detector_off",
+                        "1 for an off detector, with why: disabled (a flag), unavailable (this \
+                         kernel or probe mode), not_attachable (loaded, refused here), stopped \
+                         (worked, then stopped). /healthz's body says more.",
+                    ),
+                    &["detector", "reason"],
+                ),
+            ),
+            detectors_off: Default::default(),
             probe_mode: register(
                 r,
                 IntGaugeVec::new(
@@ -244,20 +307,51 @@ impl Metrics {
         }
     }
 
-    pub fn set_probe_mode(&self, mode: &str, detectors: &[(Detector, bool)]) {
+    pub fn set_probe_mode(&self, mode: &str, detectors: &[(Detector, DetectorState)]) {
         self.health.probe_mode.with_label_values(&[mode]).set(1);
-        for (d, on) in detectors {
-            self.set_detector(*d, *on);
+        for (d, state) in detectors {
+            self.set_detector(*d, state);
         }
     }
 
-    /// `lostwrite_detector_enabled{detector}`: at start, and again when a detector stops
-    /// working later (its programs, or the thread that serves them).
-    pub fn set_detector(&self, d: Detector, on: bool) {
-        self.health
-            .detector_enabled
+    /// `lostwrite_detector_enabled{detector}` and, for an off one, `lostwrite_detector_off`
+    /// with its reason and the explanation `/healthz` gives: at start, and again when a
+    /// detector stops working later (its programs, or the thread that serves them).
+    pub fn set_detector(&self, d: Detector, state: &DetectorState) {
+        let h = &self.health;
+        h.detector_enabled
             .with_label_values(&[d.as_str()])
-            .set(i64::from(on));
+            .set(i64::from(state.is_on()));
+        for reason in OffReason::ALL {
+            let _ = h
+                .detector_off
+                .remove_label_values(&[d.as_str(), reason.as_str()]);
+        }
+        let mut off = h.detectors_off.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            DetectorState::On => {
+                off.remove(d.as_str());
+            }
+            DetectorState::Off(reason, why) => {
+                h.detector_off
+                    .with_label_values(&[d.as_str(), reason.as_str()])
+                    .set(1);
+                off.insert(
+                    d.as_str(),
+                    format!("{} ({}): {why}", d.as_str(), reason.as_str()),
+                );
+            }
+        }
+    }
+
+    /// One line per off detector, with its reason and explanation (`/healthz`'s body).
+    pub fn detectors_off(&self) -> Vec<String> {
+        let off = self
+            .health
+            .detectors_off
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        off.values().cloned().collect()
     }
 
     pub fn set_socket_state(&self, store: &str) {
@@ -389,6 +483,38 @@ mod tests {
     use crate::{correlate::samples, k8s::samples as k8s_samples};
 
     #[test]
+    fn an_off_detector_says_why_until_it_is_on_again() {
+        let m = Metrics::new(false);
+        let off = DetectorState::Off(OffReason::NotAttachable, "perf_event_open: EACCES".into());
+        m.set_detector(Detector::GoWriteTimeout, &off);
+        m.set_detector(Detector::UnansweredClose, &DetectorState::On);
+        let text = m.render();
+        for line in [
+            r#"lostwrite_detector_enabled{detector="go_write_timeout"} 0"#,
+            r#"lostwrite_detector_off{detector="go_write_timeout",reason="not_attachable"} 1"#,
+            r#"lostwrite_detector_enabled{detector="unanswered_close"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert_eq!(
+            m.detectors_off(),
+            ["go_write_timeout (not_attachable): perf_event_open: EACCES"]
+        );
+        // It stops later: one reason at a time.
+        let stopped = DetectorState::Off(OffReason::Stopped, "the reader stopped".into());
+        m.set_detector(Detector::GoWriteTimeout, &stopped);
+        let text = m.render();
+        assert!(!text.contains(r#"reason="not_attachable""#), "{text}");
+        assert!(text.contains(r#"reason="stopped"} 1"#), "{text}");
+        m.set_detector(Detector::GoWriteTimeout, &DetectorState::On);
+        assert!(m.detectors_off().is_empty());
+        assert!(!m.render().contains("lostwrite_detector_off{"));
+    }
+
+    #[test]
     fn undelivered_counts_connections_and_bytes() {
         let m = Metrics::new(false);
         let i = samples::nginx_linger();
@@ -429,8 +555,11 @@ mod tests {
         m.set_probe_mode(
             "tracepoint",
             &[
-                (Detector::UnansweredClose, true),
-                (Detector::WriteAfterClose, false),
+                (Detector::UnansweredClose, DetectorState::On),
+                (
+                    Detector::WriteAfterClose,
+                    DetectorState::Off(OffReason::Unavailable, "no hook".into()),
+                ),
             ],
         );
         m.record(&samples::seed().into());

@@ -19,7 +19,7 @@ use crate::{
     http::{self, AppState},
     k8s,
     listeners::ProcListeners,
-    metrics::Metrics,
+    metrics::{DetectorState, Metrics, OffReason},
     pipeline::{Filter, Pipeline},
     privileges,
     probes::{Detector, Kernel, LoadOptions, ProbeError, ProbeMode, Probes, StateStore},
@@ -141,6 +141,58 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
 }
 
+/// Each detector as `/metrics` and `/healthz` report it: on, or off with why.
+fn detector_states(args: &RunArgs, probes: &mut Probes) -> Vec<(Detector, DetectorState)> {
+    let empty = || {
+        DetectorState::Off(
+            OffReason::Disabled,
+            "--empty-programs: the programs return at once".into(),
+        )
+    };
+    let mut states: Vec<(Detector, DetectorState)> = probes
+        .detectors()
+        .into_iter()
+        .map(|(d, on)| {
+            let state = match (d, on) {
+                _ if probes.empty_programs => empty(),
+                (_, true) => DetectorState::On,
+                (Detector::WriteAfterCloseEbadf, false) if args.detect_ebadf != Switch::On => {
+                    DetectorState::Off(
+                        OffReason::Disabled,
+                        "--detect-ebadf is off (its default)".into(),
+                    )
+                }
+                (d, false) => DetectorState::Off(OffReason::Unavailable, probes.why_unavailable(d)),
+            };
+            (d, state)
+        })
+        .collect();
+    // Loaded is not enough: where uprobes cannot be attached (a container without
+    // CAP_SYS_ADMIN), every Go binary would fail, and the detector must say it is off.
+    let go = match &probes.go {
+        _ if args.go_runtime == Switch::Off => {
+            DetectorState::Off(OffReason::Disabled, "--go-runtime off".into())
+        }
+        Err(reason) => DetectorState::Off(OffReason::Unavailable, reason.clone()),
+        Ok(()) if probes.empty_programs => empty(),
+        Ok(()) => match probes.uprobes_attach() {
+            Ok(()) => DetectorState::On,
+            Err(reason) => {
+                warn!(
+                    "Go runtime hooks off: a uprobe does not attach here ({reason}); \
+                     lostwrite_detector_enabled{{detector=\"go_write_timeout\"}} is 0"
+                );
+                DetectorState::Off(
+                    OffReason::NotAttachable,
+                    format!("a uprobe does not attach here: {reason}"),
+                )
+            }
+        },
+    };
+    states.push((Detector::GoWriteTimeout, go));
+    states
+}
+
 /// `--kubernetes`: the pod resolver, or None when the pod labels are off.
 fn pod_resolver(args: &RunArgs) -> Result<Option<k8s::Resolver>, k8s::K8sError> {
     let required = match args.kubernetes {
@@ -171,22 +223,10 @@ async fn serve(
     pods: Option<k8s::Resolver>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(pods.is_some()));
-    // Loaded is not enough: where uprobes cannot be attached (a container without
-    // CAP_SYS_ADMIN), every Go binary would fail, and the detector must say it is off.
-    let go_on = probes.go.is_ok()
-        && !probes.empty_programs
-        && match probes.uprobes_attach() {
-            Ok(()) => true,
-            Err(reason) => {
-                warn!(
-                    "Go runtime hooks off: a uprobe does not attach here ({reason}); \
-                     lostwrite_detector_enabled{{detector=\"go_write_timeout\"}} is 0"
-                );
-                false
-            }
-        };
-    let mut detectors: Vec<(Detector, bool)> = probes.detecting().into();
-    detectors.push((Detector::GoWriteTimeout, go_on));
+    let detectors = detector_states(&args, probes);
+    let go_on = detectors
+        .iter()
+        .any(|(d, state)| *d == Detector::GoWriteTimeout && state.is_on());
     metrics.set_probe_mode(probes.mode.as_str(), &detectors);
     metrics.set_socket_state(probes.store.as_str());
     match (&probes.go, go_on) {
@@ -289,7 +329,13 @@ async fn serve(
                          lostwrite_detector_enabled{{detector=\"go_write_timeout\"}} is 0 \
                          from now on"
                     );
-                    metrics.set_detector(Detector::GoWriteTimeout, false);
+                    metrics.set_detector(
+                        Detector::GoWriteTimeout,
+                        &DetectorState::Off(
+                            OffReason::Stopped,
+                            "the thread that reads Go binaries stopped".into(),
+                        ),
+                    );
                     go = None;
                 }
             },

@@ -443,6 +443,23 @@ impl Probes {
         })
     }
 
+    /// Why `d` is not given by this mode here: the hooks it needs that did not attach, each
+    /// with its error.
+    pub fn why_unavailable(&self, d: Detector) -> String {
+        let missing: Vec<String> = self
+            .mode
+            .hooks()
+            .filter(|h| h.needed_by.contains(&d))
+            .filter_map(|h| self.failed.iter().find(|f| f.hook == h.target))
+            .map(|f| format!("{} not attached: {}", f.hook, f.reason))
+            .collect();
+        if missing.is_empty() {
+            format!("its hooks did not attach in {} mode", self.mode.as_str())
+        } else {
+            missing.join("; ")
+        }
+    }
+
     /// What the agent detects: [`Probes::detectors`], and nothing at all with
     /// `--empty-programs`, whose programs return before they do anything.
     pub fn detecting(&self) -> [(Detector, bool); 4] {

@@ -380,6 +380,14 @@ fn empty_programs_report_every_detector_off_and_warn() {
             Some(0.0),
             "{detector}"
         );
+        assert_eq!(
+            m.value(
+                "lostwrite_detector_off",
+                &[("detector", detector), ("reason", "disabled")]
+            ),
+            Some(1.0),
+            "{detector}"
+        );
     }
     let err = agent.stderr_text();
     assert!(

@@ -15,7 +15,8 @@ use std::{
 
 use crate::{
     harness::{
-        Agent, Metrics, Process, free_port, root_or_skip, scratch, wait_for, wait_listening,
+        Agent, Metrics, Process, free_port, http_get, root_or_skip, scratch, wait_for,
+        wait_listening,
     },
     servers::{GoBuild, curl, go_build_with, newer_goroot, seedsrv_binary},
 };
@@ -517,6 +518,19 @@ fn go_runtime_off_names_no_cause() {
             &[("detector", "go_write_timeout")]
         ),
         Some(0.0)
+    );
+    assert_eq!(
+        m.value(
+            "lostwrite_detector_off",
+            &[("detector", "go_write_timeout"), ("reason", "disabled")]
+        ),
+        Some(1.0)
+    );
+    let (_, body) = http_get(&agent.url("/healthz")).unwrap();
+    assert!(
+        body.lines()
+            .any(|l| l == "off: go_write_timeout (disabled): --go-runtime off"),
+        "{body}"
     );
     let (_server, port) = start(seedsrv_binary(), &[], &[]);
     let (code, _, err) = curl(&[format!("http://127.0.0.1:{port}/")]);

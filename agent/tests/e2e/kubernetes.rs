@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     bpf_objects::status_field,
-    harness::{Agent, Process, own_comm, root_or_skip, scratch, wait_listening},
+    harness::{Agent, Process, http_get, own_comm, root_or_skip, scratch, wait_listening},
     servers::{SEED_PORT, curl, rust_server_reads_and_closes, seedsrv_binary},
 };
 
@@ -501,11 +501,34 @@ fn the_daemonsets_capabilities_and_read_only_mounts_are_enough() {
             "go_write_timeout is reported on but named no cause: {}",
             incidents[0]
         ),
-        Some(0.0) => assert!(
-            agent.stderr_text().contains("Go runtime hooks off"),
-            "{}",
-            agent.stderr_text()
-        ),
+        Some(0.0) => {
+            assert!(
+                agent.stderr_text().contains("Go runtime hooks off"),
+                "{}",
+                agent.stderr_text()
+            );
+            // Off, with why, on /metrics and in /healthz's body.
+            assert_eq!(
+                m.value(
+                    "lostwrite_detector_off",
+                    &[
+                        ("detector", "go_write_timeout"),
+                        ("reason", "not_attachable")
+                    ]
+                ),
+                Some(1.0),
+                "{:?}",
+                m.series("lostwrite_detector_off")
+            );
+            let (status, body) = http_get(&agent.url("/healthz")).unwrap();
+            assert_eq!(status, 200);
+            assert!(
+                body.lines().any(|l| l.starts_with(
+                    "off: go_write_timeout (not_attachable): a uprobe does not attach here: "
+                )),
+                "{body}"
+            );
+        }
         other => panic!("go_write_timeout: {other:?}"),
     }
     eprintln!(
