@@ -115,6 +115,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", default_value = "/var/log")]
     pub pod_logs_root: PathBuf,
 
+    /// Seconds the series of a pod that is gone (its log directory removed by the kubelet)
+    /// are kept before they are dropped: longer than a few scrape intervals, so the last
+    /// increments are scraped. Keeps /metrics as large as the live pods' losses on a node
+    /// with pod churn.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub pod_series_grace: u64,
+
     /// Size of the kernel-to-agent ring buffer in bytes, a power of two of at least a page
     /// (tests shrink it to make it overflow; the default is the eBPF object's own).
     #[arg(long, hide = true, value_name = "BYTES", value_parser = parse_ring_bytes)]

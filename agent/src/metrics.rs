@@ -1,5 +1,7 @@
 //! Prometheus series (README: Metrics).
 
+use std::collections::{HashMap, HashSet};
+
 use agent_common::Detector;
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -8,7 +10,7 @@ use prometheus::{
 
 use crate::{
     correlate::{Detail, Explained},
-    k8s::Attributed,
+    k8s::{Attributed, PodKey},
     probes::KernelStats,
 };
 
@@ -16,6 +18,21 @@ use crate::{
 const DELAY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// A loss family whose series carry pod labels, to drop a gone pod's series from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Family {
+    Unanswered,
+    UnansweredDelay,
+    WritesAfterClose,
+    WritesAfterCloseBytes,
+    AbortedConnections,
+    UndeliveredBytes,
+    GoWriteTimeouts,
+}
+
+/// The series each pod's incidents made, as (family, label values in the family's order).
+type PodSeries = HashMap<PodKey, HashSet<(Family, Vec<String>)>>;
 
 /// Why a detector is off: the `reason` of `lostwrite_detector_off`, bounded. What a person
 /// reads (the hook, the error) goes to `/healthz`'s body and the log.
@@ -101,6 +118,8 @@ pub struct Metrics {
     losses: Losses,
     health: Health,
     pod_labels: bool,
+    /// The loss series of each pod, so that a gone pod's can be dropped.
+    pod_series: std::sync::Mutex<PodSeries>,
 }
 
 /// The per-process loss series.
@@ -304,6 +323,7 @@ impl Metrics {
             health: Health::new(&r),
             registry: r,
             pod_labels,
+            pod_series: Default::default(),
         }
     }
 
@@ -368,20 +388,20 @@ impl Metrics {
             (Some(p), true) => vec![p.namespace.as_str(), p.name.as_str(), p.container.as_str()],
             (None, true) => vec![""; 3],
         };
+        let mut made: Vec<(Family, Vec<&str>)> = Vec::with_capacity(2);
         match &i.detail {
             Detail::UnansweredClose {
                 delay, protocol, ..
             } => {
-                self.losses
-                    .unanswered
-                    .with_label_values(
-                        &[&[comm, &port, role, protocol, ended_by][..], &pod].concat(),
-                    )
-                    .inc();
+                let labels = [&[comm, &port, role, protocol, ended_by][..], &pod].concat();
+                self.losses.unanswered.with_label_values(&labels).inc();
+                let delay_labels = [&[comm, &port][..], &pod].concat();
                 self.losses
                     .unanswered_delay
-                    .with_label_values(&[&[comm, &port][..], &pod].concat())
+                    .with_label_values(&delay_labels)
                     .observe(delay.as_secs_f64());
+                made.push((Family::Unanswered, labels));
+                made.push((Family::UnansweredDelay, delay_labels));
             }
             Detail::WriteAfterClose { errno, attempted } => {
                 let labels = [&[comm, &port, role, errno.as_str(), ended_by][..], &pod].concat();
@@ -394,7 +414,9 @@ impl Metrics {
                         .writes_after_close_bytes
                         .with_label_values(&labels)
                         .inc_by(*n);
+                    made.push((Family::WritesAfterCloseBytes, labels.clone()));
                 }
+                made.push((Family::WritesAfterClose, labels));
             }
             Detail::Undelivered {
                 reason,
@@ -410,15 +432,58 @@ impl Metrics {
                     .undelivered_bytes
                     .with_label_values(&labels)
                     .inc_by(*undelivered_bytes);
+                made.push((Family::AbortedConnections, labels.clone()));
+                made.push((Family::UndeliveredBytes, labels));
             }
             Detail::GoWriteTimeout { .. } => {}
         }
         if let Some(go) = &i.go {
+            let labels = [&[comm, &port, go.protocol(), ended_by][..], &pod].concat();
             self.losses
                 .go_write_timeouts
-                .with_label_values(&[&[comm, &port, go.protocol(), ended_by][..], &pod].concat())
+                .with_label_values(&labels)
                 .inc();
+            made.push((Family::GoWriteTimeouts, labels));
         }
+        if let (Some(p), true) = (&a.pod, self.pod_labels) {
+            let mut pods = self.pod_series.lock().unwrap_or_else(|e| e.into_inner());
+            let series = pods
+                .entry((p.namespace.clone(), p.name.clone()))
+                .or_default();
+            for (family, labels) in made {
+                series.insert((family, labels.into_iter().map(str::to_owned).collect()));
+            }
+        }
+    }
+
+    /// The pods whose incidents made series.
+    pub fn pods_with_series(&self) -> HashSet<PodKey> {
+        let pods = self.pod_series.lock().unwrap_or_else(|e| e.into_inner());
+        pods.keys().cloned().collect()
+    }
+
+    /// Drops every series the pod's incidents made; returns how many there were.
+    pub fn forget_pod(&self, pod: &PodKey) -> usize {
+        let mut pods = self.pod_series.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(series) = pods.remove(pod) else {
+            return 0;
+        };
+        let l = &self.losses;
+        for (family, values) in &series {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            let _ = match family {
+                Family::Unanswered => l.unanswered.remove_label_values(&values),
+                Family::UnansweredDelay => l.unanswered_delay.remove_label_values(&values),
+                Family::WritesAfterClose => l.writes_after_close.remove_label_values(&values),
+                Family::WritesAfterCloseBytes => {
+                    l.writes_after_close_bytes.remove_label_values(&values)
+                }
+                Family::AbortedConnections => l.aborted_connections.remove_label_values(&values),
+                Family::UndeliveredBytes => l.undelivered_bytes.remove_label_values(&values),
+                Family::GoWriteTimeouts => l.go_write_timeouts.remove_label_values(&values),
+            };
+        }
+        series.len()
     }
 
     /// A close on an `--explain-port` and its verdict.

@@ -278,6 +278,7 @@ async fn serve(
         metrics: metrics.clone(),
         format: args.log_format,
         warnings: Default::default(),
+        pod_expiry: k8s::PodExpiry::new(std::time::Duration::from_secs(args.pod_series_grace)),
     };
     let (exec_tx, mut execs) = tokio::sync::mpsc::unbounded_channel();
     let mut reader = tokio::spawn(read_events(readable(events)?, pipeline, exec_tx));

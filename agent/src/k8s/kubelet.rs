@@ -9,7 +9,7 @@
 //! the id; the symlink's target still has the full names, and a cut id is matched as a prefix.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
     sync::Arc,
@@ -120,6 +120,26 @@ impl LogIndex {
         }
         self.scan(now);
         self.find(c)
+    }
+
+    /// Every pod the log directories name now (rescanned if the index is older than
+    /// [`Self::RESCAN`]), as (namespace, name).
+    pub fn pods(&mut self, now: Instant) -> HashSet<(String, String)> {
+        if self
+            .scanned
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::RESCAN)
+        {
+            self.scan(now);
+        }
+        let by_uid = self
+            .by_pod_uid
+            .values()
+            .map(|d| (d.namespace.clone(), d.name.clone()));
+        let by_container = self
+            .by_container
+            .values()
+            .map(|p| (p.namespace.clone(), p.name.clone()));
+        by_uid.chain(by_container).collect()
     }
 
     fn find(&self, c: &ContainerRef) -> Option<Arc<Pod>> {

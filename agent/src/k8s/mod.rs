@@ -10,6 +10,7 @@ mod cgroup;
 mod kubelet;
 
 use std::{
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -229,6 +230,12 @@ impl Resolver {
         found
     }
 
+    /// Every pod the kubelet's log directories name now, as (namespace, name). The kubelet
+    /// removes a pod's directory when the pod is deleted.
+    pub fn pods(&mut self, now: Instant) -> HashSet<PodKey> {
+        self.logs.pods(now)
+    }
+
     fn by_cgroup_id(&mut self, id: u64, now: Instant) -> Option<Arc<Pod>> {
         let path = self.cgroups.as_mut()?.path(id, now)?;
         let container = cgroup::container_in(path)?;
@@ -244,6 +251,68 @@ impl Resolver {
 
     fn ttl(found: &Option<Arc<Pod>>, hit: Duration) -> Duration {
         if found.is_some() { hit } else { Self::MISS_TTL }
+    }
+}
+
+/// A pod as the series know it: (namespace, name).
+pub type PodKey = (String, String);
+
+/// Drops the series of pods that are gone ([`crate::metrics::Metrics::forget_pod`]): a pod
+/// whose log directory has been gone for `grace` loses its series, so a node with pod churn
+/// keeps `/metrics` as large as its live pods' losses, not every pod's it ever ran. The grace is
+/// longer than a few scrape intervals, so the last increments are scraped before they go.
+#[derive(Debug)]
+pub struct PodExpiry {
+    grace: Duration,
+    next_check: Option<Instant>,
+    gone_since: HashMap<PodKey, Instant>,
+}
+
+impl PodExpiry {
+    /// Looked at this often, or twice per grace if that is shorter.
+    const PERIOD: Duration = Duration::from_secs(30);
+
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            next_check: None,
+            gone_since: HashMap::new(),
+        }
+    }
+
+    /// At most once per period: which pods with series are gone, and the series of those gone
+    /// for the whole grace dropped. Returns the pods dropped, with their series counts.
+    pub fn run(
+        &mut self,
+        now: Instant,
+        resolver: &mut Resolver,
+        metrics: &crate::metrics::Metrics,
+    ) -> Vec<(PodKey, usize)> {
+        if self.next_check.is_some_and(|t| now < t) {
+            return vec![];
+        }
+        self.next_check = Some(now + Self::PERIOD.min(self.grace / 2));
+        let with_series = metrics.pods_with_series();
+        if with_series.is_empty() {
+            self.gone_since.clear();
+            return vec![];
+        }
+        let live = resolver.pods(now);
+        self.gone_since
+            .retain(|k, _| with_series.contains(k) && !live.contains(k));
+        let mut dropped = Vec::new();
+        for key in with_series {
+            if live.contains(&key) {
+                continue;
+            }
+            let since = *self.gone_since.entry(key.clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= self.grace {
+                self.gone_since.remove(&key);
+                let n = metrics.forget_pod(&key);
+                dropped.push((key, n));
+            }
+        }
+        dropped
     }
 }
 

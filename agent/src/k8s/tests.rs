@@ -182,3 +182,59 @@ fn detection() {
     assert!(detect(false, dir.path()), "on a node");
     assert!(!detect(false, Path::new("/nonexistent")));
 }
+
+#[test]
+fn the_series_of_a_pod_that_is_gone_are_dropped_after_the_grace() {
+    let node = Node::new();
+    node.pod_logs("shop", "checkout-7d9f8b6c5-x2x9q", "api", ID);
+    let mut resolver = node.resolver();
+    let metrics = crate::metrics::Metrics::new(true);
+    metrics.record(&samples::seed_in_pod());
+    let key = ("shop".to_owned(), "checkout-7d9f8b6c5-x2x9q".to_owned());
+    let series = |m: &crate::metrics::Metrics| {
+        m.render()
+            .lines()
+            .filter(|l| l.contains("pod=\"checkout-7d9f8b6c5-x2x9q\""))
+            .count()
+    };
+    assert!(series(&metrics) > 0);
+    let grace = Duration::from_secs(10);
+    let mut expiry = PodExpiry::new(grace);
+    let t0 = Instant::now();
+    // Alive: nothing dropped, however long.
+    assert!(expiry.run(t0, &mut resolver, &metrics).is_empty());
+    assert!(
+        expiry
+            .run(t0 + 4 * grace, &mut resolver, &metrics)
+            .is_empty()
+    );
+    // Gone: kept for the grace, then dropped, every family of it.
+    fs::remove_dir_all(node.paths.logs.join("pods")).unwrap();
+    fs::remove_dir_all(node.paths.logs.join("containers")).unwrap();
+    let gone = t0 + 5 * grace;
+    assert!(expiry.run(gone, &mut resolver, &metrics).is_empty());
+    assert!(
+        expiry
+            .run(gone + grace / 2, &mut resolver, &metrics)
+            .is_empty()
+    );
+    assert!(series(&metrics) > 0);
+    let dropped = expiry.run(gone + grace, &mut resolver, &metrics);
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].0, key);
+    assert_eq!(dropped[0].1, 2, "the counter and the delay histogram");
+    assert_eq!(series(&metrics), 0, "{}", metrics.render());
+    assert!(metrics.pods_with_series().is_empty());
+    // A pod that comes back before the grace ends keeps its series.
+    metrics.record(&samples::seed_in_pod());
+    let later = gone + 3 * grace;
+    assert!(expiry.run(later, &mut resolver, &metrics).is_empty());
+    fs::create_dir_all(node.paths.logs.join("containers")).unwrap();
+    node.pod_logs("shop", "checkout-7d9f8b6c5-x2x9q", "api", ID);
+    assert!(
+        expiry
+            .run(later + grace, &mut resolver, &metrics)
+            .is_empty()
+    );
+    assert!(series(&metrics) > 0);
+}

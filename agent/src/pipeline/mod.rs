@@ -27,6 +27,8 @@ pub struct Pipeline {
     pub format: LogFormat,
     /// Warnings of malformed records, rate-limited.
     pub warnings: ingest::Throttle,
+    /// Drops the series of pods that are gone (with `pods`).
+    pub pod_expiry: k8s::PodExpiry,
 }
 
 impl Pipeline {
@@ -52,6 +54,17 @@ impl Pipeline {
             self.report(i);
         }
         self.report_explained();
+        if let Some(pods) = &mut self.pods {
+            let now = std::time::Instant::now();
+            for ((namespace, pod), series) in self.pod_expiry.run(now, pods, &self.metrics) {
+                tracing::info!(
+                    namespace,
+                    pod,
+                    series,
+                    "the pod is gone: its series are dropped"
+                );
+            }
+        }
     }
 
     /// After a batch of records: the `--explain-port` verdicts they made, and the processes that

@@ -14,7 +14,9 @@ use std::{
 
 use crate::{
     bpf_objects::status_field,
-    harness::{Agent, Process, http_get, own_comm, root_or_skip, scratch, wait_listening},
+    harness::{
+        Agent, Process, http_get, own_comm, root_or_skip, scratch, wait_for, wait_listening,
+    },
     servers::{SEED_PORT, curl, rust_server_reads_and_closes, seedsrv_binary},
 };
 
@@ -539,5 +541,188 @@ fn the_daemonsets_capabilities_and_read_only_mounts_are_enough() {
             .filter(|l| l.contains("Go runtime hooks"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// Writes "0" to `cgroup`'s `cgroup.procs`: moves this whole process there.
+fn join_cgroup(cgroup: &Path) {
+    std::fs::write(cgroup.join("cgroup.procs"), "0")
+        .unwrap_or_else(|e| panic!("join {}: {e}", cgroup.display()));
+}
+
+/// This process's cgroup in the v2 hierarchy.
+fn own_cgroup_v2() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line in /proc/self/cgroup");
+    cgroup_v2_root().join(rel.trim_start_matches('/'))
+}
+
+/// One pod of the churn: its kubelet log directory and symlink, and its container's cgroup.
+struct ChurnPod {
+    dir: PathBuf,
+    link: PathBuf,
+    cgroups: Cgroups,
+}
+
+impl ChurnPod {
+    const NAMESPACE: &str = "churn";
+
+    fn create(logs: &Path, k: usize) -> Self {
+        let (uid, id) = fresh_ids();
+        let name = format!("web-{k:04}");
+        let dir = logs.join(format!("pods/{}_{name}_{uid}", Self::NAMESPACE));
+        std::fs::create_dir_all(dir.join("app")).unwrap();
+        std::fs::write(dir.join("app/0.log"), "").unwrap();
+        let link = logs.join(format!(
+            "containers/{name}_{}_app-{id}.log",
+            Self::NAMESPACE
+        ));
+        symlink(dir.join("app/0.log"), &link).unwrap();
+        let scope = format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
+             cri-containerd-{id}.scope",
+            uid.replace('-', "_")
+        );
+        let cgroups = Cgroups::create(&cgroup_v2_root(), &scope);
+        Self { dir, link, cgroups }
+    }
+
+    /// A request read and closed unanswered, by this process from inside the pod's cgroup.
+    fn unanswered_close(&self, home: &Path) {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        join_cgroup(&self.cgroups.leaf);
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(crate::servers::REQUEST).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 256];
+        assert!(server.read(&mut buf).unwrap() > 0);
+        drop(server);
+        join_cgroup(home);
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "EOF, no response");
+    }
+
+    /// The pod is deleted: the kubelet removes its logs, the runtime its cgroup.
+    fn remove(self) {
+        std::fs::remove_file(&self.link).unwrap();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        drop(self.cgroups);
+    }
+}
+
+/// 1,000 pods come and go past the agent, each with one unanswered close. Each is counted with
+/// its pod, and the series of a pod whose log directory is gone are dropped after the grace
+/// (`--pod-series-grace 1`), so `/metrics` holds the live pods' series, not every pod's the node
+/// ever ran, and the agent's memory stays flat.
+#[test]
+fn a_thousand_pods_churned_past_the_agent_keep_series_and_memory_bounded() {
+    if !root_or_skip("a_thousand_pods_churned_past_the_agent_keep_series_and_memory_bounded") {
+        return;
+    }
+    const PODS: usize = 1000;
+    // Each pod exists 1.2 s before its incident (the agent looks at new cgroups and log
+    // directories at most once a second), and is removed 1 s after it (a close may be held
+    // back a moment to pair with its loopback peer's record).
+    const PER_POD: Duration = Duration::from_millis(10);
+    const AHEAD: usize = 120;
+    const BEHIND: usize = 100;
+    let logs = scratch("pod-churn-logs");
+    std::fs::create_dir_all(logs.join("pods")).unwrap();
+    std::fs::create_dir_all(logs.join("containers")).unwrap();
+    let agent = Agent::start(&[
+        "--kubernetes",
+        "on",
+        "--pod-logs-root",
+        logs.to_str().unwrap(),
+        "--pod-series-grace",
+        "1",
+    ]);
+    let home = own_cgroup_v2();
+    // The slices every pod shares, made once and removed after the last pod.
+    let _slices = Cgroups::create(
+        &cgroup_v2_root(),
+        "kubepods.slice/kubepods-besteffort.slice",
+    );
+    let churn_series = |agent: &Agent| {
+        agent
+            .metrics_text()
+            .lines()
+            .filter(|l| l.starts_with(UNANSWERED) && l.contains("namespace=\"churn\""))
+            .count()
+    };
+    let rss = |agent: &Agent| crate::bpf_objects::status_kib(agent.pid(), "VmRSS");
+    let mut pods: std::collections::VecDeque<ChurnPod> =
+        (0..AHEAD).map(|k| ChurnPod::create(&logs, k)).collect();
+    thread::sleep(Duration::from_millis(1200));
+    let mut done: std::collections::VecDeque<ChurnPod> = Default::default();
+    let (mut max_series, mut samples) = (0, Vec::new());
+    for k in 0..PODS {
+        let started = Instant::now();
+        let pod = pods.pop_front().unwrap();
+        pod.unanswered_close(&home);
+        done.push_back(pod);
+        if done.len() > BEHIND {
+            done.pop_front().unwrap().remove();
+        }
+        if k + AHEAD < PODS {
+            pods.push_back(ChurnPod::create(&logs, k + AHEAD));
+        }
+        if k % 100 == 99 {
+            let series = churn_series(&agent);
+            max_series = max_series.max(series);
+            samples.push((k + 1, series, rss(&agent)));
+        }
+        thread::sleep(PER_POD.saturating_sub(started.elapsed()));
+    }
+    thread::sleep(Duration::from_secs(1));
+    for pod in done.drain(..) {
+        pod.remove();
+    }
+    eprintln!("(pods, churn series, agent VmRSS KiB): {samples:?}");
+    // Every incident, with its pod.
+    let counted = wait_for(
+        "an incident line for each pod",
+        Duration::from_secs(10),
+        || {
+            let names: std::collections::BTreeSet<String> = agent
+                .incidents()
+                .iter()
+                .filter(|i| i["namespace"] == ChurnPod::NAMESPACE)
+                .filter_map(|i| i["pod"].as_str().map(str::to_owned))
+                .collect();
+            if names.len() < PODS {
+                let missing: Vec<String> = (0..PODS)
+                    .map(|k| format!("web-{k:04}"))
+                    .filter(|n| !names.contains(n))
+                    .collect();
+                let unnamed: Vec<String> = agent
+                    .incidents()
+                    .iter()
+                    .filter(|i| i["comm"] == own_comm() && i["namespace"].is_null())
+                    .map(|i| format!("{} cgroup {}", i["ts"], i["cgroup_id"]))
+                    .collect();
+                eprintln!("missing {missing:?}; incidents without a pod: {unnamed:?}");
+            }
+            (names.len() == PODS).then_some(names)
+        },
+    );
+    assert_eq!(counted.len(), PODS);
+    // Without expiry every pod's series would stay: 1,000. With it, only those of the pods
+    // alive after their incident or gone for less than the grace (about 2.5 s of churn, 250
+    // pods here).
+    assert!(max_series <= 400, "{samples:?}");
+    wait_for(
+        "the gone pods' series dropped",
+        Duration::from_secs(10),
+        || (churn_series(&agent) == 0).then_some(()),
+    );
+    let (_, _, warm) = samples[2];
+    let (_, _, last) = *samples.last().unwrap();
+    assert!(
+        last <= warm + 4 * 1024,
+        "agent VmRSS grew from {warm} KiB after 300 pods to {last} KiB after {PODS}: {samples:?}"
     );
 }
