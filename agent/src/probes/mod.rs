@@ -415,6 +415,14 @@ impl Probes {
                 }
             }
         }
+        if best.is_none()
+            && reasons
+                .iter()
+                .any(|r| r.contains("Operation not permitted"))
+            && let Some(hint) = crate::privileges::seccomp_hint()
+        {
+            reasons.push(hint);
+        }
         best.ok_or(ProbeError::NoMode(reasons))
     }
 
