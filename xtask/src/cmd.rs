@@ -1,8 +1,11 @@
-//! Running commands: echo them, and fail with the command line in the error.
+//! Running commands: echo them, and fail with the command line in the error; a background
+//! process stopped when it is dropped; waiting for something to be ready.
 
 use std::{
     ffi::OsStr,
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -80,5 +83,82 @@ pub fn kill_if_running(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// A child process, stopped (SIGTERM, then SIGKILL after 5 s) on drop or by [`Started::stop`].
+pub struct Started {
+    name: &'static str,
+    pub child: Child,
+    stopped: bool,
+}
+
+impl Started {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        echo(cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("failed to start `{}`", display(cmd)))?;
+        Ok(Self {
+            name,
+            child,
+            stopped: false,
+        })
+    }
+
+    pub fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("{} exited early ({status})", self.name),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("xtask: {} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `ready` every 50 ms until it says so; an error after `timeout` or when `ready` fails.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }

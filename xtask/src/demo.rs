@@ -8,20 +8,21 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result};
 
 use crate::{
-    build, cmd,
-    net::free_port,
+    build,
+    cmd::{self, Started, wait_for},
+    net::{free_port, http_get, label, scrape},
     setup,
     workspace::{is_root, target_dir, workspace_root},
 };
@@ -141,7 +142,7 @@ pub fn run() -> Result<ExitCode> {
 }
 
 /// `go build` of agent/tests/servers/seedsrv into target/demo (its name is the comm reported).
-fn build_seedsrv() -> Result<PathBuf> {
+pub fn build_seedsrv() -> Result<PathBuf> {
     let dir = target_dir().join("demo");
     let bin = dir.join("seedsrv");
     let mut go = Command::new("go");
@@ -175,65 +176,6 @@ fn start_agent(bin: &Path, metrics_port: u16, seed_port: u16) -> Result<Agent> {
         stdout,
         stderr,
     })
-}
-
-/// A child process, stopped (SIGTERM, then SIGKILL after 5 s) on drop or by [`Started::stop`].
-struct Started {
-    name: &'static str,
-    child: Child,
-    stopped: bool,
-}
-
-impl Started {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd::echo(cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("failed to start `{}`", cmd::display(cmd)))?;
-        Ok(Self {
-            name,
-            child,
-            stopped: false,
-        })
-    }
-
-    fn check_running(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!("{} exited early ({status})", self.name),
-        }
-    }
-
-    fn stop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        self.stopped = true;
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("demo: {} did not stop on SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// The agent, its incident log (stdout) and diagnostics (stderr) as collected so far.
@@ -306,66 +248,6 @@ fn curl(url: &str) -> Result<Curl> {
     })
 }
 
-/// Polls `ready` every 50 ms until it says so; an error after `timeout` or when `ready` fails.
-fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ready()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One HTTP/1.0 GET (the agent's endpoint closes after the response): status and body.
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers from {addr}{path}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no status line from {addr}{path}: {head}"))?;
-    Ok((status, body.to_owned()))
-}
-
-/// `/metrics` as series (name and labels, as printed) → value.
-fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>> {
-    let (status, body) = http_get(addr, "/metrics")?;
-    if status != 200 {
-        bail!("/metrics answered {status}");
-    }
-    Ok(parse_metrics(&body))
-}
-
-fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of `key` in a series' labels (`name{a="b",key="v"}`), or "?".
-fn label(series: &str, key: &str) -> String {
-    let needle = format!("{key}=\"");
-    series
-        .split_once(&needle)
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map_or("?".to_owned(), |(value, _)| value.to_owned())
-}
-
 /// The series whose value changed (or that appeared), as `series before -> after`; histogram
 /// buckets only counted (the `_sum` and `_count` lines say what they do).
 fn moved(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<String> {
@@ -391,6 +273,7 @@ fn moved(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::parse_metrics;
 
     #[test]
     fn moved_lines_are_the_changed_and_new_series() {

@@ -5,6 +5,7 @@ mod build;
 mod cmd;
 mod demo;
 mod net;
+mod proc;
 mod setup;
 mod test;
 mod vm;

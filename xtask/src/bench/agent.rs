@@ -19,7 +19,7 @@ use super::{
     sysctl::Sysctl,
     workload::{Measured, Steady},
 };
-use crate::net::free_port;
+use crate::{net::free_port, proc};
 
 /// A workload, run with a hook at its steady window's start and end.
 pub type Work<'a> = &'a dyn Fn(Steady<'_>) -> Result<Measured>;
@@ -291,33 +291,14 @@ impl Agent {
         Ok(format!("{mode}, state in {store}"))
     }
 
-    /// utime + stime of the agent, from /proc/<pid>/stat (fields 14 and 15, in clock ticks).
+    /// utime + stime of the agent.
     fn cpu_seconds(&self) -> Result<f64> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // The comm field may hold spaces; everything after its closing parenthesis is fixed.
-        let rest = stat.rsplit_once(')').context("malformed /proc/pid/stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .context("malformed /proc/pid/stat")
-        };
-        // Field 14 is utime; `rest` starts at field 3.
-        let total = ticks(14 - 3)? + ticks(15 - 3)?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-        Ok(total as f64 / hz as f64)
+        proc::cpu_seconds(self.pid())
     }
 
     /// A `kB` field of /proc/<pid>/status.
     fn status_kib(&self, field: &str) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {field} in /proc/pid/status"))
+        proc::status_kib(self.pid(), field)
     }
 
     fn bpf_stats(&self) -> Result<BpfStats> {
@@ -354,14 +335,8 @@ impl Drop for Agent {
 pub fn bpf_stats_of(pid: u32) -> Result<BpfStats> {
     let mut total = BpfStats::default();
     for info in programs_of(pid)? {
-        let field = |name: &str| -> u64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        total.run_cnt += field("run_cnt:");
-        total.run_time_ns += field("run_time_ns:");
+        total.run_cnt += proc::fdinfo_field(&info, "run_cnt").unwrap_or(0);
+        total.run_time_ns += proc::fdinfo_field(&info, "run_time_ns").unwrap_or(0);
     }
     total.busy_ns = super::machine::busy_cpu_ns();
     Ok(total)
@@ -369,10 +344,7 @@ pub fn bpf_stats_of(pid: u32) -> Result<BpfStats> {
 
 /// The fdinfo text of every BPF program process `pid` holds an fd of.
 pub fn programs_of(pid: u32) -> Result<Vec<String>> {
-    Ok(fs::read_dir(format!("/proc/{pid}/fdinfo"))?
-        .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|info| info.lines().any(|l| l.starts_with("prog_tag:")))
-        .collect())
+    proc::fdinfos_with(pid, "prog_tag:")
 }
 
 /// The value of an unlabelled sample in a text exposition.
