@@ -13,7 +13,7 @@ mod peer;
 mod profile;
 mod report;
 mod sysctl;
-mod workload;
+pub mod workload;
 
 use std::{
     path::{Path, PathBuf},

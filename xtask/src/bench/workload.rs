@@ -222,6 +222,30 @@ fn parse_wrk(text: &str) -> Option<Run> {
 
 const CHURN_REQUEST: &[u8] = b"GET /1k HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
 
+/// One connection of the churn: connect, send one request, read the response until nginx
+/// closes, close. `buf` holds the response (4 KiB is room for nginx's 1 KiB file).
+pub fn churn_once(addr: SocketAddr, buf: &mut [u8]) -> Result<()> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.write_all(CHURN_REQUEST)?;
+    let mut got = 0;
+    loop {
+        match conn.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+        if got == buf.len() {
+            bail!("response larger than {} bytes", buf.len());
+        }
+    }
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "nginx answered {:?}",
+            String::from_utf8_lossy(&buf[..got.min(64)])
+        );
+    }
+    Ok(())
+}
+
 /// Two client threads, each: connect, send one request, read the response until nginx closes,
 /// close. nginx closes first, so TIME_WAIT lands on its side and the client's ephemeral ports
 /// never run out.
@@ -237,24 +261,7 @@ fn churn(nginx: &Nginx, duration: Duration, steady: Steady<'_>) -> Result<Measur
                 let mut done = 0;
                 let mut buf = vec![0u8; 4096];
                 while !stop.load(Ordering::Relaxed) {
-                    let mut conn = TcpStream::connect(addr)?;
-                    conn.write_all(CHURN_REQUEST)?;
-                    let mut got = 0;
-                    loop {
-                        match conn.read(&mut buf[got..])? {
-                            0 => break,
-                            n => got += n,
-                        }
-                        if got == buf.len() {
-                            bail!("response larger than {} bytes", buf.len());
-                        }
-                    }
-                    if !buf.starts_with(b"HTTP/1.1 200") {
-                        bail!(
-                            "nginx answered {:?}",
-                            String::from_utf8_lossy(&buf[..got.min(64)])
-                        );
-                    }
+                    churn_once(addr, &mut buf)?;
                     done += 1;
                 }
                 Ok(done)
