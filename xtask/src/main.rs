@@ -7,6 +7,7 @@ mod demo;
 mod net;
 mod proc;
 mod setup;
+mod soak;
 mod test;
 mod vm;
 mod workspace;
@@ -70,6 +71,14 @@ enum Cmd {
     /// Build, then measure the agent's overhead (agent off vs on, alternating) and write
     /// BENCHMARKS.md. Needs root; exits 2 when a target is missed.
     Bench(bench::Options),
+    /// Build, then run the agent for N minutes under healthy traffic, an exec storm, pod churn,
+    /// a steady stream of true incidents, ring-buffer bursts and 10 scrapes a second; sample its
+    /// memory, fds, series, map memory and CPU every 10 s and write target/soak/report.md.
+    ///
+    /// Needs root. Exits non-zero, with one line saying why, when the agent dies, an incident is
+    /// lost beyond the records counted as dropped, or a resource grows past its bound after the
+    /// warm-up. Not part of `test`.
+    Soak(soak::Options),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +92,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::run(),
         Cmd::VmTest(args) => vm::run(args),
         Cmd::Bench(opts) => bench::run(opts),
+        Cmd::Soak(opts) => soak::run(opts),
     };
     match result {
         Ok(code) => code,

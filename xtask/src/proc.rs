@@ -35,6 +35,13 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/pid/status"))
 }
 
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("listing /proc/{pid}/fd"))?
+        .count())
+}
+
 /// The fdinfo text of every fd of process `pid` that has a line starting with `key` (`prog_tag:`
 /// for BPF programs, `map_type:` for BPF maps). An fd closed while they are read is left out.
 pub fn fdinfos_with(pid: u32, key: &str) -> Result<Vec<String>> {
@@ -69,6 +76,7 @@ mod tests {
     fn reads_this_process() {
         let pid = std::process::id();
         assert!(status_kib(pid, "VmRSS:").unwrap() > 0);
+        assert!(open_fds(pid).unwrap() >= 3);
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
     }
 }
