@@ -193,14 +193,18 @@ impl Listeners {
     }
 }
 
-/// Connections closed at once in a burst (both ends are this process's for the while: the
-/// open-file limit is raised for them, [`raise_open_files`]).
+/// Connections closed at once in a burst, at most (both ends are this process's for the while:
+/// see [`burst_size`]).
 pub const BURST: usize = 8000;
 
-/// Raises this process's open-file limit (and so its children's) to hold a burst's both ends
-/// with room to spare, the hard limit too where it is lower (the soak runs as root).
-pub fn raise_open_files() -> Result<()> {
-    let want = (2 * BURST + 4096) as libc::rlim_t;
+/// Open files left for everything but a burst.
+const SPARE_FILES: usize = 4096;
+
+/// Raises this process's open-file limit (and so its children's) toward what a burst of
+/// [`BURST`] needs, the hard limit too where that is allowed (CAP_SYS_RESOURCE), and returns the
+/// burst the limit then holds.
+pub fn burst_size() -> Result<usize> {
+    let want = (2 * BURST + SPARE_FILES) as libc::rlim_t;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -210,29 +214,39 @@ pub fn raise_open_files() -> Result<()> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             bail!("getrlimit: {}", std::io::Error::last_os_error());
         }
-        if limit.rlim_cur >= want {
-            return Ok(());
-        }
-        limit.rlim_cur = want;
-        limit.rlim_max = limit.rlim_max.max(want);
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            bail!(
-                "raising the open-file limit to {want} for the bursts: {}",
-                std::io::Error::last_os_error()
-            );
+        if limit.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: limit.rlim_max.max(want),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            } else if limit.rlim_cur < limit.rlim_max {
+                // Not allowed past the hard limit: up to it, then.
+                limit.rlim_cur = limit.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    bail!("setrlimit: {}", std::io::Error::last_os_error());
+                }
+            }
         }
     }
-    Ok(())
+    let files = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let n = (files.saturating_sub(SPARE_FILES) / 2).min(BURST);
+    if n < 1000 {
+        bail!("an open-file limit of {files} leaves no room for a burst of 1000 connections");
+    }
+    Ok(n)
 }
 
 /// Every shape on its own thread: an unanswered close every 2 s, the seed (Go write timeout)
 /// every 3 s, a write after close every 3 s, a linger-zero reset every 5 s, a close with unread
-/// input every 2 s, and a burst of [`BURST`] unanswered closes every 60 s from 20 s in.
+/// input every 2 s, and a burst of `burst` unanswered closes every 60 s from 20 s in.
 pub fn start(
     shared: &Arc<Shared>,
     listeners: &Listeners,
     seed: SocketAddr,
     go_on: bool,
+    burst_size: usize,
 ) -> Result<Vec<JoinHandle<()>>> {
     let l = listeners.try_clone()?;
     let port = |l: &TcpListener| l.local_addr().map(|a| a.port());
@@ -315,7 +329,10 @@ pub fn start(
         s(20),
         s(60),
         move || {
-            let n = burst(&l.burst, BURST)?;
+            sh.set_bursting(true);
+            let n = burst(&l.burst, burst_size);
+            sh.set_bursting(false);
+            let n = n?;
             sh.cause(Detector::UnansweredClose, p, n);
             Ok(n)
         },

@@ -46,6 +46,8 @@ pub struct Shared {
     activities: Mutex<BTreeMap<&'static str, Activity>>,
     caused: Mutex<ByPort>,
     caused_total: AtomicU64,
+    /// A burst's connections are open: the tracked sockets are not the steady load's then.
+    bursting: AtomicBool,
 }
 
 impl Shared {
@@ -80,6 +82,14 @@ impl Shared {
             .entry((detector, port))
             .or_default() += n;
         self.caused_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_bursting(&self, on: bool) {
+        self.bursting.store(on, Ordering::Relaxed);
+    }
+
+    pub fn bursting(&self) -> bool {
+        self.bursting.load(Ordering::Relaxed)
     }
 
     pub fn caused(&self) -> ByPort {

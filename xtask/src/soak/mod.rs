@@ -135,8 +135,9 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     );
 
     // After the agent started, which keeps the limits it would have anyway.
-    incidents::raise_open_files()?;
-    let plan = Plan::new(&agent, &nginx, &seedsrv, &enabled)?;
+    let burst = incidents::burst_size()?;
+    eprintln!("soak: bursts of {burst} connections (both ends held by the soak)");
+    let plan = Plan::new(&agent, &nginx, &seedsrv, &enabled, burst)?;
     let shared = Arc::new(Shared::default());
     let seed_server = plan.start_seedsrv()?;
     let started = Instant::now();
@@ -150,14 +151,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
     let mut tick = 0u32;
     loop {
         let at = started.elapsed();
-        let sample = Sample::take(
-            agent.pid(),
-            agent.listen,
-            &own_ports,
-            at,
-            &mut cpu,
-            shared.caused_total(),
-        );
+        let sample = Sample::take(agent.pid(), agent.listen, &own_ports, at, &mut cpu, &shared);
         match sample {
             Ok(sample) => {
                 eprintln!("soak: {}", sample.progress());
@@ -221,6 +215,7 @@ pub fn run(opts: Options) -> Result<ExitCode> {
             "the agent exited ({status}) after the load stopped"
         ));
     }
+    let live_sockets = sample::live_tcp_sockets();
     let (log, go_binaries) = agent.stop(started);
     drop(roots);
     drop(nginx);
@@ -234,9 +229,11 @@ pub fn run(opts: Options) -> Result<ExitCode> {
         probe_mode,
         store,
         agent_args: plan.agent_args(),
+        burst,
         enabled,
         samples,
         last_metrics: last,
+        live_sockets,
         log,
         go_binaries,
         caused: shared.caused(),
@@ -451,13 +448,21 @@ struct Plan {
     seed_port: u16,
     shapes: incidents::Listeners,
     slots: Vec<pods::Slot>,
+    /// Connections closed at once in a burst.
+    burst: usize,
 }
 
 /// How many pods take turns (their names are reused, as a StatefulSet's are).
 const POD_SLOTS: usize = 4;
 
 impl Plan {
-    fn new(agent: &Agent, nginx: &Nginx, seedsrv: &Path, enabled: &[Detector]) -> Result<Self> {
+    fn new(
+        agent: &Agent,
+        nginx: &Nginx,
+        seedsrv: &Path,
+        enabled: &[Detector],
+        burst: usize,
+    ) -> Result<Self> {
         let ports = stable_ports(1 + POD_SLOTS)?;
         let slots = ports[1..]
             .iter()
@@ -476,6 +481,7 @@ impl Plan {
             seed_port: ports[0],
             shapes: incidents::Listeners::bind()?,
             slots,
+            burst,
         })
     }
 
@@ -517,6 +523,7 @@ impl Plan {
             &self.shapes,
             SocketAddr::from((Ipv4Addr::LOCALHOST, self.seed_port)),
             self.go_on,
+            self.burst,
         )?);
         threads.extend(pods::churn(
             shared,

@@ -24,11 +24,15 @@ pub struct Run {
     pub store: String,
     /// The agent's command line.
     pub agent_args: String,
+    /// Unanswered closes per burst.
+    pub burst: usize,
     /// The detectors `lostwrite_detector_enabled` reported on at the start.
     pub enabled: Vec<Detector>,
     pub samples: Vec<Sample>,
     /// /metrics after the load stopped and the agent settled; none if it died.
     pub last_metrics: Option<BTreeMap<String, f64>>,
+    /// TCP sockets on the host at the end neither listening nor in TIME-WAIT.
+    pub live_sockets: u64,
     pub log: LogCounts,
     /// The Go binaries the agent read (seconds since the load started, path): the soak's seed
     /// server, and whatever other processes ran. Reading one holds its whole file in memory for
@@ -121,13 +125,23 @@ impl Resource {
     }
 
     /// The growth allowed after the warm-up, as a fraction of the value then; none where the
-    /// value follows the load rather than the agent's health (the sockets open at the moment,
-    /// the CPU) or follows what other processes on the host do (their incidents' series).
+    /// value follows the load rather than the agent's health (the CPU) or what other processes
+    /// on the host do (their incidents' series). The tracked sockets are bounded: the steady
+    /// load keeps the same connections open from one sample to the next, and a burst's are
+    /// closed before the next sample.
     fn bound(self) -> Option<f64> {
         match self {
-            Self::Rss | Self::Fds | Self::Series | Self::MapMemory => Some(0.10),
-            Self::AllSeries | Self::TrackedSockets | Self::Cpu => None,
+            Self::Rss | Self::Fds | Self::Series | Self::MapMemory | Self::TrackedSockets => {
+                Some(0.10)
+            }
+            Self::AllSeries | Self::Cpu => None,
         }
+    }
+
+    /// Whether a sample taken while a burst's connections were open says nothing of it: the
+    /// tracked sockets then count the burst's thousands, which close seconds later.
+    fn skips_bursts(self) -> bool {
+        self == Self::TrackedSockets
     }
 
     /// A change this small is no trend: the jitter of a steady agent (a scrape's connection
@@ -165,6 +179,7 @@ impl Trend {
         let points: Vec<(f64, f64)> = samples
             .iter()
             .filter(|s| s.at >= warmup_seconds)
+            .filter(|s| !(s.during_burst && resource.skips_bursts()))
             .filter_map(|s| Some((s.at, resource.value(s)?)))
             .collect();
         let (&(first_at, first), &(last_at, last)) = (points.first()?, points.last()?);
@@ -623,7 +638,8 @@ pub fn render(run: &Run, outcome: &Outcome) -> String {
     r.push_str(
         "From the first sample after the warm-up to the last. A change within the noise (RSS \
          1 MiB, 4 fds, 256 sockets, 5 points of CPU; none for series and map memory) is flat. \
-         The bounded resources fail the run when they grow by more than the bound. The agent \
+         The bounded resources fail the run when they grow by more than the bound; the tracked \
+         sockets leave out the samples taken while a burst's connections were open. The agent \
          watches the whole host: the own series are those without a `port` label or on one of \
          the soak's ports; the rest are other processes' incidents, a series per new port, \
          and are not bounded.\n\n",
@@ -673,6 +689,12 @@ pub fn render(run: &Run, outcome: &Outcome) -> String {
     }
 
     r.push_str("\n## Load\n\n");
+    let _ = writeln!(
+        r,
+        "Each burst is {} connections whose server ends a holder process's exit closes at \
+         once; `done` counts its unanswered closes.\n",
+        run.burst
+    );
     r.push_str(
         "| part | pace | done | failed | slowest step (s) | first failure |\n\
          |---|---|---|---|---|---|\n",
@@ -708,6 +730,12 @@ pub fn render(run: &Run, outcome: &Outcome) -> String {
         }) {
             let _ = writeln!(r, "- `{series}` {}", number(*value));
         }
+        let _ = writeln!(
+            r,
+            "\nTCP sockets on the host at the end, neither listening nor in TIME-WAIT: {} (the \
+             most `lostwrite_tracked_sockets` can rightly count).",
+            run.live_sockets
+        );
     }
 
     r.push_str("\n## Samples\n\n");
@@ -722,7 +750,12 @@ pub fn render(run: &Run, outcome: &Outcome) -> String {
             r,
             "| {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
             clock(s.at),
-            if s.at < warmup { "warm-up" } else { "measured" },
+            match (s.at < warmup, s.during_burst) {
+                (true, false) => "warm-up",
+                (true, true) => "warm-up, burst",
+                (false, false) => "measured",
+                (false, true) => "measured, burst",
+            },
             s.rss_kib,
             s.fds,
             s.series,
@@ -821,6 +854,26 @@ mod tests {
     }
 
     #[test]
+    fn tracked_sockets_leave_out_the_samples_taken_during_a_burst() {
+        let mut samples: Vec<Sample> = (0..13)
+            .map(|i| Sample {
+                tracked_sockets: 460,
+                ..sample(i as f64 * 10.0, 20_000, 40, 250)
+            })
+            .collect();
+        // The last sample lands in a burst: 16 000 sockets open for a few seconds.
+        samples[12].tracked_sockets = 16_460;
+        samples[12].during_burst = true;
+        let t = Trend::of(Resource::TrackedSockets, &samples, 60.0).unwrap();
+        assert_eq!((t.last, t.last_at, t.over), (460.0, 110.0, false));
+        // Left behind after the burst: over the bound (its noise, 256).
+        samples[12].during_burst = false;
+        samples[12].tracked_sockets = 1784;
+        let t = Trend::of(Resource::TrackedSockets, &samples, 60.0).unwrap();
+        assert_eq!((t.limit, t.over), (Some(256.0), true));
+    }
+
+    #[test]
     fn no_trend_without_two_samples_after_the_warm_up() {
         let samples = vec![sample(0.0, 1, 1, 1), sample(10.0, 1, 1, 1)];
         assert!(Trend::of(Resource::Rss, &samples, 10.0).is_none());
@@ -883,8 +936,10 @@ mod tests {
             probe_mode: "tracepoint".into(),
             store: "sk_storage".into(),
             agent_args: "agent run --listen 127.0.0.1:1".into(),
+            burst: 8000,
             enabled: vec![Detector::UnansweredClose],
             samples,
+            live_sockets: 12,
             last_metrics: Some(crate::net::parse_metrics(
                 "lostwrite_unanswered_closes_total{comm=\"x\",port=\"100\"} 3\n\
                  lostwrite_events_dropped_total 0\n",

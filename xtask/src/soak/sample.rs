@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
+use super::load::Shared;
 use crate::{
     net::{http_get, parse_metrics},
     proc,
@@ -35,6 +36,8 @@ pub struct Sample {
     pub dropped: u64,
     /// Incidents the soak had caused by then.
     pub caused: u64,
+    /// Taken while a burst's connections were open (before or after the reading).
+    pub during_burst: bool,
 }
 
 /// The agent's CPU time at the previous sample.
@@ -69,8 +72,9 @@ impl Sample {
         own_ports: &[u16],
         at: Duration,
         cpu: &mut CpuMark,
-        caused: u64,
+        shared: &Shared,
     ) -> Result<Self> {
+        let bursting = shared.bursting();
         let body = match http_get(listen, "/metrics")? {
             (200, body) => body,
             (status, _) => bail!("/metrics answered {status}"),
@@ -88,7 +92,8 @@ impl Sample {
             tracked_sockets: value("lostwrite_tracked_sockets"),
             kernel_records: value("lostwrite_kernel_events_total"),
             dropped: value("lostwrite_events_dropped_total"),
-            caused,
+            caused: shared.caused_total(),
+            during_burst: bursting || shared.bursting(),
         })
     }
 
@@ -109,6 +114,27 @@ impl Sample {
             self.dropped
         )
     }
+}
+
+/// TCP sockets on the host (this network namespace) that are neither listening nor in
+/// TIME-WAIT, from /proc/net/tcp and tcp6: what `lostwrite_tracked_sockets` can count at most.
+pub fn live_tcp_sockets() -> u64 {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|table| live_in_table(&table))
+        .sum()
+}
+
+/// Rows of a /proc/net/tcp table whose state (the 4th column, hex) is neither LISTEN (0A) nor
+/// TIME_WAIT (06).
+fn live_in_table(table: &str) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter(|state| !matches!(*state, "0A" | "06"))
+        .count() as u64
 }
 
 /// Sample lines in a text exposition (comments and blank lines aside).
@@ -167,6 +193,17 @@ mod tests {
         let old = vec!["map_type:\t1\nmemlock:\t100\n".to_owned(); 2];
         assert_eq!(map_memlock(&old), 200);
         assert_eq!(map_memlock(&[]), 0);
+    }
+
+    #[test]
+    fn live_sockets_are_neither_listening_nor_in_time_wait() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:24A5 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:A1B2 0100007F:24A5 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1\n\
+   2: 0100007F:24A5 0100007F:A1B3 06 00000000:00000000 03:00000F3C 00000000     0        0 0 3 0000000000000000\n\
+   3: 0100007F:24A5 0100007F:A1B4 08 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(live_in_table(table), 2);
+        assert_eq!(live_in_table(""), 0);
     }
 
     #[test]
