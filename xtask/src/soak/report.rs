@@ -322,6 +322,8 @@ pub struct Outcome {
     pub pods: (u64, u64),
     /// Every reason the run failed, the most telling first.
     pub failures: Vec<String>,
+    /// What the run saw that it does not fail on.
+    pub warnings: Vec<String>,
 }
 
 impl Outcome {
@@ -442,6 +444,35 @@ impl Outcome {
         if !run.interrupted && run.agent_died.is_none() && trends.is_empty() {
             failures.push("fewer than two samples after the warm-up: nothing to judge".to_owned());
         }
+        let mut warnings = Vec::new();
+        if let Some(tracked) = run
+            .last_metrics
+            .as_ref()
+            .and_then(|m| m.get("lostwrite_tracked_sockets"))
+            .map(|v| *v as u64)
+            .filter(|t| *t > run.live_sockets + Resource::TrackedSockets.noise() as u64)
+        {
+            warnings.push(format!(
+                "lostwrite_tracked_sockets was {tracked} at the end, with {} TCP sockets on the \
+                 host neither listening nor in TIME-WAIT (other network namespaces aside): the \
+                 gauge counts sockets that are gone",
+                run.live_sockets
+            ));
+        }
+        let foreign: u64 = run
+            .log
+            .pods
+            .iter()
+            .filter(|((port, _), _)| !run.ports.contains(*port))
+            .map(|(_, n)| n)
+            .sum();
+        if foreign > 0 || !others.is_empty() {
+            warnings.push(format!(
+                "the host was not quiet: {foreign} incidents of other processes, {} Go binaries \
+                 of other processes read after the warm-up",
+                others.len()
+            ));
+        }
         Self {
             trends,
             rows,
@@ -449,6 +480,7 @@ impl Outcome {
             lost,
             pods,
             failures,
+            warnings,
         }
     }
 
@@ -492,10 +524,10 @@ pub fn clock(seconds: f64) -> String {
     }
 }
 
-/// [`clock`], with times before the load started (the agent's start) as `-mm:ss`.
+/// [`clock`], with times before the load started (the agent's start) as `start`.
 fn clock_signed(seconds: f64) -> String {
     if seconds < 0.0 {
-        format!("-{}", clock(-seconds))
+        "start".to_owned()
     } else {
         clock(seconds)
     }
@@ -511,6 +543,8 @@ fn number(v: f64) -> String {
 }
 
 fn signed(v: f64) -> String {
+    // -0.0 (a tiny negative slope, rounded) is 0.
+    let v = if v == 0.0 { 0.0 } else { v };
     if v > 0.0 {
         format!("+{}", number(v))
     } else {
@@ -588,15 +622,19 @@ pub fn incidents_table(outcome: &Outcome) -> String {
     t
 }
 
-/// What the console gets at the end: the two tables.
+/// What the console gets at the end: the two tables, and the warnings.
 pub fn console(run: &Run, outcome: &Outcome) -> String {
-    format!(
+    let mut text = format!(
         "\nsoak: {} after a warm-up of {}, samples every 10 s\n\n{}\n{}",
         clock(run.ran_seconds),
         clock(run.warmup_minutes * 60.0),
         summary_table(&outcome.trends),
         incidents_table(outcome)
-    )
+    );
+    for w in &outcome.warnings {
+        let _ = write!(text, "\nsoak: warning: {w}");
+    }
+    text
 }
 
 /// The whole report.
@@ -634,6 +672,9 @@ pub fn render(run: &Run, outcome: &Outcome) -> String {
         }
     }
 
+    for w in &outcome.warnings {
+        let _ = writeln!(r, "Warning: {w}.\n");
+    }
     r.push_str("## Summary\n\n");
     r.push_str(
         "From the first sample after the warm-up to the last. A change within the noise (RSS \
@@ -973,6 +1014,7 @@ mod tests {
         let run = run(samples);
         let outcome = Outcome::of(&run);
         assert_eq!(outcome.failure(), None, "{:?}", outcome.failures);
+        assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
         assert_eq!(outcome.lost, Some(0));
         assert_eq!(outcome.pods, (3, 3));
         let text = render(&run, &outcome);
@@ -988,6 +1030,21 @@ mod tests {
         );
         assert!(text.contains("= **0** (must be 0)"), "{text}");
         assert_eq!(text.matches("| measured |").count(), 7);
+
+        let mut run = run;
+        run.last_metrics
+            .as_mut()
+            .unwrap()
+            .insert("lostwrite_tracked_sockets".into(), 970.0);
+        run.live_sockets = 0;
+        let outcome = Outcome::of(&run);
+        assert_eq!(outcome.failure(), None);
+        assert!(
+            outcome.warnings[0].starts_with("lostwrite_tracked_sockets was 970 at the end, with 0"),
+            "{:?}",
+            outcome.warnings
+        );
+        assert!(console(&run, &outcome).contains("\nsoak: warning: lostwrite_tracked_sockets"));
     }
 
     #[test]
@@ -1022,7 +1079,14 @@ mod tests {
             outcome.failures
         );
         assert!(render(&run, &outcome).contains("- 01:20 `/usr/lib/go-1.19/bin/go`"));
-        assert!(render(&run, &outcome).contains("- -00:01 `/work/target/demo/seedsrv`"));
+        assert!(render(&run, &outcome).contains("- start `/work/target/demo/seedsrv`"));
+        assert_eq!(
+            outcome.warnings,
+            [
+                "the host was not quiet: 0 incidents of other processes, 1 Go binaries of other \
+              processes read after the warm-up"
+            ]
+        );
         run.agent_died = Some("the agent exited (signal: 9) at 01:10".into());
         run.last_metrics = None;
         let outcome = Outcome::of(&run);
