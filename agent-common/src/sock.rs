@@ -237,6 +237,17 @@ impl SockState {
         self.acked_at_peer_fin = snd_una;
     }
 
+    /// The local close starts from `old`. CLOSE_WAIT means the peer's FIN came first, even
+    /// where the program that would have recorded it did not run: the kernel skips a program
+    /// already running on that CPU (a softirq's state change that interrupts the same program
+    /// in a process, `lostwrite_kernel_errors_total{error="run_skipped"}`).
+    #[inline(always)]
+    pub const fn closing_from(&mut self, old: u32) {
+        if old == crate::tcp_state::CLOSE_WAIT {
+            self.flags |= flag::PEER_FIN;
+        }
+    }
+
     /// The unanswered-close decision for a close the process started, from the socket's
     /// facts after `settle` (README: What it detects; docs/detection.md). The kernel calls it
     /// to decide whether a teardown is worth a record at all, and the agent's correlation

@@ -415,3 +415,24 @@ fn a_fin_that_acknowledged_the_goodbye_answered_it_whichever_program_ran_first()
     alert(&mut first);
     assert_eq!(judged(first), Verdict::PeerClosed);
 }
+
+#[test]
+fn a_close_from_close_wait_knows_the_peer_closed_first_though_its_fin_went_unrecorded() {
+    // A request read, then the peer's FIN, whose state change the kernel did not run the
+    // program for; the server's close goes CLOSE_WAIT -> LAST_ACK.
+    let mut st = SockState {
+        role: role::SERVER,
+        ..SockState::default()
+    };
+    st.settle(78, 79, 79, 0, false);
+    assert_eq!(st.verdict(), Verdict::Owes);
+    st.closing_from(tcp_state::CLOSE_WAIT);
+    assert_eq!(st.verdict(), Verdict::PeerClosed);
+    let mut open = SockState {
+        role: role::SERVER,
+        ..SockState::default()
+    };
+    open.closing_from(tcp_state::ESTABLISHED);
+    open.settle(78, 78, 78, 0, false);
+    assert_eq!(open.verdict(), Verdict::Owes);
+}

@@ -85,6 +85,7 @@ fn on_closing<M: Mem, S: Store>(tp: u64, old: u32, new: u32) {
     };
     // SAFETY: see on_close.
     let st = unsafe { &mut *st };
+    st.closing_from(old);
     if new == tcp_state::CLOSE {
         S::closed(st);
     }

@@ -234,7 +234,9 @@ impl Health {
                 "lostwrite_kernel_errors_total",
                 "Failures inside the kernel programs, by error: map_update (a map refused an \
              update: that connection goes unwatched, or a Go cause unnamed), read (a read \
-             of kernel memory failed and gave zero).",
+             of kernel memory failed and gave zero), run_skipped (the kernel skipped a run \
+             of a program already running on that CPU: what it would have seen is lost, \
+             and lostwrite_tracked_sockets may count a socket that is gone).",
                 &["error"],
             ),
             sockets_observed: counter(
@@ -502,7 +504,11 @@ impl Metrics {
     pub fn set_kernel(&self, k: KernelStats) {
         catch_up(&self.health.events_dropped, k.events_dropped);
         catch_up(&self.health.kernel_events, k.events_sent);
-        for (error, n) in [("map_update", k.map_update_failed), ("read", k.read_failed)] {
+        for (error, n) in [
+            ("map_update", k.map_update_failed),
+            ("read", k.read_failed),
+            ("run_skipped", k.runs_skipped),
+        ] {
             catch_up(&self.health.kernel_errors.with_label_values(&[error]), n);
         }
         catch_up(&self.health.sockets_observed, k.sockets_tracked);
@@ -636,6 +642,7 @@ mod tests {
             map_update_failed: 2,
             read_failed: 0,
             sockets_live: None,
+            runs_skipped: 0,
         });
         let text = m.render();
         for line in [
@@ -700,6 +707,7 @@ mod tests {
             sockets_tracked: 100,
             sockets_released: 30,
             sockets_live: Some(50),
+            runs_skipped: 0,
             ..KernelStats::default()
         };
         m.set_kernel(k);
@@ -708,6 +716,7 @@ mod tests {
         // A walk that saw entries whose tracking was not counted yet never makes it go back.
         m.set_kernel(KernelStats {
             sockets_live: Some(75),
+            runs_skipped: 0,
             ..k
         });
         assert_eq!(m.health.socket_evictions.get(), 20);

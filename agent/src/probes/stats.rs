@@ -35,6 +35,30 @@ pub struct KernelStats {
     pub read_failed: u64,
     /// Entries in the SOCKS map right now, when they could be counted.
     pub sockets_live: Option<u64>,
+    /// Runs of the agent's programs the kernel skipped because the same program was already
+    /// running on that CPU (`recursion_misses` in their fdinfo).
+    pub runs_skipped: u64,
+}
+
+/// The sum of `recursion_misses` over this process's BPF programs, from their fdinfo: the kernel
+/// does not run a tracing program inside itself (a state change in a softirq that interrupts the
+/// same program in a process), and counts each run it skipped there (Linux 5.12+; 0 before).
+pub fn runs_skipped() -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|info| recursion_misses(&info))
+        .sum()
+}
+
+fn recursion_misses(fdinfo: &str) -> u64 {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Entries per batch call; the key and value buffers are kept between scrapes.
@@ -93,6 +117,7 @@ impl StatsReader {
             map_update_failed: self.total(stat::MAP_UPDATE_FAILED),
             read_failed: self.total(stat::READ_FAILED),
             sockets_live,
+            runs_skipped: runs_skipped(),
         }
     }
 
@@ -158,4 +183,16 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn recursion_misses_come_from_a_program_s_fdinfo() {
+        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2070\nprog_type:\t26\n\
+                    prog_jited:\t1\nprog_tag:\tfbd264ae98c726a5\nmemlock:\t20480\n\
+                    prog_id:\t23849\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t512\n";
+        assert_eq!(super::recursion_misses(prog), 512);
+        assert_eq!(super::recursion_misses("pos:\t0\nflags:\t02\n"), 0);
+    }
 }

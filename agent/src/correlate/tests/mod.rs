@@ -217,6 +217,7 @@ impl Conn {
             self.claim();
         }
         let mut st = self.st;
+        st.closing_from(old);
         let closing = Closing::of(old, newstate, 0);
         assert!(closing.open && st.local_close(newstate));
         // This state change comes before the kernel queues the FIN it announces.
