@@ -91,6 +91,23 @@ fn tls_close_alerts_in_either_direction_count_zero() {
     assert_eq!(tls_session().close(2 * SEC), None);
 }
 
+/// The seed over TLS: its 101-byte request unanswered, only the TLS layer's alert written.
+fn assert_the_seed_behind_its_alert(i: &Incident) {
+    assert!(
+        matches!(
+            i.detail,
+            Detail::UnansweredClose {
+                unanswered_bytes: 101,
+                protocol: "tls",
+                goodbye_sent: true,
+                ..
+            }
+        ),
+        "{:?}",
+        i.detail
+    );
+}
+
 #[test]
 fn seed_over_tls_counts_one_although_a_close_alert_was_written() {
     // WriteTimeout expired: nothing for the request, then Go's TLS layer writes its alert.
@@ -101,15 +118,7 @@ fn seed_over_tls_counts_one_although_a_close_alert_was_written() {
             .close(4 * SEC),
     );
     assert_eq!(got.len(), 1);
-    assert!(matches!(
-        got[0].detail,
-        Detail::UnansweredClose {
-            unanswered_bytes: 101,
-            protocol: "tls",
-            goodbye_sent: true,
-            ..
-        }
-    ));
+    assert_the_seed_behind_its_alert(&got[0]);
     assert!(
         got[0]
             .sentence()
@@ -132,15 +141,7 @@ fn seed_over_tls_counts_one_when_the_client_closes_on_the_alert_first() {
     for read_reply in [false, true] {
         let got = alert_then_fin(read_reply);
         assert_eq!(got.len(), 1, "client's alert read: {read_reply}");
-        assert!(matches!(
-            got[0].detail,
-            Detail::UnansweredClose {
-                unanswered_bytes: 101,
-                protocol: "tls",
-                goodbye_sent: true,
-                ..
-            }
-        ));
+        assert_the_seed_behind_its_alert(&got[0]);
         assert_eq!(got[0].ended_by, EndedBy::Local);
     }
     // The client closed before the server's alert: it left first, and was not waiting.
